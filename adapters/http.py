@@ -1,0 +1,189 @@
+"""The HTTP plumbing shared by the network adapters: client construction and transport-error mapping.
+
+This is the one place where httpx exceptions become `UpstreamError`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final
+
+import httpx
+
+from adapters.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+
+CONNECT_TIMEOUT_S: Final = 5.0
+WRITE_TIMEOUT_S: Final = 10.0
+POOL_TIMEOUT_S: Final = 5.0
+MAX_CONNECTIONS: Final = 1000
+MAX_KEEPALIVE: Final = 200
+KEEPALIVE_EXPIRY_S: Final = 30.0
+MAX_ERROR_BODY: Final = 64 * 1024
+"""Error bodies are read up to this size: enough for any real message, bounded against a hostile upstream."""
+MAX_RESPONSE_BODY: Final = 32 * 1024 * 1024
+"""A non-streamed answer larger than this is refused as a protocol error instead of filling memory."""
+
+
+def build_client(
+    *, base_url: str, timeout_s: float, headers: Mapping[str, str], max_connections: int | None = None
+) -> httpx.AsyncClient:
+    """One client per backend, built in the app's lifespan and reused for every request."""
+    connections = max_connections or MAX_CONNECTIONS
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=dict(headers),
+        timeout=httpx.Timeout(
+            connect=min(CONNECT_TIMEOUT_S, timeout_s),
+            read=timeout_s,
+            write=WRITE_TIMEOUT_S,
+            pool=POOL_TIMEOUT_S,
+        ),
+        limits=httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=min(MAX_KEEPALIVE, connections),
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        ),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+@contextmanager
+def transport_errors(backend: str, *, timeout_s: float, responded: bool = False) -> Iterator[None]:
+    """Translate httpx's exceptions into `UpstreamError`s that name the backend and hide the URL.
+
+    `responded` tells whether a response had begun, which turns a dropped connection from a
+    connection failure into a broken answer.
+    """
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except httpx.ConnectTimeout as exc:
+        raise UpstreamTimeout(
+            backend,
+            f"backend '{backend}' did not accept a connection within {CONNECT_TIMEOUT_S:g} s",
+            status_code=504,
+            error_type="timeout",
+            code="upstream_timeout",
+        ) from exc
+    except httpx.PoolTimeout as exc:
+        raise UpstreamTimeout(
+            backend,
+            f"backend '{backend}' has no free connection (pool exhausted)",
+            status_code=503,
+            error_type="overloaded",
+            code="upstream_busy",
+        ) from exc
+    except httpx.TimeoutException as exc:
+        what = "sent nothing" if not responded else "stalled"
+        raise UpstreamTimeout(
+            backend,
+            f"backend '{backend}' {what} for {timeout_s:g} s",
+            status_code=504,
+            error_type="timeout",
+            code="upstream_timeout",
+        ) from exc
+    except httpx.ConnectError as exc:
+        raise UpstreamConnectError(
+            backend,
+            f"could not connect to backend '{backend}': {_reason(exc)}",
+            code="upstream_unreachable",
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        if responded:
+            raise UpstreamProtocolError(
+                backend, f"backend '{backend}' broke off its answer: {_reason(exc)}", code="upstream_cut"
+            ) from exc
+        raise UpstreamConnectError(
+            backend,
+            f"backend '{backend}' closed the connection without answering: {_reason(exc)}",
+            code="upstream_unreachable",
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamProtocolError(
+            backend, f"backend '{backend}' failed: {type(exc).__name__}", code="upstream_error"
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """A short, URL-free reason: httpx messages can carry the request URL, which we never echo."""
+    text = str(exc).strip()
+    for marker in (
+        "refused",
+        "reset",
+        "timed out",
+        "disconnected",
+        "incomplete",
+        "Name or service not known",
+    ):
+        if marker.lower() in text.lower():
+            return {"Name or service not known": "unknown host"}.get(marker, marker)
+    return type(exc).__name__
+
+
+async def send(
+    client: httpx.AsyncClient, request: httpx.Request, *, backend: str, timeout_s: float
+) -> httpx.Response:
+    """Send with streaming on, so the caller can check the status before reading the body."""
+    with transport_errors(backend, timeout_s=timeout_s):
+        return await client.send(request, stream=True)
+
+
+async def read_body(response: httpx.Response, *, backend: str, timeout_s: float, limit: int) -> bytes:
+    """Read a whole body, refusing (as a protocol error) one larger than `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    with transport_errors(backend, timeout_s=timeout_s, responded=True):
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamProtocolError(
+                    backend,
+                    f"backend '{backend}' sent an answer larger than {limit} bytes",
+                    code="upstream_too_large",
+                )
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def iter_body(response: httpx.Response, *, backend: str, timeout_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, with transport failures translated."""
+    iterator = response.aiter_bytes()
+    while True:
+        with transport_errors(backend, timeout_s=timeout_s, responded=True):
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+        yield chunk
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds only; HTTP dates are rare upstream)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None
+    return None
+
+
+__all__ = (
+    "MAX_ERROR_BODY",
+    "MAX_RESPONSE_BODY",
+    "build_client",
+    "iter_body",
+    "parse_retry_after",
+    "read_body",
+    "send",
+    "transport_errors",
+)

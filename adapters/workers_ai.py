@@ -1,0 +1,616 @@
+"""Cloudflare Workers AI (`POST {base_url}/accounts/{account_id}/ai/run/{model}`).
+
+Request: the canonical request already has the Messages schema's shape; this module only narrows
+values to the ranges every published model schema accepts and decides on streaming.
+
+Answers come in three `result` shapes (legacy `{response, tool_calls, usage}`, an OpenAI
+chat.completion, a Responses-style `output` list, or a bare string) and two stream formats (native
+`{"response": ...}` events and OpenAI chunks, often mixed with a trailing native usage event). All of
+them become canonical events here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import msgspec
+
+from adapters.canonical import (
+    ChatRequest,
+    Event,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    Tool,
+    ToolCallDelta,
+    Usage,
+)
+from adapters.config import BackendConfig
+from adapters.errors import UpstreamProtocolError, UpstreamStatusError
+from adapters.http import (
+    MAX_ERROR_BODY,
+    MAX_RESPONSE_BODY,
+    build_client,
+    iter_body,
+    parse_retry_after,
+    read_body,
+    send,
+)
+from adapters.sse import SSEDecoder, SSELineTooLong
+
+if TYPE_CHECKING:
+    from adapters.base import UpstreamResponse
+
+DEFAULT_BASE_URL: Final = "https://api.cloudflare.com/client/v4"
+
+# Ranges accepted by every published Messages schema (the seed page's and the newer llama-3.3/gpt-oss ones).
+TOP_P_MIN: Final = 0.001
+TOP_P_MAX: Final = 1.0
+PENALTY_MIN: Final = 0.0
+PENALTY_MAX: Final = 2.0
+REPETITION_PENALTY_MAX: Final = 2.0
+TEMPERATURE_MAX: Final = 5.0
+TOP_K_MAX: Final = 50
+SEED_MAX: Final = 9_999_999_999
+MAX_CONTENT_CHARS: Final = 131_072
+
+QUOTA_CODES: Final = frozenset({3036, 4006})
+CAPACITY_CODES: Final = frozenset({3040, 3021})
+UNKNOWN_MODEL_CODES: Final = frozenset({5007, 3042})
+PERMISSION_CODES: Final = frozenset({5016, 5018, 5035, 3041, 3023})
+TIMEOUT_CODES: Final = frozenset({3007, 3008})
+AUTH_CODE: Final = 10000
+
+
+class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True):
+    account_id: str
+    api_token: str
+    base_url: str = DEFAULT_BASE_URL
+
+    def required_values(self) -> dict[str, str]:
+        return {"account_id": self.account_id, "api_token": self.api_token, "base_url": self.base_url}
+
+    def secrets(self) -> list[str]:
+        return [self.api_token, self.account_id]
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+class WorkersAIAdapter:
+    def __init__(self, name: str, config: WorkersAIConfig) -> None:
+        self.name = name
+        self._config = config
+        self._timeout_s = config.timeout_s
+        self._path_prefix = f"/accounts/{config.account_id}/ai/run/"
+        self._secrets = [s for s in config.secrets() if s]
+        self._client = build_client(
+            base_url=config.base_url.rstrip("/"),
+            timeout_s=config.timeout_s,
+            headers={"authorization": f"Bearer {config.api_token}", "content-type": "application/json"},
+            max_connections=config.max_concurrency,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        # JSON mode does not stream on Workers AI: ask for the whole answer and replay it as events.
+        stream = request.stream and request.response_format is msgspec.UNSET
+        body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
+        http_request = self._client.build_request("POST", self._path_prefix + model, content=body)
+        response = await send(self._client, http_request, backend=self.name, timeout_s=self._timeout_s)
+        try:
+            if response.status_code >= 400:
+                raw = await read_body(
+                    response, backend=self.name, timeout_s=self._timeout_s, limit=MAX_ERROR_BODY
+                )
+                raise self._status_error(response.status_code, raw, response.headers)
+            if "text/event-stream" in response.headers.get("content-type", ""):
+                return _StreamedAnswer(self, response, max_tokens=request.max_tokens)
+            # A JSON body: asked for, or sent by models that ignore `stream` (gpt-oss, some Kimi builds).
+            raw = await read_body(
+                response, backend=self.name, timeout_s=self._timeout_s, limit=MAX_RESPONSE_BODY
+            )
+        except BaseException:
+            await response.aclose()
+            raise
+        await response.aclose()
+        return _CollectedAnswer(self._answer_events(raw))
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _answer_events(self, raw: bytes) -> list[Event]:
+        try:
+            envelope = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise UpstreamProtocolError(
+                self.name,
+                f"backend '{self.name}' sent a body that is not valid JSON",
+                code="upstream_malformed",
+            ) from exc
+        if not isinstance(envelope, dict):
+            raise UpstreamProtocolError(
+                self.name, f"backend '{self.name}' sent an answer without a result", code="upstream_malformed"
+            )
+        if envelope.get("success") is False or (envelope.get("errors") and envelope.get("result") is None):
+            raise self._status_error(502, raw, httpx.Headers())
+        if "result" not in envelope:
+            raise UpstreamProtocolError(
+                self.name, f"backend '{self.name}' sent an answer without a result", code="upstream_malformed"
+            )
+        return list(result_events(envelope["result"], self.name))
+
+    def _status_error(self, status: int, raw: bytes, headers: httpx.Headers) -> UpstreamStatusError:
+        cf_code, upstream_message = _parse_error_body(raw)
+        message = self.redact(upstream_message)[:2000]
+        return status_error(self.name, status, cf_code, message, parse_retry_after(headers))
+
+
+def status_error(
+    backend: str, status: int, cf_code: int | None, message: str, retry_after: float | None
+) -> UpstreamStatusError:
+    """Map a Workers AI error (HTTP status + Cloudflare code) onto OpenAI's terms."""
+    where = f"backend '{backend}'" + (f" (Workers AI error {cf_code})" if cf_code is not None else "")
+    detail = f": {message}" if message else ""
+    if cf_code in QUOTA_CODES or "daily free allocation" in message.lower():
+        return UpstreamStatusError(
+            backend,
+            f"{where} has used up its quota{detail}",
+            status_code=429,
+            error_type="insufficient_quota",
+            code="insufficient_quota",
+            upstream_status=status,
+            quota=True,
+            retry_after=retry_after,
+        )
+    if cf_code in CAPACITY_CODES or status == 429:
+        return UpstreamStatusError(
+            backend,
+            f"{where} is rate limited or out of capacity{detail}",
+            status_code=429,
+            error_type="rate_limit_exceeded",
+            code="rate_limit_exceeded",
+            upstream_status=status,
+            retry_after=retry_after,
+        )
+    if cf_code in UNKNOWN_MODEL_CODES:
+        return UpstreamStatusError(
+            backend,
+            f"{where} does not know the configured upstream model{detail}",
+            status_code=404,
+            error_type="invalid_request_error",
+            code="model_not_found",
+            upstream_status=status,
+        )
+    if cf_code == AUTH_CODE or status == 401:
+        return UpstreamStatusError(
+            backend,
+            f"the gateway's upstream credentials were rejected by {where}{detail}",
+            status_code=status if status in (401, 403) else 401,
+            error_type="authentication_error",
+            code="upstream_credentials_rejected",
+            upstream_status=status,
+        )
+    if cf_code in PERMISSION_CODES or status == 403:
+        return UpstreamStatusError(
+            backend,
+            f"{where} refused access to the model{detail}",
+            status_code=403,
+            error_type="permission_error",
+            code="upstream_permission_denied",
+            upstream_status=status,
+        )
+    if cf_code in TIMEOUT_CODES or status == 408:
+        return UpstreamStatusError(
+            backend,
+            f"{where} timed out{detail}",
+            status_code=504,
+            error_type="timeout",
+            code="upstream_timeout",
+            upstream_status=status,
+        )
+    if status == 413:
+        return UpstreamStatusError(
+            backend,
+            f"{where} found the request too large{detail}",
+            status_code=413,
+            error_type="invalid_request_error",
+            code="request_too_large",
+            upstream_status=status,
+            client_fault=True,
+        )
+    if 400 <= status < 500:
+        return UpstreamStatusError(
+            backend,
+            f"{where} rejected the request{detail}",
+            status_code=400,
+            error_type="invalid_request_error",
+            code=None,
+            upstream_status=status,
+            client_fault=True,
+        )
+    return UpstreamStatusError(
+        backend,
+        f"{where} failed with HTTP {status}{detail}",
+        status_code=502,
+        error_type="upstream_error",
+        code="upstream_error",
+        upstream_status=status,
+        retry_after=retry_after,
+    )
+
+
+def _parse_error_body(raw: bytes) -> tuple[int | None, str]:
+    """(Cloudflare code, message) from the v4 envelope, an OpenAI-style error, or plain text."""
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None, raw[:500].decode("utf-8", "replace").strip()
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            code = first.get("code")
+            return (code if isinstance(code, int) else None), str(first.get("message", ""))
+        error = body.get("error")
+        if isinstance(error, dict):
+            return None, str(error.get("message", ""))
+        if isinstance(error, str):
+            return None, error
+    return None, ""
+
+
+def upstream_body(request: ChatRequest, *, stream: bool, backend: str = "workers-ai") -> ChatRequest:
+    """The request narrowed to what the Workers AI schemas accept: values clamped, tool schemas completed.
+
+    Raises a client-fault `UpstreamStatusError` for content longer than the schemas allow.
+    """
+    for i, message in enumerate(request.messages):
+        if isinstance(message.content, str) and len(message.content) > MAX_CONTENT_CHARS:
+            raise UpstreamStatusError(
+                backend,
+                f"messages[{i}].content has {len(message.content)} characters; Workers AI accepts at most "
+                f"{MAX_CONTENT_CHARS} per message.",
+                status_code=400,
+                error_type="invalid_request_error",
+                code="string_above_max_length",
+                client_fault=True,
+            )
+    changes: dict[str, Any] = {"stream": stream}
+    unset = msgspec.UNSET
+    if request.top_p is not unset:
+        changes["top_p"] = min(max(request.top_p, TOP_P_MIN), TOP_P_MAX)
+    if request.temperature is not unset:
+        changes["temperature"] = min(max(request.temperature, 0.0), TEMPERATURE_MAX)
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(request, name)
+        if value is not unset:
+            # Older schemas accept only 0..2; 0 is OpenAI's neutral value, the closest to a negative one.
+            changes[name] = min(max(value, PENALTY_MIN), PENALTY_MAX)
+    if request.repetition_penalty is not unset:
+        changes["repetition_penalty"] = min(max(request.repetition_penalty, 0.0), REPETITION_PENALTY_MAX)
+    if request.top_k is not unset:
+        changes["top_k"] = unset if request.top_k < 1 else min(request.top_k, TOP_K_MAX)
+    if request.seed is not unset and not 1 <= request.seed <= SEED_MAX:
+        # Keep determinism: the same client seed always maps to the same accepted seed.
+        changes["seed"] = (request.seed - 1) % SEED_MAX + 1
+    choice = request.tool_choice
+    if choice == "none" or request.tools is unset:
+        changes["tools"] = unset
+        changes["tool_choice"] = unset
+    else:
+        changes["tools"] = [_schema_tool(tool) for tool in request.tools]
+        if choice == "auto":
+            changes["tool_choice"] = unset  # the default; legacy schemas do not declare the field
+    # `stop` and `parallel_tool_calls` are not in the Messages schema; the gateway applies them itself.
+    changes["stop"] = unset
+    changes["parallel_tool_calls"] = unset
+    return msgspec.structs.replace(request, **changes)
+
+
+def _schema_tool(tool: Tool) -> Tool:
+    """Complete a tool's parameters the way the Messages schema requires.
+
+    The schema wants `type` and `properties` on the parameters and a string `type` plus a
+    `description` on every property; OpenAI clients often leave descriptions out or use type lists.
+    """
+    parameters = dict(tool.function.parameters)
+    parameters.setdefault("type", "object")
+    properties = parameters.get("properties")
+    if not isinstance(properties, dict):
+        properties = {}
+    completed: dict[str, Any] = {}
+    for name, prop in properties.items():
+        prop = dict(prop) if isinstance(prop, dict) else {}
+        prop["type"] = _property_type(prop)
+        if not isinstance(prop.get("description"), str) or not prop["description"]:
+            prop["description"] = str(name)
+        completed[str(name)] = prop
+    parameters["properties"] = completed
+    function = msgspec.structs.replace(tool.function, parameters=parameters)
+    return msgspec.structs.replace(tool, function=function)
+
+
+def _property_type(prop: dict[str, Any]) -> str:
+    kind = prop.get("type")
+    if isinstance(kind, str):
+        return kind
+    if isinstance(kind, list):
+        named = [k for k in kind if isinstance(k, str) and k != "null"]
+        return named[0] if named else "string"
+    for key in ("anyOf", "oneOf"):
+        for branch in prop.get(key) or []:
+            if isinstance(branch, dict) and isinstance(branch.get("type"), str) and branch["type"] != "null":
+                return str(branch["type"])
+    if "enum" in prop:
+        return "string"
+    return "object" if "properties" in prop else "string"
+
+
+class _CollectedAnswer:
+    """A whole answer already read and parsed (non-streamed, or a JSON body to a stream request)."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: list[Event]) -> None:
+        self._events = events
+
+    async def events(self) -> AsyncIterator[Event]:
+        for event in self._events:
+            yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _StreamedAnswer:
+    __slots__ = ("_adapter", "_max_tokens", "_response")
+
+    def __init__(self, adapter: WorkersAIAdapter, response: httpx.Response, *, max_tokens: int) -> None:
+        self._adapter = adapter
+        self._response = response
+        self._max_tokens = max_tokens
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+    async def events(self) -> AsyncIterator[Event]:
+        backend = self._adapter.name
+        decoder = SSEDecoder()
+        parser = StreamParser(backend)
+        try:
+            async for chunk in iter_body(self._response, backend=backend, timeout_s=self._adapter._timeout_s):
+                for payload in decoder.feed(chunk):
+                    if payload == b"[DONE]":
+                        return
+                    for event in parser.parse(payload):
+                        yield event
+            for payload in decoder.close():
+                if payload == b"[DONE]":
+                    return
+                for event in parser.parse(payload):
+                    yield event
+        except SSELineTooLong as exc:
+            raise UpstreamProtocolError(
+                backend, f"backend '{backend}' sent an oversized stream event"
+            ) from exc
+        finally:
+            await self._response.aclose()
+        raise UpstreamProtocolError(
+            backend,
+            f"backend '{backend}' ended its stream without [DONE]: the answer is incomplete",
+            code="upstream_stream_truncated",
+        )
+
+
+class StreamParser:
+    """Turns one stream event (native, OpenAI chunk, or both in one stream) into canonical events."""
+
+    __slots__ = ("_backend", "_flat_calls")
+
+    def __init__(self, backend: str) -> None:
+        self._backend = backend
+        self._flat_calls = 0  # complete flat tool calls carry no index: number them in arrival order
+
+    def parse(self, payload: bytes) -> Iterator[Event]:
+        try:
+            event = msgspec.json.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise UpstreamProtocolError(
+                self._backend,
+                f"backend '{self._backend}' sent a stream event that is not valid JSON",
+                code="upstream_malformed",
+            ) from exc
+        if not isinstance(event, dict):
+            raise UpstreamProtocolError(
+                self._backend,
+                f"backend '{self._backend}' sent a stream event that is not an object",
+                code="upstream_malformed",
+            )
+        if "error" in event or "errors" in event:
+            _, message = _parse_error_body(payload)
+            raise UpstreamStatusError(
+                self._backend,
+                f"backend '{self._backend}' failed mid-stream: {message[:500]}",
+                code="upstream_error",
+            )
+        choices = event.get("choices")
+        if choices:
+            yield from _choice_events(choices[0], streamed=True)
+        response = event.get("response")
+        if response is not None and response != "":
+            yield TextDelta(_text_of(response))
+        tool_calls = event.get("tool_calls")
+        if tool_calls:
+            for call in tool_calls:
+                delta = self._tool_delta(call)
+                if delta is not None:
+                    yield delta
+        finish = event.get("finish_reason")
+        if isinstance(finish, str):
+            yield Finish(finish_reason(finish))
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            yield _usage(usage)
+
+    def _tool_delta(self, call: Any) -> ToolCallDelta | None:
+        if not isinstance(call, dict):
+            return None
+        if "function" not in call and "name" in call:  # legacy flat call, always complete
+            index = self._flat_calls
+            self._flat_calls += 1
+            return ToolCallDelta(index, str(call["name"]), _arguments_of(call.get("arguments")))
+        return _openai_tool_delta(call, fallback_index=0)
+
+
+def _openai_tool_delta(call: dict[str, Any], *, fallback_index: int) -> ToolCallDelta | None:
+    function = call.get("function") or {}
+    name = function.get("name") or None
+    arguments = function.get("arguments")
+    arguments_text = "" if arguments is None else _arguments_of(arguments)
+    if name is None and not arguments_text:
+        return None  # the null finalisation sentinel, or an empty piece
+    index = call.get("index")
+    return ToolCallDelta(index if isinstance(index, int) else fallback_index, name, arguments_text)
+
+
+def _choice_events(choice: Any, *, streamed: bool) -> Iterator[Event]:
+    if not isinstance(choice, dict):
+        return
+    part = choice.get("delta" if streamed else "message") or {}
+    reasoning = part.get("reasoning_content") or part.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        yield ReasoningDelta(reasoning)
+    content = part.get("content")
+    if content is not None and content != "":
+        yield TextDelta(_text_of(content))
+    calls = part.get("tool_calls")
+    if calls:
+        for position, call in enumerate(calls):
+            if isinstance(call, dict):
+                delta = _openai_tool_delta(call, fallback_index=position)
+                if delta is not None:
+                    yield delta
+    finish = choice.get("finish_reason")
+    if isinstance(finish, str):
+        yield Finish(finish_reason(finish))
+
+
+def result_events(result: Any, backend: str) -> Iterator[Event]:
+    """Events of a non-streamed `result`, whichever of its shapes it has."""
+    if isinstance(result, str):
+        if result:
+            yield TextDelta(result)
+        return
+    if not isinstance(result, dict):
+        if result is not None:
+            yield TextDelta(_text_of(result))
+        return
+    choices = result.get("choices")
+    if isinstance(choices, list) and choices:
+        yield from _choice_events(choices[0], streamed=False)
+    elif isinstance(result.get("output"), list):
+        yield from _responses_output_events(result["output"])
+    else:
+        response = result.get("response", result.get("response_text"))
+        if response is not None and response != "":
+            yield TextDelta(_text_of(response))
+        calls = result.get("tool_calls")
+        if isinstance(calls, list):
+            for position, call in enumerate(c for c in calls if isinstance(c, dict)):
+                if "function" in call:
+                    delta = _openai_tool_delta(call, fallback_index=position)
+                    if delta is not None:
+                        yield delta
+                elif "name" in call:
+                    yield ToolCallDelta(position, str(call["name"]), _arguments_of(call.get("arguments")))
+        finish = result.get("finish_reason")
+        if isinstance(finish, str):
+            yield Finish(finish_reason(finish))
+    usage = result.get("usage")
+    if isinstance(usage, dict):
+        yield _usage(usage)
+
+
+def _responses_output_events(output: list[Any]) -> Iterator[Event]:
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        texts = [part.get("text", "") for part in item.get("content") or [] if isinstance(part, dict)]
+        text = "".join(t for t in texts if isinstance(t, str))
+        if not text:
+            continue
+        if item.get("type") == "reasoning":
+            yield ReasoningDelta(text)
+        elif item.get("type") == "message":
+            yield TextDelta(text)
+
+
+def _text_of(value: Any) -> str:
+    """Workers AI's `response` may be a string, a number or (JSON mode) an object: always text for OpenAI."""
+    if isinstance(value, str):
+        return value
+    return _encoder.encode(value).decode()
+
+
+def _arguments_of(value: Any) -> str:
+    if value is None:
+        return "{}"
+    if isinstance(value, str):
+        return value
+    return _encoder.encode(value).decode()
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    completion_details = usage.get("completion_tokens_details")
+    reasoning = completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        cached_tokens=cached if isinstance(cached, int) else None,
+        reasoning_tokens=reasoning if isinstance(reasoning, int) else None,
+    )
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+_FINISH_REASONS: Final[dict[str, FinishReason]] = {
+    "stop": "stop",
+    "length": "length",
+    "model_length": "length",
+    "max_tokens": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def finish_reason(value: str) -> FinishReason:
+    return _FINISH_REASONS.get(value, "stop")
+
+
+def create(name: str, config: WorkersAIConfig) -> WorkersAIAdapter:
+    return WorkersAIAdapter(name, config)
+
+
+__all__ = (
+    "StreamParser",
+    "WorkersAIAdapter",
+    "WorkersAIConfig",
+    "create",
+    "finish_reason",
+    "result_events",
+    "status_error",
+    "upstream_body",
+)
