@@ -1,0 +1,218 @@
+"""The application factory: `create_app(settings)` builds the Litestar app and its lifespan."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+from litestar.status_codes import HTTP_200_OK
+
+from adapters import Adapter, create_adapter
+from adapters.errors import UpstreamError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestTooLargeError,
+    error_response,
+)
+from gateway.logs import get_logger
+from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
+from gateway.openai.responses import ModelList, ModelObject, encoder
+from gateway.routing import Answer, Router
+from gateway.translate import translate
+from gateway.writer import ResponseWriter
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+OWNER: Final = "llm-gateway"
+_MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
+
+log = get_logger("gateway")
+
+
+class Gateway:
+    """What the request handlers need, created in the lifespan and torn down with it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = int(time.time())
+        self._adapters: dict[str, Adapter] = {}
+        self._router: Router | None = None
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise GatewayError("the gateway is starting up or shutting down")
+        return self._router
+
+    @property
+    def ready(self) -> bool:
+        return self._router is not None
+
+    async def start(self) -> None:
+        self._adapters = {
+            name: create_adapter(name, config) for name, config in self.settings.backends.items()
+        }
+        self._router = Router(self.settings, self._adapters)
+
+    async def stop(self) -> None:
+        self._router = None
+        for adapter in self._adapters.values():
+            await adapter.aclose()
+        self._adapters = {}
+
+
+def decode_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Strict decode; any problem becomes a 400 that names the offending parameter."""
+    try:
+        return chat_request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The API expects a JSON payload "
+            "(Content-Type: application/json) with a JSON object as its body."
+        ) from None
+
+
+def _validation_error(text: str) -> InvalidRequestError:
+    match = _MSGSPEC_PATH.search(text)
+    where = match.group(1) if match else ""
+    message = text[: match.start()] if match else text
+    if missing := re.match(r"Object missing required field `([^`]+)`", message):
+        param = f"{where}.{missing.group(1)}" if where else missing.group(1)
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
+    if unknown := re.match(r"Object contains unknown field `([^`]+)`", message):
+        name = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        return InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name)
+    if not where:
+        return InvalidRequestError(f"The request body must be a JSON object ({message}).")
+    kind = "type" if message.startswith("Expected `") and ", got `" in message else "value"
+    return InvalidRequestError(
+        f"Invalid {kind} for '{where}': {message[0].lower()}{message[1:]}.", param=where
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    @post("/v1/chat/completions", status_code=HTTP_200_OK)
+    async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        payload = decode_chat_request(await request.body())
+        router = gateway.router
+        model = router.resolve(payload.model)
+        translated = translate(payload, public_model=model.name, model=model.config)
+        request_id = request.headers.get("x-request-id") or "req_" + os.urandom(12).hex()
+        answer = await router.open(translated, model, request_id=request_id)
+        writer = ResponseWriter(translated)
+        headers = {
+            "x-request-id": request_id,
+            "x-gateway-backend": answer.route.backend,
+            "x-gateway-attempts": str(answer.attempts),
+        }
+        if answer.collected is not None:
+            await answer.aclose()
+            return Response(writer.complete(answer.collected), media_type="application/json", headers=headers)
+        return Stream(
+            _relay(writer, answer), media_type="text/event-stream", headers={**headers, **SSE_HEADERS}
+        )
+
+    @get("/v1/models")
+    async def list_models() -> Response[bytes]:
+        data = [
+            ModelObject(id=name, created=gateway.started_at, owned_by=OWNER)
+            for name in gateway.router.public_names()
+        ]
+        return Response(encoder.encode(ModelList(data=data)), media_type="application/json")
+
+    @get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> Response[bytes]:
+        name = model_id.lstrip("/")
+        gateway.router.resolve(name)
+        body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
+        return Response(body, media_type="application/json")
+
+    @get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz")
+    async def readyz() -> Response[dict[str, str]]:
+        if gateway.ready:
+            return Response({"status": "ready"})
+        return Response({"status": "starting"}, status_code=503)
+
+    return Litestar(
+        route_handlers=[chat_completions, list_models, get_model, healthz, readyz],
+        lifespan=[lifespan],
+        exception_handlers={
+            GatewayError: _handle_error,
+            UpstreamError: _handle_error,
+            HTTPException: _handle_http_exception,
+            Exception: _handle_unexpected,
+        },
+        logging_config=None,
+    )
+
+
+async def _relay(writer: ResponseWriter, answer: Answer) -> AsyncIterator[bytes]:
+    """The SSE body; closing it (end, error or client disconnect) closes the upstream call."""
+    try:
+        async for chunk in writer.stream(answer.events()):
+            yield chunk
+    finally:
+        await answer.aclose()
+
+
+def _render(exc: GatewayError | UpstreamError) -> Response[bytes]:
+    status, body, headers = error_response(exc)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, GatewayError | UpstreamError)
+    return _render(exc)
+
+
+def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    error: GatewayError
+    if exc.status_code == 404:
+        error = NotFoundError(f"Invalid URL ({where})")
+    elif exc.status_code == 405:
+        error = NotFoundError(f"Invalid method for URL ({where})")
+        return Response(error_response(error)[1], status_code=405, media_type="application/json")
+    elif exc.status_code == 413:
+        error = RequestTooLargeError("The request body is too large.")
+    else:
+        error = InvalidRequestError(str(exc.detail))
+        return Response(error_response(error)[1], status_code=exc.status_code, media_type="application/json")
+    return _render(error)
+
+
+def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.error("unhandled_exception", path=request.url.path, exc_info=exc)
+    return _render(GatewayError("The gateway hit an internal error while handling the request."))
+
+
+__all__ = ("Gateway", "create_app", "decode_chat_request")

@@ -1,0 +1,94 @@
+"""`gateway serve` and `gateway check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.config import ConfigError, LoadedConfig, default_config_path, load_config
+from gateway.logs import configure_logging, get_logger
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible LLM gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else config/gateway.yaml)")
+    serve.add_argument("--host", help="listen address (default: listen.host from the config)")
+    serve.add_argument("--port", type=int, help="listen port (default: listen.port from the config)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    check = commands.add_parser("check-config", help="validate a config file: prints 'ok' or every problem")
+    check.add_argument("path")
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.path)
+    return run_server(
+        args.config or default_config_path(), host=args.host, port=args.port, workers=args.workers
+    )
+
+
+def check_config(path: str) -> int:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    print("ok")
+    return 0
+
+
+def _load_or_exit(path: str) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run_server(path: str, *, host: str | None, port: int | None, workers: int) -> int:
+    import uvicorn
+
+    loaded = _load_or_exit(path)
+    settings = loaded.settings
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger("gateway")
+    for notice in loaded.notices:
+        log.warning("config_notice", message=notice)
+    bind_host = host or settings.listen.host
+    bind_port = port if port is not None else settings.listen.port
+    log.info("starting", host=bind_host, port=bind_port, workers=workers, config=path)
+    if workers > 1:
+        # Worker processes import the app by name: hand them the config path through the environment.
+        os.environ[CONFIG_ENV] = os.path.abspath(path)
+        uvicorn.run(
+            "gateway.cli:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=bind_host,
+            port=bind_port,
+            log_level="warning",
+            access_log=False,
+        )
+    else:
+        from gateway.app import create_app
+
+        uvicorn.run(
+            create_app(settings), host=bind_host, port=bind_port, log_level="warning", access_log=False
+        )
+    return 0
+
+
+def app_from_environment() -> object:
+    """The factory worker processes call: config from `$GATEWAY_CONFIG`, already validated by the parent."""
+    from gateway.app import create_app
+
+    settings = _load_or_exit(default_config_path()).settings
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+__all__ = ("app_from_environment", "check_config", "main", "run_server")

@@ -1,0 +1,311 @@
+"""The gateway's configuration: YAML, `${VAR}` / `${VAR:-default}` interpolation, strict validation.
+
+`load_config(path)` returns a `LoadedConfig` or raises `ConfigError` listing every problem with its
+YAML path (e.g. `backends.cloudflare.api_token: must not be empty (CLOUDFLARE_API_TOKEN is not set)`),
+never a traceback. Interpolation happens on string values after YAML parsing, so a secret containing
+`#` or `:` cannot change the document's structure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import yaml
+
+from adapters import BackendConfigs
+from adapters.mock import MockConfig
+
+DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
+DEFAULT_MAX_TOKENS: Final = 4096
+"""`max_tokens` sent upstream when the client sets none (Workers AI would otherwise stop at 256)."""
+
+_VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MSGSPEC_PATH: Final = re.compile(r" - at `\$([^`]*)`$")
+
+
+class Listen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    backend: str
+    """A key of `backends`."""
+    model: str
+    """The model name the backend knows, e.g. `@cf/meta/llama-3.3-70b-instruct-fp8-fast`."""
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    targets: list[Target]
+    """Tried in order."""
+    aliases: list[str] = msgspec.field(default_factory=list)
+    """Extra public names for this model."""
+    vision: bool = False
+    """The targets accept image parts; otherwise images are refused with a 400."""
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    """`max_tokens` sent upstream when the client sets none."""
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    listen: Listen = Listen()
+    backends: dict[str, BackendConfigs]
+    models: dict[str, ModelConfig]
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    log_format: str = "auto"
+    """json, console, or auto (console on a terminal, JSON otherwise)."""
+
+
+class LoadedConfig(msgspec.Struct, frozen=True):
+    settings: Settings
+    notices: list[str]
+    """Warnings to log once at start-up (e.g. a backend replaced by the mock for lack of credentials)."""
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+    def render(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def default_config_path() -> str:
+    return os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    return parse_config(text, source=source, environ=os.environ if environ is None else environ)
+
+
+def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str]) -> LoadedConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        hint = " (inside {...} or [...], quote values that use ${VAR})" if "${" in text else ""
+        raise ConfigError(source, [f"{where}invalid YAML: {problem}{hint}"]) from None
+    if raw is None:
+        raw = {}
+    unset: dict[str, list[str]] = {}
+    raw = _interpolate(raw, "", environ, unset)
+    problems: list[str] = []
+    settings = _validate(raw, problems, unset)
+    if settings is None or problems:
+        raise ConfigError(source, problems)
+    return _resolve_unconfigured(settings, source, unset)
+
+
+def _interpolate(value: Any, path: str, environ: Mapping[str, str], unset: dict[str, list[str]]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = environ.get(name)
+            if found:
+                return found
+            if default is not None:
+                return default
+            unset.setdefault(path, []).append(name)
+            return ""
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {key: _interpolate(item, _join(path, str(key)), environ, unset) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, f"{path}[{i}]", environ, unset) for i, item in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _validate(raw: Any, problems: list[str], unset: dict[str, list[str]]) -> Settings | None:
+    if not isinstance(raw, dict):
+        problems.append("the top level must be a mapping of keys (listen, backends, models, ...)")
+        return None
+    fields = {field.encode_name: field for field in msgspec.structs.fields(Settings)}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{key}: unknown key (known keys: {', '.join(sorted(fields))})")
+    for key, field in fields.items():
+        if key not in raw:
+            if field.required:
+                problems.append(f"{key}: missing required section")
+            continue
+        value = raw[key]
+        if key in ("backends", "models"):
+            if not isinstance(value, dict) or not value:
+                problems.append(f"{key}: must be a non-empty mapping of names to definitions")
+                continue
+            entry_type = BackendConfigs if key == "backends" else ModelConfig
+            for name, entry in value.items():
+                _convert(entry, entry_type, f"{key}.{name}", problems, unset)
+        else:
+            _convert(value, field.type, key, problems, unset)
+    if problems:
+        return None
+    settings = msgspec.convert(raw, Settings, strict=False)
+    _check_references(settings, problems, unset)
+    return settings
+
+
+def _convert(value: Any, type_: Any, path: str, problems: list[str], unset: dict[str, list[str]]) -> Any:
+    try:
+        return msgspec.convert(value, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        message, where = _split_msgspec_error(str(exc))
+        full = _join(path, where) if where else path
+        problems.append(f"{full}: {message}{_unset_hint(full, unset)}")
+        return None
+
+
+def _split_msgspec_error(text: str) -> tuple[str, str]:
+    match = _MSGSPEC_PATH.search(text)
+    where = match.group(1).lstrip(".") if match else ""
+    message = text[: match.start()] if match else text
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if unknown:
+        return "unknown key", _join(where, unknown.group(1))
+    message = re.sub(r"Object missing required field `([^`]+)`", r"missing required key '\1'", message)
+    if message.startswith("Invalid value") and where.endswith("kind"):
+        message += " (known kinds: " + ", ".join(_backend_kinds()) + ")"
+    return message, where
+
+
+def _backend_kinds() -> list[str]:
+    kinds = []
+    for config_type in BackendConfigs.__args__:
+        tag = msgspec.inspect.type_info(config_type).tag  # type: ignore[attr-defined]
+        kinds.append(str(tag))
+    return kinds
+
+
+def _unset_hint(path: str, unset: dict[str, list[str]]) -> str:
+    names = unset.get(path)
+    return f" ({', '.join(names)} is not set)" if names else ""
+
+
+def _check_references(settings: Settings, problems: list[str], unset: dict[str, list[str]]) -> None:
+    for name, backend in settings.backends.items():
+        for key, value in backend.required_values().items():
+            if not value.strip() and backend.when_unconfigured is None:
+                path = f"backends.{name}.{key}"
+                problems.append(f"{path}: must not be empty{_unset_hint(path, unset)}")
+        if backend.when_unconfigured is not None and backend.when_unconfigured not in settings.backends:
+            problems.append(
+                f"backends.{name}.when_unconfigured: '{backend.when_unconfigured}' is not a backend"
+            )
+        if backend.timeout_s <= 0:
+            problems.append(f"backends.{name}.timeout_s: must be greater than 0")
+        if backend.max_concurrency is not None and backend.max_concurrency < 1:
+            problems.append(f"backends.{name}.max_concurrency: must be at least 1")
+    public: dict[str, str] = {}
+    for name, model in settings.models.items():
+        if not model.targets:
+            problems.append(f"models.{name}.targets: must list at least one target")
+        for i, target in enumerate(model.targets):
+            path = f"models.{name}.targets[{i}]"
+            if target.backend not in settings.backends:
+                known = ", ".join(sorted(settings.backends))
+                problems.append(
+                    f"{path}.backend: '{target.backend}' is not defined under backends (defined: {known})"
+                )
+            if not target.model.strip():
+                problems.append(f"{path}.model: must not be empty{_unset_hint(path + '.model', unset)}")
+        if model.default_max_tokens < 1:
+            problems.append(f"models.{name}.default_max_tokens: must be at least 1")
+        for public_name, path in [(name, f"models.{name}")] + [
+            (alias, f"models.{name}.aliases[{i}]") for i, alias in enumerate(model.aliases)
+        ]:
+            if not public_name.strip():
+                problems.append(f"{path}: a public model name must not be empty")
+            elif public_name in public:
+                problems.append(
+                    f"{path}: '{public_name}' is already the name or an alias of {public[public_name]}"
+                )
+            else:
+                public[public_name] = f"models.{name}"
+    if not 1 <= settings.listen.port <= 65535:
+        problems.append("listen.port: must be between 1 and 65535")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append("log_level: must be one of debug, info, warning, error")
+    if settings.log_format not in ("auto", "json", "console"):
+        problems.append("log_format: must be one of auto, json, console")
+
+
+def _resolve_unconfigured(settings: Settings, source: str, unset: dict[str, list[str]]) -> LoadedConfig:
+    """Replace backends that lack required values by their `when_unconfigured` stand-in."""
+    stand_ins: dict[str, str] = {}
+    notices: list[str] = []
+    for name, backend in settings.backends.items():
+        empty = [key for key, value in backend.required_values().items() if not value.strip()]
+        if not empty or backend.when_unconfigured is None:
+            continue
+        stand_in = backend.when_unconfigured
+        stand_ins[name] = stand_in
+        variables = sorted({var for key in empty for var in unset.get(f"backends.{name}.{key}", [])})
+        missing = ", ".join(variables) if variables else ", ".join(empty)
+        kind = "the built-in mock" if isinstance(settings.backends.get(stand_in), MockConfig) else "backend"
+        notices.append(
+            f"backend '{name}' is not configured ({missing} not set): its models are served by "
+            f"{kind} '{stand_in}' instead. Set the missing values to use it."
+        )
+    if not stand_ins:
+        return LoadedConfig(settings, notices)
+    problems = [
+        f"backends.{name}.when_unconfigured: '{stand_in}' is not configured either"
+        for name, stand_in in stand_ins.items()
+        if stand_in in stand_ins
+    ]
+    if problems:
+        raise ConfigError(source, problems)
+    models = {
+        name: msgspec.structs.replace(
+            model,
+            targets=[
+                msgspec.structs.replace(t, backend=stand_ins[t.backend]) if t.backend in stand_ins else t
+                for t in model.targets
+            ],
+        )
+        for name, model in settings.models.items()
+    }
+    backends = {name: b for name, b in settings.backends.items() if name not in stand_ins}
+    return LoadedConfig(msgspec.structs.replace(settings, backends=backends, models=models), notices)
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every configured secret, for redaction and for tests that scan output for leaks."""
+    return [s for backend in settings.backends.values() for s in backend.secrets() if s]
+
+
+__all__ = (
+    "DEFAULT_CONFIG_PATH",
+    "ConfigError",
+    "Listen",
+    "LoadedConfig",
+    "ModelConfig",
+    "Settings",
+    "Target",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+    "secrets_of",
+)
