@@ -1,0 +1,146 @@
+"""Config loading: interpolation, every problem reported with its YAML path, the mock stand-in, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters import MockConfig, WorkersAIConfig
+from gateway.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+VALID = """
+listen: {host: 0.0.0.0, port: "${PORT:-9000}"}
+backends:
+  cloudflare:
+    kind: workers-ai
+    account_id: ${CF_ACCOUNT}
+    api_token: ${CF_TOKEN}
+    timeout_s: 30
+  demo: {kind: mock, token_delay_s: 0}
+models:
+  llama:
+    aliases: [gpt-4o-mini]
+    targets:
+      - {backend: cloudflare, model: "@cf/meta/llama-3.3-70b-instruct-fp8-fast"}
+"""
+
+
+def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, environ=environ or {})
+    return info.value.problems
+
+
+def test_interpolation_and_defaults() -> None:
+    loaded = parse_config(VALID, environ={"CF_ACCOUNT": "acct", "CF_TOKEN": "tok"})
+    settings = loaded.settings
+    assert settings.listen.port == 9000
+    backend = settings.backends["cloudflare"]
+    assert isinstance(backend, WorkersAIConfig)
+    assert (backend.account_id, backend.api_token, backend.timeout_s) == ("acct", "tok", 30)
+    assert backend.base_url == "https://api.cloudflare.com/client/v4"
+    assert isinstance(settings.backends["demo"], MockConfig)
+    assert loaded.notices == []
+
+
+def test_default_expansion_uses_the_environment_when_set() -> None:
+    loaded = parse_config(VALID, environ={"CF_ACCOUNT": "a", "CF_TOKEN": "t", "PORT": "7001"})
+    assert loaded.settings.listen.port == 7001
+
+
+def test_empty_credentials_are_an_error_naming_the_variable() -> None:
+    problems = problems_of(VALID, {"CF_TOKEN": "tok"})
+    assert problems == ["backends.cloudflare.account_id: must not be empty (CF_ACCOUNT is not set)"]
+
+
+def test_every_structural_problem_is_reported_with_its_path() -> None:
+    text = """
+listen: {port: abc}
+extra: 1
+backends:
+  cf: {kind: workers-ai, account_id: a, api_token: t, timeot_s: 3}
+  other: {kind: nope}
+models:
+  m: {targets: [{backend: cf, model: x, wieght: 2}]}
+"""
+    problems = problems_of(text)
+    assert "extra: unknown key (known keys: backends, listen, log_format, log_level, models)" in problems
+    assert "listen.port: Expected `int`, got `str`" in problems
+    assert "backends.cf.timeot_s: unknown key" in problems
+    assert any(p.startswith("backends.other.kind: Invalid value 'nope'") for p in problems)
+    assert "models.m.targets[0].wieght: unknown key" in problems
+    assert len(problems) == 5
+
+
+def test_reference_problems_are_reported_together() -> None:
+    text = """
+backends:
+  cf: {kind: mock}
+models:
+  a: {targets: [{backend: zz, model: x}], aliases: [b]}
+  b: {targets: []}
+"""
+    problems = problems_of(text)
+    assert "models.a.targets[0].backend: 'zz' is not defined under backends (defined: cf)" in problems
+    assert "models.b.targets: must list at least one target" in problems
+    assert "models.b: 'b' is already the name or an alias of models.a" in problems
+
+
+def test_yaml_syntax_error_has_a_line_number() -> None:
+    (problem,) = problems_of("backends: {a: [1, 2}\n")
+    assert problem.startswith("line 1, column")
+
+
+def test_unconfigured_backend_is_replaced_by_its_stand_in_with_one_notice() -> None:
+    text = VALID.replace("timeout_s: 30", "timeout_s: 30\n    when_unconfigured: demo")
+    loaded = parse_config(text, environ={})
+    assert "cloudflare" not in loaded.settings.backends
+    assert loaded.settings.models["llama"].targets[0].backend == "demo"
+    (notice,) = loaded.notices
+    assert "CF_ACCOUNT, CF_TOKEN" in notice
+    assert "mock" in notice
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in [ROOT / "config" / "gateway.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]:
+        load_config(path, environ={"CLOUDFLARE_ACCOUNT_ID": "a", "CLOUDFLARE_API_TOKEN": "t"})
+    default = load_config(ROOT / "config" / "gateway.yaml", environ={})
+    assert len(default.notices) == 1
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_cli_ok_and_problems(tmp_path: Path) -> None:
+    ok = run_cli("check-config", "config/gateway.yaml")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "ok")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "backends: {x: {kind: mock}}\nmodels: {m: {targets: [{backend: y, model: z}]}}\nbogus: 1\n"
+    )
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert "bogus: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backends: {}\nmodels: {}\n")
+    result = run_cli("serve", "--config", str(bad))
+    assert result.returncode == 1
+    assert "backends: must be a non-empty mapping" in result.stderr
+    assert "Traceback" not in result.stderr
