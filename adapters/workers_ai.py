@@ -129,7 +129,7 @@ class WorkersAIAdapter:
     def _answer_events(self, raw: bytes) -> list[Event]:
         try:
             envelope = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise UpstreamProtocolError(
                 self.name,
                 f"backend '{self.name}' sent a body that is not valid JSON",
@@ -251,7 +251,7 @@ def _parse_error_body(raw: bytes) -> tuple[int | None, str]:
     """(Cloudflare code, message) from the v4 envelope, an OpenAI-style error, or plain text."""
     try:
         body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None, raw[:500].decode("utf-8", "replace").strip()
     if isinstance(body, dict):
         errors = body.get("errors")
@@ -422,7 +422,7 @@ class StreamParser:
     def parse(self, payload: bytes) -> Iterator[Event]:
         try:
             event = msgspec.json.decode(payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise UpstreamProtocolError(
                 self._backend,
                 f"backend '{self._backend}' sent a stream event that is not valid JSON",

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
 
 from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
+from gateway.chat import chat_completion, new_request_id
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -25,18 +24,13 @@ from gateway.errors import (
     error_response,
 )
 from gateway.logs import get_logger
-from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.openai.responses import ModelList, ModelObject, encoder
-from gateway.routing import Answer, Router
-from gateway.translate import translate
-from gateway.writer import ResponseWriter
+from gateway.routing import Router
 
 if TYPE_CHECKING:
     from gateway.config import Settings
 
-SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 OWNER: Final = "llm-gateway"
-_MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
 
 log = get_logger("gateway")
 
@@ -73,37 +67,6 @@ class Gateway:
         self._adapters = {}
 
 
-def decode_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Strict decode; any problem becomes a 400 that names the offending parameter."""
-    try:
-        return chat_request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc)) from None
-    except msgspec.DecodeError:
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request. The API expects a JSON payload "
-            "(Content-Type: application/json) with a JSON object as its body."
-        ) from None
-
-
-def _validation_error(text: str) -> InvalidRequestError:
-    match = _MSGSPEC_PATH.search(text)
-    where = match.group(1) if match else ""
-    message = text[: match.start()] if match else text
-    if missing := re.match(r"Object missing required field `([^`]+)`", message):
-        param = f"{where}.{missing.group(1)}" if where else missing.group(1)
-        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
-    if unknown := re.match(r"Object contains unknown field `([^`]+)`", message):
-        name = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
-        return InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name)
-    if not where:
-        return InvalidRequestError(f"The request body must be a JSON object ({message}).")
-    kind = "type" if message.startswith("Expected `") and ", got `" in message else "value"
-    return InvalidRequestError(
-        f"Invalid {kind} for '{where}': {message[0].lower()}{message[1:]}.", param=where
-    )
-
-
 def create_app(settings: Settings) -> Litestar:
     gateway = Gateway(settings)
 
@@ -117,24 +80,11 @@ def create_app(settings: Settings) -> Litestar:
 
     @post("/v1/chat/completions", status_code=HTTP_200_OK)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-        payload = decode_chat_request(await request.body())
-        router = gateway.router
-        model = router.resolve(payload.model)
-        translated = translate(payload, public_model=model.name, model=model.config)
-        request_id = request.headers.get("x-request-id") or "req_" + os.urandom(12).hex()
-        answer = await router.open(translated, model, request_id=request_id)
-        writer = ResponseWriter(translated)
-        headers = {
-            "x-request-id": request_id,
-            "x-gateway-backend": answer.route.backend,
-            "x-gateway-attempts": str(answer.attempts),
-        }
-        if answer.collected is not None:
-            await answer.aclose()
-            return Response(writer.complete(answer.collected), media_type="application/json", headers=headers)
-        return Stream(
-            _relay(writer, answer), media_type="text/event-stream", headers={**headers, **SSE_HEADERS}
-        )
+        request_id = request.headers.get("x-request-id") or new_request_id()
+        result = await chat_completion(gateway.router, await request.body(), request_id=request_id)
+        if result.stream is not None:
+            return Stream(result.stream, media_type="text/event-stream", headers=result.headers)
+        return Response(result.body, media_type="application/json", headers=result.headers)
 
     @get("/v1/models")
     async def list_models() -> Response[bytes]:
@@ -145,7 +95,7 @@ def create_app(settings: Settings) -> Litestar:
         return Response(encoder.encode(ModelList(data=data)), media_type="application/json")
 
     @get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> Response[bytes]:
+    async def get_model(model_id: FromPath[str]) -> Response[bytes]:
         name = model_id.lstrip("/")
         gateway.router.resolve(name)
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
@@ -172,15 +122,6 @@ def create_app(settings: Settings) -> Litestar:
         },
         logging_config=None,
     )
-
-
-async def _relay(writer: ResponseWriter, answer: Answer) -> AsyncIterator[bytes]:
-    """The SSE body; closing it (end, error or client disconnect) closes the upstream call."""
-    try:
-        async for chunk in writer.stream(answer.events()):
-            yield chunk
-    finally:
-        await answer.aclose()
 
 
 def _render(exc: GatewayError | UpstreamError) -> Response[bytes]:
@@ -215,4 +156,4 @@ def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respo
     return _render(GatewayError("The gateway hit an internal error while handling the request."))
 
 
-__all__ = ("Gateway", "create_app", "decode_chat_request")
+__all__ = ("Gateway", "create_app")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 from adapters.canonical import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from adapters.errors import UpstreamError
 from gateway.errors import GatewayError, in_band_error
+from gateway.logs import get_logger
 from gateway.openai.responses import (
     AssistantMessageOut,
     ChatCompletion,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 _ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
 _DONE: Final = b"data: [DONE]\n\n"
+log = get_logger("gateway.writer")
 _CHOICE_TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
 
@@ -219,6 +221,13 @@ class ResponseWriter:
         except (UpstreamError, GatewayError) as exc:
             stats.error_code = exc.code or "upstream_error"
             yield in_band_error(exc)
+            return
+        except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
+            log.error("stream_failed", exc_info=exc)
+            stats.error_code = "internal_error"
+            yield in_band_error(
+                GatewayError("The gateway failed while relaying the answer.", code="internal_error")
+            )
             return
         if not started:
             yield prefix + _ROLE_DELTA + _CHOICE_TAIL

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from adapters.canonical import ImagePart, NamedToolChoice, TextPart
-from gateway.app import decode_chat_request
+from gateway.chat import decode_chat_request
 from gateway.config import ModelConfig, Target
 from gateway.errors import InvalidRequestError
 from gateway.translate import Translated, translate
