@@ -33,6 +33,7 @@ from adapters.errors import UpstreamProtocolError, UpstreamStatusError
 from adapters.http import (
     MAX_ERROR_BODY,
     MAX_RESPONSE_BODY,
+    Endpoint,
     build_client,
     iter_body,
     parse_retry_after,
@@ -85,14 +86,11 @@ class WorkersAIAdapter:
         self.name = name
         self._config = config
         self._timeout_s = config.timeout_s
-        self._path_prefix = f"/accounts/{config.account_id}/ai/run/"
+        self._run_url = f"{config.base_url.rstrip('/')}/accounts/{config.account_id}/ai/run/"
+        self._headers = {"authorization": f"Bearer {config.api_token}", "content-type": "application/json"}
+        self._endpoints: dict[str, Endpoint] = {}
         self._secrets = [s for s in config.secrets() if s]
-        self._client = build_client(
-            base_url=config.base_url.rstrip("/"),
-            timeout_s=config.timeout_s,
-            headers={"authorization": f"Bearer {config.api_token}", "content-type": "application/json"},
-            max_connections=config.max_concurrency,
-        )
+        self._client = build_client(timeout_s=config.timeout_s, max_connections=config.max_concurrency)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -101,8 +99,11 @@ class WorkersAIAdapter:
         # JSON mode does not stream on Workers AI: ask for the whole answer and replay it as events.
         stream = request.stream and request.response_format is msgspec.UNSET
         body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
-        http_request = self._client.build_request("POST", self._path_prefix + model, content=body)
-        response = await send(self._client, http_request, backend=self.name, timeout_s=self._timeout_s)
+        endpoint = self._endpoints.get(model)
+        if endpoint is None:
+            # Model names come from the config only, so this cache is bounded by the config.
+            endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
+        response = await send(self._client, endpoint.post(body), backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:
                 raw = await read_body(
