@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint check-config redis-server clean
+.PHONY: run test lint bench check-config redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ redis-server:
 
 test: $(VENV)/.installed-test redis-server
 	$(BIN)/pytest
+
+# Benchmarks print figures; they are never pass/fail. wrk comes from Debian's packages.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)); \
+	  else echo "wrk is missing: the benchmark falls back to its asyncio load generator" >&2; fi; }
+
+bench: $(VENV)/.installed-test redis-server wrk
+	$(BIN)/python -m tests.bench.run
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
