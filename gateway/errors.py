@@ -100,7 +100,8 @@ def error_response(exc: GatewayError | UpstreamError) -> tuple[int, bytes, dict[
 
 
 def error_body(exc: UpstreamError) -> bytes:
-    return encoder.encode(ErrorBody(ErrorDetail(message=exc.message, type=exc.error_type, code=exc.code)))
+    detail = ErrorDetail(message=exc.message, type=exc.error_type, param=exc.param, code=exc.code)
+    return encoder.encode(ErrorBody(detail))
 
 
 def upstream_headers(exc: UpstreamError) -> dict[str, str]:
