@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from adapters import mock, vllm, workers_ai
 from adapters.base import Adapter, HealthChecked, UpstreamResponse
-from adapters.config import BackendConfig
+from adapters.config import BackendConfig, BreakerConfig
 from adapters.mock import MockConfig
 from adapters.vllm import VLLMConfig
 from adapters.workers_ai import WorkersAIConfig
@@ -30,6 +30,7 @@ __all__ = (
     "Adapter",
     "BackendConfig",
     "BackendConfigs",
+    "BreakerConfig",
     "HealthChecked",
     "MockConfig",
     "UpstreamResponse",

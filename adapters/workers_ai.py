@@ -217,6 +217,16 @@ def status_error(
             code="upstream_timeout",
             upstream_status=status,
         )
+    if status == 404:
+        # The route itself was not found (code 7003: a wrong account id or base_url): a config error.
+        return UpstreamStatusError(
+            backend,
+            f"{where} has no such route (check account_id and base_url){detail}",
+            status_code=502,
+            error_type="upstream_error",
+            code="upstream_not_found",
+            upstream_status=status,
+        )
     if status == 413:
         return UpstreamStatusError(
             backend,
