@@ -5,12 +5,14 @@ Adding a backend kind means one new module plus one line in `BackendConfigs` and
 
 from __future__ import annotations
 
-from adapters import mock, workers_ai
-from adapters.base import Adapter, UpstreamResponse
+from adapters import mock, vllm, workers_ai
+from adapters.base import Adapter, HealthChecked, UpstreamResponse
+from adapters.config import BackendConfig, BreakerConfig
 from adapters.mock import MockConfig
+from adapters.vllm import VLLMConfig
 from adapters.workers_ai import WorkersAIConfig
 
-BackendConfigs = WorkersAIConfig | MockConfig
+BackendConfigs = WorkersAIConfig | VLLMConfig | MockConfig
 """The `backends:` entries, told apart by their `kind:` tag."""
 
 
@@ -18,8 +20,21 @@ def create_adapter(name: str, config: BackendConfigs) -> Adapter:
     match config:
         case WorkersAIConfig():
             return workers_ai.create(name, config)
+        case VLLMConfig():
+            return vllm.create(name, config)
         case MockConfig():
             return mock.create(name, config)
 
 
-__all__ = ("Adapter", "BackendConfigs", "MockConfig", "UpstreamResponse", "WorkersAIConfig", "create_adapter")
+__all__ = (
+    "Adapter",
+    "BackendConfig",
+    "BackendConfigs",
+    "BreakerConfig",
+    "HealthChecked",
+    "MockConfig",
+    "UpstreamResponse",
+    "VLLMConfig",
+    "WorkersAIConfig",
+    "create_adapter",
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from adapters.canonical import ChatRequest, Event
@@ -26,7 +26,10 @@ class Adapter(Protocol):
     """The backend's name in the config (never a secret)."""
 
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
-        """Send `request` for the upstream `model`; raise `UpstreamError` unless the answer began well."""
+        """Send `request` for the upstream `model`; raise `UpstreamError` unless the answer began well.
+
+        `request_id` is unique per upstream call (the gateway's request id plus the attempt number).
+        """
         ...
 
     async def aclose(self) -> None:
@@ -34,4 +37,33 @@ class Adapter(Protocol):
         ...
 
 
-__all__ = ("Adapter", "UpstreamResponse")
+@runtime_checkable
+class HealthChecked(Protocol):
+    """An adapter whose backend reports its own health (vLLM's `GET /health`).
+
+    The gateway probes such backends in the background and skips them while the probe fails; other
+    backends are judged by their live traffic only.
+    """
+
+    async def check_health(self) -> None:
+        """Return if the backend says it is healthy; raise `UpstreamError` saying why not otherwise."""
+        ...
+
+
+class CollectedAnswer:
+    """A whole answer already read and parsed (non-streamed, or a JSON body to a stream request)."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: list[Event]) -> None:
+        self._events = events
+
+    async def events(self) -> AsyncIterator[Event]:
+        for event in self._events:
+            yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+__all__ = ("Adapter", "CollectedAnswer", "HealthChecked", "UpstreamResponse")

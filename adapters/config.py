@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
+
+DEFAULT_FAILURE_THRESHOLD = 5
+DEFAULT_COOLDOWN_S = 30.0
+DEFAULT_HEALTH_INTERVAL_S = 5.0
+
+
+class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """When the gateway stops sending traffic to a failing target, and for how long."""
+
+    failure_threshold: Annotated[int, Meta(ge=1)] = DEFAULT_FAILURE_THRESHOLD
+    """Consecutive failures (not client faults) after which a target is skipped."""
+    cooldown_s: Annotated[float, Meta(gt=0)] = DEFAULT_COOLDOWN_S
+    """How long a tripped target is skipped before one probe request is let through."""
+    health_interval_s: Annotated[float, Meta(gt=0)] = DEFAULT_HEALTH_INTERVAL_S
+    """Backends with a health endpoint (vLLM's `GET /health`) are probed this often in the background."""
 
 
 class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -16,6 +34,8 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
     Without it, an empty required value stops start-up. The default config uses it so `make run` works
     before any credentials exist; production configs should leave it out.
     """
+    breaker: BreakerConfig = BreakerConfig()
+    """Circuit-breaker settings for every target on this backend."""
 
     def required_values(self) -> dict[str, str]:
         """Values that must not be empty, by field name."""
@@ -26,4 +46,4 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
         return []
 
 
-__all__ = ("BackendConfig",)
+__all__ = ("BackendConfig", "BreakerConfig")

@@ -6,8 +6,8 @@
     ├── UpstreamStatusError       the backend answered with an error status (mapped to OpenAI terms)
     └── UpstreamProtocolError     the answer could not be understood (malformed JSON, cut stream, bad UTF-8)
 
-Each carries what the client may be shown (`status_code`, `error_type`, `code`, `message`, already free
-of secrets) and the facts the router needs to decide on failover (`category`, `upstream_status`,
+Each carries what the client may be shown (`status_code`, `error_type`, `code`, `param`, `message`, already
+free of secrets) and the facts the router needs to decide on failover (`category`, `upstream_status`,
 `client_fault`, `retry_after`). The gateway renders them as OpenAI errors at its single error boundary.
 """
 
@@ -33,6 +33,7 @@ class UpstreamError(Exception):
         client_fault: bool = False,
         retry_after: float | None = None,
         quota: bool = False,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.backend = backend
@@ -46,6 +47,8 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         self.quota = quota
         """A quota that will not recover soon (e.g. a daily allocation used up)."""
+        self.param = param
+        """The request parameter the upstream objected to, in OpenAI's terms (e.g. `messages`)."""
 
     @property
     def summary(self) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import msgspec
 
+from adapters.base import CollectedAnswer
 from adapters.canonical import (
     ChatRequest,
     Event,
@@ -120,7 +121,7 @@ class WorkersAIAdapter:
             await response.aclose()
             raise
         await response.aclose()
-        return _CollectedAnswer(self._answer_events(raw))
+        return CollectedAnswer(self._answer_events(raw))
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -215,6 +216,16 @@ def status_error(
             status_code=504,
             error_type="timeout",
             code="upstream_timeout",
+            upstream_status=status,
+        )
+    if status == 404:
+        # The route itself was not found (code 7003: a wrong account id or base_url): a config error.
+        return UpstreamStatusError(
+            backend,
+            f"{where} has no such route (check account_id and base_url){detail}",
+            status_code=502,
+            error_type="upstream_error",
+            code="upstream_not_found",
             upstream_status=status,
         )
     if status == 413:
@@ -353,22 +364,6 @@ def _property_type(prop: dict[str, Any]) -> str:
     if "enum" in prop:
         return "string"
     return "object" if "properties" in prop else "string"
-
-
-class _CollectedAnswer:
-    """A whole answer already read and parsed (non-streamed, or a JSON body to a stream request)."""
-
-    __slots__ = ("_events",)
-
-    def __init__(self, events: list[Event]) -> None:
-        self._events = events
-
-    async def events(self) -> AsyncIterator[Event]:
-        for event in self._events:
-            yield event
-
-    async def aclose(self) -> None:
-        return None
 
 
 class _StreamedAnswer:

@@ -23,6 +23,7 @@ from gateway.errors import (
     RequestTooLargeError,
     error_response,
 )
+from gateway.health import HealthProber
 from gateway.logs import get_logger
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing import Router
@@ -43,6 +44,7 @@ class Gateway:
         self.started_at = int(time.time())
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
+        self._prober: HealthProber | None = None
 
     @property
     def router(self) -> Router:
@@ -59,8 +61,13 @@ class Gateway:
             name: create_adapter(name, config) for name, config in self.settings.backends.items()
         }
         self._router = Router(self.settings, self._adapters)
+        self._prober = HealthProber(self._router.health_checked())
+        self._prober.start()
 
     async def stop(self) -> None:
+        if self._prober is not None:
+            await self._prober.stop()
+            self._prober = None
         self._router = None
         for adapter in self._adapters.values():
             await adapter.aclose()
@@ -106,10 +113,14 @@ def create_app(settings: Settings) -> Litestar:
         return {"status": "ok"}
 
     @get("/readyz")
-    async def readyz() -> Response[dict[str, str]]:
-        if gateway.ready:
-            return Response({"status": "ready"})
-        return Response({"status": "starting"}, status_code=503)
+    async def readyz() -> Response[dict[str, Any]]:
+        if not gateway.ready:
+            return Response({"status": "starting"}, status_code=503)
+        unavailable = gateway.router.models_without_healthy_target()
+        if unavailable:
+            body = {"status": "unavailable", "models_without_healthy_target": unavailable}
+            return Response(body, status_code=503)
+        return Response({"status": "ready"})
 
     return Litestar(
         route_handlers=[chat_completions, list_models, get_model, healthz, readyz],

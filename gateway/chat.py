@@ -61,12 +61,19 @@ async def chat_completion(router: Router, raw_body: bytes, *, request_id: str) -
         await answer.aclose()
         return ChatResult(headers, body=writer.complete(answer.collected))
     headers.update(SSE_HEADERS)
-    return ChatResult(headers, stream=_relay(writer, answer))
+    relay = _relay(writer, answer)
+    await anext(relay)  # enter its try block: from now on, closing or dropping `relay` closes the upstream
+    return ChatResult(headers, stream=relay)
 
 
 async def _relay(writer: ResponseWriter, answer: Answer) -> AsyncIterator[bytes]:
-    """The SSE body; closing it (end, error or client disconnect) closes the upstream call."""
+    """The SSE body; closing it (end, error or client disconnect) closes the upstream call.
+
+    Its first item is an empty priming chunk, taken by `chat_completion`: a generator that was never
+    started has no `finally` to run, and a client can vanish before the server starts the body.
+    """
     try:
+        yield b""
         async for chunk in writer.stream(answer.events()):
             yield chunk
     finally:

@@ -12,10 +12,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import yaml
+from msgspec import Meta
 
 from adapters import BackendConfigs
 from adapters.mock import MockConfig
@@ -23,6 +24,8 @@ from adapters.mock import MockConfig
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
 DEFAULT_MAX_TOKENS: Final = 4096
 """`max_tokens` sent upstream when the client sets none (Workers AI would otherwise stop at 256)."""
+DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
+"""A model's total deadline until its answer begins, over every target tried."""
 
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$([^`]*)`$")
@@ -38,6 +41,8 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """A key of `backends`."""
     model: str
     """The model name the backend knows, e.g. `@cf/meta/llama-3.3-70b-instruct-fp8-fast`."""
+    weight: Annotated[float, Meta(gt=0)] | None = None
+    """Adjacent targets with a weight share load in this proportion; the group keeps its place in order."""
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -49,6 +54,8 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """The targets accept image parts; otherwise images are refused with a 400."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     """`max_tokens` sent upstream when the client sets none."""
+    timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_MODEL_TIMEOUT_S
+    """Deadline for all attempts together, until a stream's first token or a whole answer is in hand."""
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -9,7 +9,8 @@
     │   └── ModelNotFoundError       404 model_not_found
     ├── RequestTooLargeError         413
     ├── RateLimitError               429 rate_limit_exceeded
-    └── ServiceUnavailableError      503
+    ├── ServiceUnavailableError      503
+    └── RoutingError                 no target of a model answered: 502/503/504, or the one failure's status
 
 Upstream failures arrive as `adapters.errors.UpstreamError`; `error_response` renders both kinds, so
 no other module formats an error body.
@@ -17,7 +18,7 @@ no other module formats an error body.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from gateway.openai.responses import ErrorBody, ErrorDetail, encoder
 
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
 
 
 class GatewayError(Exception):
-    status_code: ClassVar[int] = 500
-    error_type: ClassVar[str] = "server_error"
-    default_code: ClassVar[str | None] = None
+    # Class-level defaults; `RoutingError` sets them per instance (its status depends on what failed).
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
 
     def __init__(
         self,
@@ -91,6 +93,24 @@ class ServiceUnavailableError(GatewayError):
     error_type = "service_unavailable"
 
 
+class RoutingError(GatewayError):
+    """No target of a model produced an answer: one error that says what happened to each of them."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_type: str,
+        code: str | None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.status_code = status_code
+        self.error_type = error_type
+
+
 def error_response(exc: GatewayError | UpstreamError) -> tuple[int, bytes, dict[str, str]]:
     """(status, OpenAI error body, headers) for any error the gateway reports."""
     if isinstance(exc, GatewayError):
@@ -100,7 +120,8 @@ def error_response(exc: GatewayError | UpstreamError) -> tuple[int, bytes, dict[
 
 
 def error_body(exc: UpstreamError) -> bytes:
-    return encoder.encode(ErrorBody(ErrorDetail(message=exc.message, type=exc.error_type, code=exc.code)))
+    detail = ErrorDetail(message=exc.message, type=exc.error_type, param=exc.param, code=exc.code)
+    return encoder.encode(ErrorBody(detail))
 
 
 def upstream_headers(exc: UpstreamError) -> dict[str, str]:
@@ -128,6 +149,7 @@ __all__ = (
     "PermissionDeniedError",
     "RateLimitError",
     "RequestTooLargeError",
+    "RoutingError",
     "ServiceUnavailableError",
     "UnsupportedParameterError",
     "error_body",

@@ -3,15 +3,31 @@
 `Router.open` is the only place that decides whether another target may be tried: for a stream,
 until the upstream's first event is in hand (nothing has reached the client yet); for a whole
 answer, until it has been read completely. After that, failures belong to the writer, in-band.
+
+For each request the targets are taken in config order (adjacent targets with a `weight` are
+shuffled by weight, so equal replicas share load). A target is skipped while its backend fails its
+health check or its circuit breaker is open; a backend at `max_concurrency` is passed over for the
+next target and, if no target could take the request at once, waited for (first slot to free on any
+of them). A failure that is the client's fault ends the request at once; any other failure moves on
+to the next target. The model's `timeout_s` bounds everything before the answer begins: waiting for
+a slot, every attempt, and a stream's first token. Once a stream has begun, only the backend's own
+per-read `timeout_s` applies, so a long healthy answer is never cut.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
-from adapters.errors import UpstreamError
-from gateway.errors import ModelNotFoundError
+from adapters.base import HealthChecked
+from adapters.errors import UpstreamError, UpstreamTimeout
+from gateway.breaker import Breaker
+from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
+from gateway.logs import get_logger
+from gateway.slots import Slots, acquire_any
 
 if TYPE_CHECKING:
     from adapters.base import Adapter, UpstreamResponse
@@ -20,66 +36,253 @@ if TYPE_CHECKING:
     from gateway.translate import Translated
 
 _END: Final = object()
+MESSAGE_DETAIL_CHARS: Final = 300
+"""Each target's part of an all-failed message is cut to this length (upstream messages can be long)."""
+CONFIG_ERROR_CODES: Final = frozenset(
+    {"model_not_found", "upstream_not_found", "upstream_credentials_rejected", "upstream_permission_denied"}
+)
+"""Upstream answers that mean the gateway's config is wrong: logged as errors, not warnings."""
+
+FailureKind = Literal["timeout", "busy", "failed"]
+"""timeout: no answer in time; busy: rate limited, overloaded or deliberately skipped; failed: the rest."""
+
+log = get_logger("gateway.routing")
+monotonic: Final = time.monotonic
+
+
+class BackendState:
+    """Per-process state of one backend: its concurrency slots and its last health-check verdict."""
+
+    __slots__ = ("adapter", "health_error", "health_interval_s", "name", "slots")
+
+    def __init__(self, name: str, adapter: Adapter, *, limit: int | None, health_interval_s: float) -> None:
+        self.name = name
+        self.adapter = adapter
+        self.slots = Slots(limit)
+        self.health_interval_s = health_interval_s
+        self.health_error: UpstreamError | None = None
+        """Set while the backend fails its health check (vLLM); None when healthy or never checked."""
+
+    def set_health(self, error: UpstreamError | None) -> None:
+        if error is None and self.health_error is not None:
+            log.info("backend_healthy", backend=self.name)
+        elif error is not None and self.health_error is None:
+            log.warning("backend_unhealthy", backend=self.name, reason=error.message)
+        self.health_error = error
 
 
 class Route:
-    __slots__ = ("adapter", "backend", "model")
+    """One target of a model: a backend and the model name it knows, with the target's breaker."""
 
-    def __init__(self, backend: str, adapter: Adapter, model: str) -> None:
-        self.backend = backend
-        self.adapter = adapter
+    __slots__ = ("adapter", "backend", "breaker", "model", "state", "weight")
+
+    def __init__(self, state: BackendState, model: str, breaker: Breaker, weight: float | None) -> None:
+        self.state = state
+        self.backend = state.name
+        self.adapter = state.adapter
         self.model = model
+        self.breaker = breaker
+        self.weight = weight
+
+    def healthy(self, now: float) -> bool:
+        return self.state.health_error is None and not self.breaker.is_open(now)
 
 
 class ResolvedModel:
-    __slots__ = ("config", "name", "routes")
+    __slots__ = ("_static_order", "_tiers", "config", "name", "routes", "timeout_s")
 
     def __init__(self, name: str, config: ModelConfig, routes: list[Route]) -> None:
         self.name = name
         self.config = config
         self.routes = routes
+        self.timeout_s = config.timeout_s
+        self._tiers = _tiers(routes)
+        # Most models have no weighted group: their order is fixed and costs nothing per request.
+        self._static_order = routes if all(len(tier) == 1 for tier in self._tiers) else None
+
+    def order(self) -> list[Route]:
+        """The targets to try for one request, in order."""
+        if self._static_order is not None:
+            return self._static_order
+        order: list[Route] = []
+        for tier in self._tiers:
+            order.extend(tier if len(tier) == 1 else _weighted_shuffle(tier))
+        return order
+
+
+def _tiers(routes: list[Route]) -> list[list[Route]]:
+    """Adjacent weighted targets form one group; every other target is a group of its own."""
+    tiers: list[list[Route]] = []
+    for route in routes:
+        if route.weight is not None and tiers and tiers[-1][-1].weight is not None:
+            tiers[-1].append(route)
+        else:
+            tiers.append([route])
+    return tiers
+
+
+def _weighted_shuffle(tier: list[Route]) -> list[Route]:
+    """A random order in which each target comes first with probability weight / total weight."""
+    keyed = [(random.random() ** (1.0 / (route.weight or 1.0)), route) for route in tier]
+    keyed.sort(key=lambda pair: pair[0], reverse=True)
+    return [route for _, route in keyed]
+
+
+class Failure:
+    """What happened to one target of a request that found no answer."""
+
+    __slots__ = ("deadline", "error", "kind", "quota", "retry_after", "route", "summary")
+
+    def __init__(
+        self,
+        route: Route,
+        summary: str,
+        kind: FailureKind,
+        *,
+        error: UpstreamError | None = None,
+        retry_after: float | None = None,
+        deadline: bool = False,
+    ) -> None:
+        self.route = route
+        self.summary = summary
+        self.kind = kind
+        self.error = error
+        self.retry_after = retry_after
+        self.quota = error is not None and error.quota
+        self.deadline = deadline
+        """The model's deadline passed during this attempt: no other target may be tried."""
+
+    @classmethod
+    def of(cls, route: Route, error: UpstreamError) -> Failure:
+        kind: FailureKind = "failed"
+        if error.status_code == 504 or (isinstance(error, UpstreamTimeout) and error.status_code != 503):
+            kind = "timeout"
+        elif error.status_code in (429, 503):
+            kind = "busy"
+        code = f" ({error.code})" if error.code else ""
+        summary = f"{error.summary}{code}: {error.message[:MESSAGE_DETAIL_CHARS]}"
+        return cls(route, summary, kind, error=error, retry_after=error.retry_after)
+
+
+class Deadline:
+    """Cancels the current task after `delay` seconds: `asyncio.timeout` at a third of its cost (measured).
+
+    `disarm()` stops the timer and says whether the task's cancellation was the deadline's alone (it
+    then withdraws it, so the `CancelledError` must be handled rather than raised); a cancellation
+    from elsewhere, such as the client going away, still propagates.
+    """
+
+    __slots__ = ("_handle", "_task", "expired")
+
+    def __init__(self, delay: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.expired = False
+        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def disarm(self) -> bool:
+        self._handle.cancel()
+        return self.expired and self._task.uncancel() == 0
 
 
 class Answer:
     """An upstream answer that has begun well: the first event of a stream, or all events of a whole one."""
 
-    __slots__ = ("_first", "_iterator", "_upstream", "attempts", "collected", "route")
+    __slots__ = (
+        "_first",
+        "_iterator",
+        "_request_id",
+        "_slots",
+        "_upstream",
+        "attempts",
+        "collected",
+        "route",
+    )
 
     def __init__(
         self,
         route: Route,
-        upstream: UpstreamResponse,
+        upstream: UpstreamResponse | None,
         *,
         attempts: int,
+        request_id: str = "",
         collected: list[Event] | None = None,
         first: object = _END,
         iterator: AsyncIterator[Event] | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.route = route
         self.attempts = attempts
+        """Upstream calls made for this request, this one included (skipped targets are not calls)."""
         self.collected = collected
         self._upstream = upstream
         self._first = first
         self._iterator = iterator
+        self._slots = slots
+        self._request_id = request_id
 
     async def events(self) -> AsyncIterator[Event]:
         if self._first is _END or self._iterator is None:
             return
         first, self._first = self._first, _END
         yield first  # type: ignore[misc]
-        async for event in self._iterator:
-            yield event
+        try:
+            async for event in self._iterator:
+                yield event
+        except UpstreamError as exc:
+            # Past the failover boundary: the writer reports it in-band; here it is logged and counted.
+            route = self.route
+            log.warning(
+                "stream_failed_after_first_byte",
+                request_id=self._request_id,
+                backend=route.backend,
+                upstream_model=route.model,
+                code=exc.code,
+                message=exc.message,
+            )
+            if not exc.client_fault:
+                route.breaker.failed(monotonic(), probe=False)
+            raise
 
     async def aclose(self) -> None:
-        await self._upstream.aclose()
+        if self._upstream is not None:
+            upstream, self._upstream = self._upstream, None
+            await upstream.aclose()
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots.release()
 
 
 class Router:
     def __init__(self, settings: Settings, adapters: dict[str, Adapter]) -> None:
+        self._backends: dict[str, BackendState] = {
+            name: BackendState(
+                name,
+                adapters[name],
+                limit=config.max_concurrency,
+                health_interval_s=config.breaker.health_interval_s,
+            )
+            for name, config in settings.backends.items()
+        }
+        breakers: dict[tuple[str, str], Breaker] = {}
         self._models: dict[str, ResolvedModel] = {}
+        self._public: list[ResolvedModel] = []
         for name, config in settings.models.items():
-            routes = [Route(t.backend, adapters[t.backend], t.model) for t in config.targets]
+            routes = []
+            for target in config.targets:
+                key = (target.backend, target.model)
+                breaker = breakers.get(key)
+                if breaker is None:
+                    breaker_config = settings.backends[target.backend].breaker
+                    breaker = breakers[key] = Breaker(f"{target.backend}/{target.model}", breaker_config)
+                routes.append(Route(self._backends[target.backend], target.model, breaker, target.weight))
             resolved = ResolvedModel(name, config, routes)
+            self._public.append(resolved)
             self._models[name] = resolved
             for alias in config.aliases:
                 self._models[alias] = resolved
@@ -93,33 +296,231 @@ class Router:
             ) from None
 
     def public_names(self) -> list[str]:
+        """Every public model name and alias, each once, in config order."""
         return list(self._models)
 
+    def health_checked(self) -> list[BackendState]:
+        """Backends that report their own health and are probed in the background."""
+        return [state for state in self._backends.values() if isinstance(state.adapter, HealthChecked)]
+
+    def models_without_healthy_target(self) -> list[str]:
+        """Models whose every target is unhealthy or has an open breaker (for `/readyz`)."""
+        now = monotonic()
+        return [model.name for model in self._public if not any(r.healthy(now) for r in model.routes)]
+
     async def open(self, translated: Translated, model: ResolvedModel, *, request_id: str) -> Answer:
-        last_error: UpstreamError | None = None
-        for attempt, route in enumerate(model.routes, start=1):
-            try:
-                return await self._try(route, translated, attempt=attempt, request_id=request_id)
-            except UpstreamError as exc:
-                if exc.client_fault:
-                    raise
-                last_error = exc
-        assert last_error is not None
-        raise last_error
+        """The first target's answer that begins well; raises `RoutingError` when there is none.
 
-    async def _try(self, route: Route, translated: Translated, *, attempt: int, request_id: str) -> Answer:
+        A client fault ends the request at once (another target would refuse it too): its error is
+        raised as the client's answer.
+        """
+        now = monotonic()
+        deadline = now + model.timeout_s
+        failures: list[Failure] = []
+        waiting: list[Route] = []
+        attempts = 0
+        order = model.order()
+        for position, route in enumerate(order):
+            if now >= deadline or (failures and failures[-1].deadline):
+                failures.extend(_too_late(later, model) for later in order[position:])
+                break
+            skipped = _unavailable(route, now)
+            if skipped is not None:
+                failures.append(skipped)
+                continue
+            if not route.state.slots.try_acquire():
+                waiting.append(route)
+                continue
+            attempts += 1
+            outcome = await self._attempt(route, translated, model, attempts, request_id, deadline)
+            if isinstance(outcome, Answer):
+                return outcome
+            failures.append(outcome)
+            now = monotonic()
+        while waiting:
+            remaining = 0.0 if failures and failures[-1].deadline else deadline - monotonic()
+            slots = await acquire_any([route.state.slots for route in waiting], remaining)
+            if slots is None:
+                failures.extend(_full(route) for route in waiting)
+                break
+            route = next(route for route in waiting if route.state.slots is slots)
+            waiting.remove(route)
+            skipped = _unavailable(route, monotonic())
+            if skipped is not None:
+                slots.release()
+                failures.append(skipped)
+                continue
+            attempts += 1
+            outcome = await self._attempt(route, translated, model, attempts, request_id, deadline)
+            if isinstance(outcome, Answer):
+                return outcome
+            failures.append(outcome)
+        raise _routing_error(model, failures, attempts)
+
+    async def _attempt(
+        self,
+        route: Route,
+        translated: Translated,
+        model: ResolvedModel,
+        attempt: int,
+        request_id: str,
+        deadline: float,
+    ) -> Answer | Failure:
+        """One upstream call, its slot already held; an `Answer`, or the `Failure` to report."""
         request = translated.request
-        upstream = await route.adapter.chat(request, route.model, request_id=f"{request_id}-{attempt}")
+        slots = route.state.slots
+        probe = route.breaker.begin()
+        upstream: UpstreamResponse | None = None
+        collected: list[Event] | None = None
+        first: object = _END
+        timer = Deadline(deadline - monotonic())
+        timed_out = False
         try:
-            iterator = upstream.events()
-            if not request.stream:
-                collected = [event async for event in iterator]
-                return Answer(route, upstream, attempts=attempt, collected=collected)
-            first = await anext(iterator, _END)
-            return Answer(route, upstream, attempts=attempt, first=first, iterator=iterator)
-        except BaseException:
-            await upstream.aclose()
+            try:
+                upstream = await route.adapter.chat(
+                    request, route.model, request_id=f"{request_id}-{attempt}"
+                )
+                iterator = upstream.events()
+                if request.stream:
+                    first = await anext(iterator, _END)
+                else:
+                    collected = [event async for event in iterator]
+            finally:
+                timed_out = timer.disarm()
+        except UpstreamError as exc:
+            await _close(upstream, slots)
+            if timed_out:  # the deadline's cancellation, reported by the adapter in its own words
+                route.breaker.released(probe)
+                return _past_deadline(route, model)
+            if exc.client_fault:
+                route.breaker.released(probe)
+                raise _from_upstream(exc, attempt) from exc
+            route.breaker.failed(monotonic(), probe)
+            _log_failure(route, exc, request_id=request_id, model=model.name, attempt=attempt)
+            return Failure.of(route, exc)
+        except BaseException as exc:
+            await _close(upstream, slots)
+            route.breaker.released(probe)
+            if timed_out and isinstance(exc, asyncio.CancelledError):
+                return _past_deadline(route, model)  # the deadline's own cancellation, withdrawn by disarm()
             raise
+        route.breaker.succeeded(probe)
+        if collected is not None:
+            await _close(upstream, slots)
+            return Answer(route, None, attempts=attempt, collected=collected)
+        return Answer(
+            route,
+            upstream,
+            attempts=attempt,
+            request_id=request_id,
+            first=first,
+            iterator=iterator,
+            slots=slots,
+        )
 
 
-__all__ = ("Answer", "ResolvedModel", "Route", "Router")
+async def _close(upstream: UpstreamResponse | None, slots: Slots) -> None:
+    try:
+        if upstream is not None:
+            await upstream.aclose()
+    finally:
+        slots.release()
+
+
+def _unavailable(route: Route, now: float) -> Failure | None:
+    state = route.state
+    if state.health_error is not None:
+        return Failure(
+            route,
+            f"skipped: failing its health check ({state.health_error.summary})",
+            "busy",
+            retry_after=state.health_interval_s,
+        )
+    breaker = route.breaker
+    if not breaker.available(now):
+        if breaker.probing and now >= breaker.open_until:
+            summary = "skipped: circuit half-open, a probe request is in flight"
+        else:
+            summary = (
+                f"skipped: circuit open after {breaker.failures} consecutive failures "
+                f"(retry in {breaker.retry_after(now):.0f} s)"
+            )
+        return Failure(route, summary, "busy", retry_after=breaker.retry_after(now) or 1.0)
+    return None
+
+
+def _past_deadline(route: Route, model: ResolvedModel) -> Failure:
+    summary = f"no answer within the model's {model.timeout_s:g} s deadline"
+    return Failure(route, summary, "timeout", deadline=True)
+
+
+def _too_late(route: Route, model: ResolvedModel) -> Failure:
+    return Failure(route, f"not tried: the model's {model.timeout_s:g} s deadline had passed", "timeout")
+
+
+def _full(route: Route) -> Failure:
+    limit = route.state.slots.limit
+    return Failure(
+        route, f"skipped: at max_concurrency ({limit} requests in flight)", "busy", retry_after=1.0
+    )
+
+
+def _log_failure(route: Route, exc: UpstreamError, *, request_id: str, model: str, attempt: int) -> None:
+    fields = {
+        "request_id": request_id,
+        "model": model,
+        "backend": route.backend,
+        "upstream_model": route.model,
+        "attempt": attempt,
+        "code": exc.code,
+        "upstream_status": exc.upstream_status,
+        "message": exc.message,
+    }
+    if exc.code in CONFIG_ERROR_CODES:
+        # Not a passing fault: every request to this target fails until the config is fixed.
+        log.error("upstream_config_error", **fields)
+    else:
+        log.warning("upstream_attempt_failed", **fields)
+
+
+def _from_upstream(error: UpstreamError, attempts: int) -> RoutingError:
+    """One upstream error as the client sees it (status, type, code, Retry-After, x-should-retry)."""
+    headers = {"x-gateway-attempts": str(attempts), **upstream_headers(error)}
+    return RoutingError(
+        error.message,
+        status_code=error.status_code,
+        error_type=error.error_type,
+        code=error.code,
+        param=error.param,
+        headers=headers,
+    )
+
+
+def _routing_error(model: ResolvedModel, failures: list[Failure], attempts: int) -> RoutingError:
+    if len(failures) == 1 and failures[0].error is not None:
+        return _from_upstream(failures[0].error, attempts)  # one target: its own error says it best
+    headers = {"x-gateway-attempts": str(attempts)}
+    kinds = {failure.kind for failure in failures}
+    if kinds == {"timeout"}:
+        status, error_type, code = 504, "timeout", "upstream_timeout"
+    elif kinds <= {"timeout", "busy"}:
+        status, error_type, code = 503, "service_unavailable", "upstream_unavailable"
+    else:
+        status, error_type, code = 502, "upstream_error", "upstream_error"
+    last_retry_after = failures[-1].retry_after
+    if last_retry_after is not None:
+        headers["retry-after"] = str(max(1, round(last_retry_after)))
+    if all(failure.quota for failure in failures):
+        headers["x-should-retry"] = "false"
+    backends = [failure.route.backend for failure in failures]
+    parts = []
+    for i, failure in enumerate(failures, start=1):
+        route = failure.route
+        name = route.backend if backends.count(route.backend) == 1 else f"{route.backend} ({route.model})"
+        parts.append(f"{i}) {name}: {failure.summary}")
+    noun = "target" if len(failures) == 1 else "targets"
+    message = f"No backend could answer for model '{model.name}' ({len(failures)} {noun}). " + " ".join(parts)
+    return RoutingError(message, status_code=status, error_type=error_type, code=code, headers=headers)
+
+
+__all__ = ("Answer", "BackendState", "Deadline", "Failure", "ResolvedModel", "Route", "Router")

@@ -12,10 +12,16 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from tests.emulators.server import ServerThread
+from tests.emulators.vllm import VLLMEmulator
 from tests.emulators.workers_ai import WorkersAIEmulator
 
 CF_ACCOUNT = "acct-e2e-5f3a"
 CF_TOKEN = "cf-secret-token-9d81c7"
+VLLM_KEY = "vllm-secret-key-4c2e71"
+VLLM_MODEL = "meta-llama/Llama-3.3-70B-Instruct"
+NO_BREAKER: dict[str, Any] = {"failure_threshold": 1_000_000, "health_interval_s": 3600}
+"""Shared gateways see many deliberate faults in a row: their breakers must never trip, and they probe
+vLLM's health only at start-up (another test may make the shared emulator unhealthy for a moment)."""
 
 WORKERS_AI_MODELS: dict[str, dict[str, Any]] = {
     "llama-3.3-70b": {"model": "@cf/meta/llama-3.3-70b-instruct-fp8-fast", "aliases": ["gpt-4o-mini"]},
@@ -31,6 +37,29 @@ def settings_for(config: dict[str, Any]) -> Settings:
     return msgspec.convert(config, Settings)
 
 
+def cloudflare_backend(emulator_url: str, *, token: str = CF_TOKEN, **backend: Any) -> dict[str, Any]:
+    return {
+        "kind": "workers-ai",
+        "account_id": CF_ACCOUNT,
+        "api_token": token,
+        "base_url": f"{emulator_url}/client/v4",
+        "timeout_s": 5,
+        "breaker": NO_BREAKER,
+        **backend,
+    }
+
+
+def vllm_backend(emulator_url: str, *, api_key: str = VLLM_KEY, **backend: Any) -> dict[str, Any]:
+    return {
+        "kind": "vllm",
+        "base_url": f"{emulator_url}/v1",
+        "api_key": api_key,
+        "timeout_s": 5,
+        "breaker": NO_BREAKER,
+        **backend,
+    }
+
+
 def workers_ai_config(emulator_url: str, *, token: str = CF_TOKEN, **backend: Any) -> dict[str, Any]:
     models = {}
     for name, spec in WORKERS_AI_MODELS.items():
@@ -42,18 +71,20 @@ def workers_ai_config(emulator_url: str, *, token: str = CF_TOKEN, **backend: An
         models[name] = entry
     return {
         "backends": {
-            "cloudflare": {
-                "kind": "workers-ai",
-                "account_id": CF_ACCOUNT,
-                "api_token": token,
-                "base_url": f"{emulator_url}/client/v4",
-                "timeout_s": 5,
-                **backend,
-            },
+            "cloudflare": cloudflare_backend(emulator_url, token=token, **backend),
             "demo": {"kind": "mock", "token_delay_s": 0},
         },
         "models": {**models, "mock-model": {"targets": [{"backend": "demo", "model": "mock"}]}},
     }
+
+
+def both_backends_config(workers_ai_url: str, vllm_url: str) -> dict[str, Any]:
+    """Every Workers AI model, plus `vllm-llama` on the vLLM emulator."""
+    config = workers_ai_config(workers_ai_url)
+    config["backends"]["vllm"] = vllm_backend(vllm_url)
+    config["models"]["vllm-llama"] = {"targets": [{"backend": "vllm", "model": VLLM_MODEL}]}
+    config["models"]["vllm-unknown-upstream"] = {"targets": [{"backend": "vllm", "model": "no/such-model"}]}
+    return config
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +100,29 @@ def workers_ai(workers_ai_server: tuple[WorkersAIEmulator, ServerThread]) -> Wor
     """The session's Workers AI emulator, with recorded requests and faults cleared for this test."""
     emulator = workers_ai_server[0]
     emulator.reset()
+    emulator.token_delay_s = 0.0
     return emulator
+
+
+@pytest.fixture(scope="session")
+def vllm_server() -> Iterator[tuple[VLLMEmulator, ServerThread]]:
+    emulator = VLLMEmulator(api_key=VLLM_KEY, served_models=[VLLM_MODEL])
+    server = ServerThread(emulator.app).start()
+    yield emulator, server
+    server.stop()
+
+
+@pytest.fixture
+def vllm(vllm_server: tuple[VLLMEmulator, ServerThread]) -> Iterator[VLLMEmulator]:
+    """The session's vLLM emulator (flavour v0.11), reset for this test and restored after it."""
+    emulator = vllm_server[0]
+    emulator.reset()
+    emulator.token_delay_s = 0.0
+    yield emulator
+    emulator.flavor = "v0.11"
+    emulator.max_model_len = 8192
+    emulator.enable_auto_tool_choice = True
+    emulator.reset()
 
 
 GatewayFactory = Callable[[dict[str, Any]], str]
@@ -91,11 +144,12 @@ def start_gateway() -> Iterator[GatewayFactory]:
 
 
 @pytest.fixture(scope="session")
-def gateway_url(workers_ai_server: tuple[WorkersAIEmulator, ServerThread]) -> Iterator[str]:
-    """One gateway for the session, in front of the Workers AI emulator and the mock."""
-    server = ServerThread(
-        create_app(settings_for(workers_ai_config(workers_ai_server[1].url))), lifespan="on"
-    ).start()
+def gateway_url(
+    workers_ai_server: tuple[WorkersAIEmulator, ServerThread], vllm_server: tuple[VLLMEmulator, ServerThread]
+) -> Iterator[str]:
+    """One gateway for the session, in front of both emulators and the mock."""
+    config = both_backends_config(workers_ai_server[1].url, vllm_server[1].url)
+    server = ServerThread(create_app(settings_for(config)), lifespan="on").start()
     yield server.url
     server.stop()
 
@@ -106,6 +160,13 @@ def client(gateway_url: str) -> Iterator[openai.OpenAI]:
         base_url=f"{gateway_url}/v1", api_key="sk-test-client", max_retries=0, timeout=20
     ) as client:
         yield client
+
+
+def sdk_client(base_url: str, **options: Any) -> openai.OpenAI:
+    """Use as `with sdk_client(url) as client:`; no SDK retries, so every upstream call is the gateway's."""
+    return openai.OpenAI(
+        base_url=f"{base_url}/v1", api_key="sk-test-client", **{"max_retries": 0, "timeout": 20, **options}
+    )
 
 
 def async_client(base_url: str) -> openai.AsyncOpenAI:

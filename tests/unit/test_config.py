@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters import MockConfig, WorkersAIConfig
+from adapters import MockConfig, VLLMConfig, WorkersAIConfig
 from gateway.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +89,75 @@ models:
     assert "models.a.targets[0].backend: 'zz' is not defined under backends (defined: cf)" in problems
     assert "models.b.targets: must list at least one target" in problems
     assert "models.b: 'b' is already the name or an alias of models.a" in problems
+
+
+VLLM = """
+backends:
+  gpu:
+    kind: vllm
+    base_url: http://gpu-1:8000/v1
+    api_key: ${VLLM_API_KEY:-}
+    timeout_s: 60
+    max_concurrency: 32
+models:
+  llama:
+    timeout_s: 90
+    targets:
+      - {backend: gpu, model: meta-llama/Llama-3.3-70B-Instruct, weight: 2}
+"""
+
+
+def test_vllm_backend_with_optional_api_key() -> None:
+    settings = parse_config(VLLM, environ={}).settings
+    backend = settings.backends["gpu"]
+    assert isinstance(backend, VLLMConfig)
+    assert (backend.base_url, backend.api_key, backend.timeout_s, backend.max_concurrency) == (
+        "http://gpu-1:8000/v1",
+        "",
+        60,
+        32,
+    )
+    assert (backend.breaker.failure_threshold, backend.breaker.cooldown_s) == (5, 30)
+    assert settings.models["llama"].timeout_s == 90
+    assert settings.models["llama"].targets[0].weight == 2
+    keyed = parse_config(VLLM, environ={"VLLM_API_KEY": "sekrit"}).settings.backends["gpu"]
+    assert isinstance(keyed, VLLMConfig)
+    assert keyed.secrets() == ["sekrit"]
+
+
+def test_model_deadline_defaults_to_two_minutes() -> None:
+    settings = parse_config(VALID, environ={"CF_ACCOUNT": "a", "CF_TOKEN": "t"}).settings
+    assert settings.models["llama"].timeout_s == 120
+
+
+def test_routing_settings_are_validated_with_their_paths() -> None:
+    text = """
+backends:
+  gpu: {kind: vllm, base_url: "http://g/v1", breaker: {failure_threshold: 0, cooldown_s: 5}}
+  typo: {kind: vllm, base_url: "http://g/v1", breaker: {probe: 1}}
+  other: {kind: vllm}
+models:
+  m:
+    timeout_s: 0
+    targets: [{backend: gpu, model: x}]
+  n:
+    targets: [{backend: gpu, model: x, weight: 0}]
+"""
+    problems = problems_of(text)
+    assert "backends.gpu.breaker.failure_threshold: Expected `int` >= 1" in problems
+    assert "backends.typo.breaker.probe: unknown key" in problems
+    assert "backends.other: missing required key 'base_url'" in problems
+    assert "models.m.timeout_s: Expected `float` > 0.0" in problems
+    assert "models.n.targets[0].weight: Expected `float` > 0.0" in problems
+    assert len(problems) == 5
+
+
+def test_empty_vllm_base_url_is_reported() -> None:
+    text = (
+        "backends: {gpu: {kind: vllm, base_url: '${GPU_URL}'}}\n"
+        "models: {m: {targets: [{backend: gpu, model: x}]}}"
+    )
+    assert problems_of(text) == ["backends.gpu.base_url: must not be empty (GPU_URL is not set)"]
 
 
 def test_yaml_syntax_error_has_a_line_number() -> None:

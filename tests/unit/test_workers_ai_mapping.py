@@ -270,6 +270,7 @@ def test_cached_tokens_are_kept() -> None:
         pytest.param(500, None, "Internal", 502, "upstream_error", id="500"),
         pytest.param(503, None, "Unavailable", 502, "upstream_error", id="503"),
         pytest.param(408, 3007, "Request timeout", 504, "upstream_timeout", id="3007-timeout"),
+        pytest.param(404, 7003, "Could not route", 502, "upstream_not_found", id="7003-no-route"),
     ],
 )
 def test_error_mapping(
