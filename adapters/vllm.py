@@ -43,6 +43,7 @@ from adapters.errors import UpstreamError, UpstreamProtocolError, UpstreamStatus
 from adapters.http import (
     MAX_ERROR_BODY,
     MAX_RESPONSE_BODY,
+    Endpoint,
     build_client,
     iter_body,
     parse_retry_after,
@@ -269,20 +270,12 @@ class VLLMAdapter:
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
         base_url = config.base_url.rstrip("/")
-        self._client = build_client(
-            base_url=base_url,
-            timeout_s=config.timeout_s,
-            headers=headers,
-            max_connections=config.max_concurrency,
-        )
+        self._client = build_client(timeout_s=config.timeout_s, max_connections=config.max_concurrency)
+        self._chat = Endpoint(f"{base_url}/chat/completions", headers)
         # Probes get their own small pool: a backend at max_concurrency must still answer its health check.
         self._probe_timeout_s = min(PROBE_TIMEOUT_S, config.timeout_s)
-        self._probe = build_client(
-            base_url=base_url.removesuffix("/v1"),
-            timeout_s=self._probe_timeout_s,
-            headers={},
-            max_connections=1,
-        )
+        self._probe = build_client(timeout_s=self._probe_timeout_s, max_connections=1)
+        self._health = Endpoint(f"{base_url.removesuffix('/v1')}/health", {})
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -291,12 +284,7 @@ class VLLMAdapter:
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(upstream_body(request, model, backend=self.name))
         # vLLM makes X-Request-Id its engine request id: clients may reuse theirs, so add a random part.
-        http_request = self._client.build_request(
-            "POST",
-            "/chat/completions",
-            content=body,
-            headers={"x-request-id": f"{request_id}-{os.urandom(4).hex()}"},
-        )
+        http_request = self._chat.post(body, {"x-request-id": f"{request_id}-{os.urandom(4).hex()}"})
         response = await send(self._client, http_request, backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:
@@ -317,7 +305,7 @@ class VLLMAdapter:
 
     async def check_health(self) -> None:
         with transport_errors(self.name, timeout_s=self._probe_timeout_s):
-            response = await self._probe.get("/health")
+            response = await self._probe.send(self._health.get())
         if response.status_code != 200:
             raise UpstreamStatusError(
                 self.name,
