@@ -8,7 +8,8 @@
     ├── NotFoundError                404 (unknown route)
     │   └── ModelNotFoundError       404 model_not_found
     ├── RequestTooLargeError         413
-    ├── RateLimitError               429 rate_limit_exceeded
+    ├── RateLimitError               429 rate_limit_exceeded, type `requests`
+    │   └── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
     └── ServiceUnavailableError      503
 
 Upstream failures arrive as `adapters.errors.UpstreamError`; `error_response` renders both kinds, so
@@ -86,6 +87,10 @@ class RateLimitError(GatewayError):
     default_code = "rate_limit_exceeded"
 
 
+class TokenRateLimitError(RateLimitError):
+    error_type = "tokens"
+
+
 class ServiceUnavailableError(GatewayError):
     status_code = 503
     error_type = "service_unavailable"
@@ -129,6 +134,7 @@ __all__ = (
     "RateLimitError",
     "RequestTooLargeError",
     "ServiceUnavailableError",
+    "TokenRateLimitError",
     "UnsupportedParameterError",
     "error_body",
     "error_response",
