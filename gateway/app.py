@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 from litestar import Litestar, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -15,7 +16,9 @@ from litestar.status_codes import HTTP_200_OK
 
 from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
+from gateway.auth import KeyPolicy, KeyRing, check_model
 from gateway.chat import chat_completion, new_request_id
+from gateway.context import RequestInfo
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -24,6 +27,7 @@ from gateway.errors import (
     error_response,
 )
 from gateway.health import HealthProber
+from gateway.limits import RateLimits, create_rate_limits
 from gateway.logs import get_logger
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing import Router
@@ -42,6 +46,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = int(time.time())
+        self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
+        """None: no `keys:` section, every request is served without a key."""
+        self.limits: RateLimits | None = None
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
         self._prober: HealthProber | None = None
@@ -56,19 +63,49 @@ class Gateway:
     def ready(self) -> bool:
         return self._router is not None
 
+    def authenticate(self, request: Request[Any, Any, Any], info: RequestInfo) -> KeyPolicy | None:
+        """The caller's key policy (None when running without keys); raises a 401 otherwise."""
+        if self.keys is None:
+            return None
+        # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
+        authorization = api_key = None
+        for name, value in request.scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"api-key":
+                api_key = value.decode("latin-1")
+        policy = self.keys.authenticate(authorization, api_key)
+        info.key_id = policy.id
+        return policy
+
     async def start(self) -> None:
         self._adapters = {
             name: create_adapter(name, config) for name, config in self.settings.backends.items()
         }
+        self.limits = create_rate_limits(self.settings)
         self._router = Router(self.settings, self._adapters)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
+        if self.keys is None:
+            log.warning(
+                "no_api_keys",
+                message="no `keys:` section: the gateway serves anyone who can reach it, without a key",
+            )
+        log.info(
+            "rate_limits",
+            store=self.limits.store,
+            failure_mode=self.settings.rate_limit_failure_mode,
+            keys=len(self.settings.keys or []),
+        )
 
     async def stop(self) -> None:
         if self._prober is not None:
             await self._prober.stop()
             self._prober = None
         self._router = None
+        if self.limits is not None:
+            await self.limits.aclose()
+            self.limits = None
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters = {}
@@ -87,24 +124,40 @@ def create_app(settings: Settings) -> Litestar:
 
     @post("/v1/chat/completions", status_code=HTTP_200_OK)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        info = request_info(request)
+        key = gateway.authenticate(request, info)
         request_id = request.headers.get("x-request-id") or new_request_id()
-        result = await chat_completion(gateway.router, await request.body(), request_id=request_id)
+        result = await chat_completion(
+            gateway.router,
+            await request.body(),
+            request_id=request_id,
+            key=key,
+            limits=gateway.limits,
+            info=info,
+        )
         if result.stream is not None:
-            return Stream(result.stream, media_type="text/event-stream", headers=result.headers)
+            background = BackgroundTask(result.finish) if result.finish is not None else None
+            return Stream(
+                result.stream, media_type="text/event-stream", headers=result.headers, background=background
+            )
         return Response(result.body, media_type="application/json", headers=result.headers)
 
     @get("/v1/models")
-    async def list_models() -> Response[bytes]:
+    async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+        key = gateway.authenticate(request, request_info(request))
+        router = gateway.router
         data = [
             ModelObject(id=name, created=gateway.started_at, owned_by=OWNER)
-            for name in gateway.router.public_names()
+            for name in router.public_names()
+            if key is None or key.allows(router.resolve(name).name)
         ]
         return Response(encoder.encode(ModelList(data=data)), media_type="application/json")
 
     @get("/v1/models/{model_id:path}")
-    async def get_model(model_id: FromPath[str]) -> Response[bytes]:
+    async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
+        key = gateway.authenticate(request, request_info(request))
         name = model_id.lstrip("/")
-        gateway.router.resolve(name)
+        check_model(key, name, gateway.router.resolve(name).name)
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
         return Response(body, media_type="application/json")
 
@@ -133,6 +186,11 @@ def create_app(settings: Settings) -> Litestar:
         },
         logging_config=None,
     )
+
+
+def request_info(request: Request[Any, Any, Any]) -> RequestInfo:
+    info = request.state.request_info = RequestInfo()
+    return info
 
 
 def _render(exc: GatewayError | UpstreamError) -> Response[bytes]:
@@ -167,4 +225,4 @@ def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respo
     return _render(GatewayError("The gateway hit an internal error while handling the request."))
 
 
-__all__ = ("Gateway", "create_app")
+__all__ = ("Gateway", "create_app", "request_info")

@@ -1,24 +1,34 @@
-"""`POST /v1/chat/completions`: decode → resolve → translate → route → write.
+"""`POST /v1/chat/completions`: decode → resolve → translate → limit → route → write → settle.
 
 Kept apart from the Litestar wiring so each phase is a plain function call that can be read (and
-measured) in order.
+measured) in order. The caller has already authenticated the key (before reading the body). The
+rate-limit decision needs the translated request's token estimate and comes before any upstream
+call; the answer's real usage is settled when it ends: before a whole answer is returned, before a
+stream's `data: [DONE]` (so the client's next request sees the charge), or, for a stream that fails or
+whose client goes away, when the relay closes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
+import anyio
 import msgspec
 
+from gateway.auth import check_model
+from gateway.context import RequestInfo
 from gateway.errors import InvalidRequestError
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.translate import translate
-from gateway.writer import ResponseWriter
+from gateway.writer import DONE, ResponseWriter
 
 if TYPE_CHECKING:
+    from gateway.auth import KeyPolicy
+    from gateway.limits import Grant, RateLimits
     from gateway.routing import Answer, Router
 
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -28,7 +38,7 @@ _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
 class ChatResult:
     """What the HTTP layer sends: a whole JSON body, or an SSE body still to be produced."""
 
-    __slots__ = ("body", "headers", "stream")
+    __slots__ = ("body", "finish", "headers", "stream")
 
     def __init__(
         self,
@@ -36,48 +46,104 @@ class ChatResult:
         *,
         body: bytes | None = None,
         stream: AsyncIterator[bytes] | None = None,
+        finish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.headers = headers
         self.body = body
         self.stream = stream
+        self.finish = finish
+        """For a stream: run it after the response (idempotent), also when the stream never started."""
 
 
 def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
 
-async def chat_completion(router: Router, raw_body: bytes, *, request_id: str) -> ChatResult:
+async def chat_completion(
+    router: Router,
+    raw_body: bytes,
+    *,
+    request_id: str,
+    key: KeyPolicy | None = None,
+    limits: RateLimits | None = None,
+    info: RequestInfo | None = None,
+) -> ChatResult:
     payload = decode_chat_request(raw_body)
     model = router.resolve(payload.model)
+    check_model(key, payload.model, model.name)
     translated = translate(payload, public_model=model.name, model=model.config)
-    answer = await router.open(translated, model, request_id=request_id)
+    grant = None
+    if limits is not None:
+        grant = await limits.admit(
+            key.scope if key is not None else None,
+            model.name,
+            prompt_tokens=translated.prompt_estimate,
+            max_tokens=translated.request.max_tokens,
+            explicit_max_tokens=payload.max_tokens is not None or payload.max_completion_tokens is not None,
+            info=info if info is not None else RequestInfo(),
+        )
+    try:
+        answer = await router.open(translated, model, request_id=request_id)
+    except BaseException:
+        if grant is not None:
+            with anyio.CancelScope(shield=True):  # also when the request itself was cancelled
+                await grant.settle(0)  # no answer: the request counts, its tokens do not
+        raise
     writer = ResponseWriter(translated)
     headers = {
         "x-request-id": request_id,
         "x-gateway-backend": answer.route.backend,
         "x-gateway-attempts": str(answer.attempts),
     }
+    if grant is not None:
+        headers.update(grant.headers)
     if answer.collected is not None:
-        await answer.aclose()
-        return ChatResult(headers, body=writer.complete(answer.collected))
+        try:
+            await answer.aclose()
+            body = writer.complete(answer.collected)
+        finally:
+            if grant is not None:
+                await grant.settle(tokens_used(writer))
+        return ChatResult(headers, body=body)
     headers.update(SSE_HEADERS)
-    relay = _relay(writer, answer)
-    await anext(relay)  # enter its try block: from now on, closing or dropping `relay` closes the upstream
-    return ChatResult(headers, stream=relay)
+    relay = _Relay(writer, answer, grant)
+    return ChatResult(headers, stream=relay.stream(), finish=relay.close)
 
 
-async def _relay(writer: ResponseWriter, answer: Answer) -> AsyncIterator[bytes]:
-    """The SSE body; closing it (end, error or client disconnect) closes the upstream call.
+def tokens_used(writer: ResponseWriter) -> int:
+    """What an answer costs: the upstream's usage, else estimated from what was produced."""
+    usage = writer.stats.usage
+    if usage is not None:
+        return usage.prompt_tokens + usage.completion_tokens
+    return writer.translated.prompt_estimate + math.ceil(writer.stats.chars / 4)
 
-    Its first item is an empty priming chunk, taken by `chat_completion`: a generator that was never
-    started has no `finally` to run, and a client can vanish before the server starts the body.
-    """
-    try:
-        yield b""
-        async for chunk in writer.stream(answer.events()):
-            yield chunk
-    finally:
-        await answer.aclose()
+
+class _Relay:
+    """The SSE body; closing it (end, error or client disconnect) settles and closes the upstream call."""
+
+    __slots__ = ("_answer", "_grant", "_writer")
+
+    def __init__(self, writer: ResponseWriter, answer: Answer, grant: Grant | None) -> None:
+        self._writer = writer
+        self._answer = answer
+        self._grant = grant
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        grant = self._grant
+        try:
+            async for chunk in self._writer.stream(self._answer.events()):
+                if chunk is DONE and grant is not None:
+                    await grant.settle(tokens_used(self._writer))
+                yield chunk
+        finally:
+            # On a client disconnect this runs inside a cancelled scope: shield the clean-up.
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def close(self) -> None:
+        if self._grant is not None and not self._grant.settled:
+            await self._grant.settle(tokens_used(self._writer))
+        await self._answer.aclose()
 
 
 def decode_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -111,4 +177,4 @@ def _validation_error(text: str) -> InvalidRequestError:
     )
 
 
-__all__ = ("ChatResult", "chat_completion", "decode_chat_request", "new_request_id")
+__all__ = ("ChatResult", "chat_completion", "decode_chat_request", "new_request_id", "tokens_used")

@@ -61,6 +61,12 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     bind_host = host or settings.listen.host
     bind_port = port if port is not None else settings.listen.port
     log.info("starting", host=bind_host, port=bind_port, workers=workers, config=path)
+    if workers > 1 and not settings.redis_url.strip():
+        log.warning(
+            "rate_limits_per_worker",
+            message=f"no redis_url: each of the {workers} workers counts rate limits on its own, so up to "
+            f"{workers}x the configured rates get through; set redis_url for exact limits",
+        )
     if workers > 1:
         # Worker processes import the app by name: hand them the config path through the environment.
         os.environ[CONFIG_ENV] = os.path.abspath(path)

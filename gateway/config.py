@@ -8,11 +8,13 @@ never a traceback. Interpolation happens on string values after YAML parsing, so
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -28,6 +30,9 @@ DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
 """A model's total deadline until its answer begins, over every target tried."""
 
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_KEY_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,63}")
+_SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$([^`]*)`$")
 
 
@@ -56,6 +61,29 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """`max_tokens` sent upstream when the client sets none."""
     timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_MODEL_TIMEOUT_S
     """Deadline for all attempts together, until a stream's first token or a whole answer is in hand."""
+    rpm: int | None = None
+    """Requests per minute to this model from all keys together (protects a backend)."""
+    tpm: int | None = None
+    """Prompt + completion tokens per minute to this model from all keys together."""
+
+
+class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One client API key (`keys:` entry): who it is, what it may use, and how much."""
+
+    id: str
+    """Names the key in logs, metrics and rate-limit messages; the key itself never appears."""
+    key: str | None = None
+    """The secret itself (usually `${VAR}`), or ..."""
+    key_sha256: str | None = None
+    """... its SHA-256 as 64 hex digits, so the config need not hold the secret."""
+    rpm: int | None = None
+    """Requests per minute."""
+    tpm: int | None = None
+    """Prompt + completion tokens per minute."""
+    max_concurrency: int | None = None
+    """Requests in flight at once, across all replicas."""
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Public model names (or aliases) the key may use; `"*"` for all."""
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -66,6 +94,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """debug, info, warning or error."""
     log_format: str = "auto"
     """json, console, or auto (console on a terminal, JSON otherwise)."""
+    keys: list[KeyConfig] | None = None
+    """Client API keys; without this section the gateway is open to anyone who can reach it."""
+    redis_url: str = ""
+    """Shared rate-limit store; empty: limits are kept in process (a single instance)."""
+    rate_limit_failure_mode: Literal["open", "closed"] = "open"
+    """When the store is unreachable: serve without limits (open) or refuse with a 503 (closed)."""
 
 
 class LoadedConfig(msgspec.Struct, frozen=True):
@@ -165,12 +199,19 @@ def _validate(raw: Any, problems: list[str], unset: dict[str, list[str]]) -> Set
             entry_type = BackendConfigs if key == "backends" else ModelConfig
             for name, entry in value.items():
                 _convert(entry, entry_type, f"{key}.{name}", problems, unset)
+        elif key == "keys":
+            if not isinstance(value, list) or not value:
+                problems.append("keys: must be a non-empty list of keys (remove the section to run open)")
+                continue
+            for i, entry in enumerate(value):
+                _convert(entry, KeyConfig, f"keys[{i}]", problems, unset)
         else:
             _convert(value, field.type, key, problems, unset)
     if problems:
         return None
     settings = msgspec.convert(raw, Settings, strict=False)
     _check_references(settings, problems, unset)
+    _check_keys_and_limits(settings, problems, unset)
     return settings
 
 
@@ -258,6 +299,73 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
         problems.append("log_format: must be one of auto, json, console")
 
 
+def _check_keys_and_limits(settings: Settings, problems: list[str], unset: dict[str, list[str]]) -> None:
+    public = {alias for name, model in settings.models.items() for alias in (name, *model.aliases)}
+    for name, model in settings.models.items():
+        for field in ("rpm", "tpm"):
+            value = getattr(model, field)
+            if value is not None and value < 1:
+                problems.append(f"models.{name}.{field}: must be at least 1")
+    ids: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    for i, entry in enumerate(settings.keys or []):
+        path = f"keys[{i}]"
+        if not _KEY_ID.fullmatch(entry.id):
+            problems.append(
+                f"{path}.id: '{entry.id}' must be 1-64 characters: letters, digits and . _ : @ / - "
+                "(it names the key in logs, metrics and Redis)"
+            )
+        elif entry.id in ids:
+            problems.append(f"{path}.id: '{entry.id}' is already the id of {ids[entry.id]}")
+        else:
+            ids[entry.id] = path
+        digest = key_digest(entry)
+        if entry.key is not None and entry.key_sha256 is not None:
+            problems.append(f"{path}: set either key or key_sha256, not both")
+        elif entry.key is None and entry.key_sha256 is None:
+            problems.append(f"{path}: missing key or key_sha256")
+        elif entry.key is not None and not entry.key.strip():
+            problems.append(f"{path}.key: must not be empty{_unset_hint(path + '.key', unset)}")
+        elif entry.key is not None and entry.key != entry.key.strip():
+            problems.append(f"{path}.key: must not start or end with whitespace")
+        elif entry.key_sha256 is not None and not _SHA256_HEX.fullmatch(entry.key_sha256):
+            problems.append(
+                f"{path}.key_sha256: must be 64 hex digits (the SHA-256 of the key, e.g. "
+                f'`printf %s "$KEY" | sha256sum`){_unset_hint(path + ".key_sha256", unset)}'
+            )
+        elif digest in digests:
+            problems.append(f"{path}: the same key as {digests[digest]}; every key must be distinct")
+        else:
+            digests[digest] = path
+        for field in ("rpm", "tpm", "max_concurrency"):
+            value = getattr(entry, field)
+            if value is not None and value < 1:
+                problems.append(f"{path}.{field}: must be at least 1 (leave it out for no limit)")
+        if not entry.models:
+            problems.append(f'{path}.models: must list at least one model name, or "*" for all')
+        for j, allowed in enumerate(entry.models):
+            if allowed != "*" and allowed not in public:
+                problems.append(
+                    f"{path}.models[{j}]: '{allowed}' is not a model name or alias under models "
+                    f"(defined: {', '.join(sorted(public))})"
+                )
+    url = settings.redis_url.strip()
+    if url:
+        scheme = urlsplit(url).scheme
+        if scheme not in REDIS_SCHEMES:
+            problems.append(
+                f"redis_url: the scheme must be one of {', '.join(s + '://' for s in REDIS_SCHEMES)} "
+                "(or leave it empty for in-process limits)"
+            )
+
+
+def key_digest(entry: KeyConfig) -> str:
+    """The key's SHA-256 as lower-case hex, from `key` or `key_sha256`."""
+    if entry.key is not None:
+        return hashlib.sha256(entry.key.encode()).hexdigest()
+    return (entry.key_sha256 or "").lower()
+
+
 def _resolve_unconfigured(settings: Settings, source: str, unset: dict[str, list[str]]) -> LoadedConfig:
     """Replace backends that lack required values by their `when_unconfigured` stand-in."""
     stand_ins: dict[str, str] = {}
@@ -300,18 +408,26 @@ def _resolve_unconfigured(settings: Settings, source: str, unset: dict[str, list
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret, for redaction and for tests that scan output for leaks."""
-    return [s for backend in settings.backends.values() for s in backend.secrets() if s]
+    secrets = [s for backend in settings.backends.values() for s in backend.secrets() if s]
+    secrets += [entry.key for entry in settings.keys or [] if entry.key]
+    password = urlsplit(settings.redis_url).password if settings.redis_url else None
+    if password:
+        secrets.append(password)
+    return secrets
 
 
 __all__ = (
     "DEFAULT_CONFIG_PATH",
+    "REDIS_SCHEMES",
     "ConfigError",
+    "KeyConfig",
     "Listen",
     "LoadedConfig",
     "ModelConfig",
     "Settings",
     "Target",
     "default_config_path",
+    "key_digest",
     "load_config",
     "parse_config",
     "secrets_of",

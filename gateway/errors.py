@@ -8,7 +8,8 @@
     ├── NotFoundError                404 (unknown route)
     │   └── ModelNotFoundError       404 model_not_found
     ├── RequestTooLargeError         413
-    ├── RateLimitError               429 rate_limit_exceeded
+    ├── RateLimitError               429 rate_limit_exceeded, type `requests`
+    │   └── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
     ├── ServiceUnavailableError      503
     └── RoutingError                 no target of a model answered: 502/503/504, or the one failure's status
 
@@ -88,6 +89,10 @@ class RateLimitError(GatewayError):
     default_code = "rate_limit_exceeded"
 
 
+class TokenRateLimitError(RateLimitError):
+    error_type = "tokens"
+
+
 class ServiceUnavailableError(GatewayError):
     status_code = 503
     error_type = "service_unavailable"
@@ -151,6 +156,7 @@ __all__ = (
     "RequestTooLargeError",
     "RoutingError",
     "ServiceUnavailableError",
+    "TokenRateLimitError",
     "UnsupportedParameterError",
     "error_body",
     "error_response",

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from gateway.translate import Translated
 
 _ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
-_DONE: Final = b"data: [DONE]\n\n"
+DONE: Final = b"data: [DONE]\n\n"
+"""The last event of a complete stream (the very object `stream` yields, so `is` recognises it)."""
 log = get_logger("gateway.writer")
 _CHOICE_TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
@@ -240,7 +241,7 @@ class ResponseWriter:
         yield prefix + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n'
         if translated.include_usage:
             yield self._shell + b'"choices":[],"usage":' + encoder.encode(self._usage()) + b"}\n\n"
-        yield _DONE
+        yield DONE
 
     # Whole answers
 
@@ -350,4 +351,4 @@ def _tool_arguments(index: int, arguments: str, legacy: bool) -> ChunkDelta:
     return ChunkDelta(tool_calls=[ToolCallDeltaOut(index, FunctionCallOut(arguments=arguments))])
 
 
-__all__ = ("AnswerStats", "ResponseWriter", "completion_id", "tool_call_id")
+__all__ = ("DONE", "AnswerStats", "ResponseWriter", "completion_id", "tool_call_id")

@@ -1,10 +1,13 @@
-"""Suite-wide rules: under CI=true a skipped test is a failure (CI must never pass by skipping)."""
+"""Suite-wide rules (under CI=true a skipped test is a failure) and the session's Redis servers."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from tests.redis_server import RedisClusterServers, RedisServer
 
 _skipped: list[str] = []
 
@@ -20,3 +23,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid in _skipped:
             print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One `redis-server` for the session; tests keep apart by using their own scope names."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster for the session."""
+    with RedisClusterServers() as cluster:
+        yield cluster

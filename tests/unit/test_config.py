@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters import MockConfig, VLLMConfig, WorkersAIConfig
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.config import ConfigError, load_config, parse_config, secrets_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,12 @@ models:
   m: {targets: [{backend: cf, model: x, wieght: 2}]}
 """
     problems = problems_of(text)
-    assert "extra: unknown key (known keys: backends, listen, log_format, log_level, models)" in problems
+    (extra,) = [p for p in problems if p.startswith("extra:")]
+    prefix = "extra: unknown key (known keys: "
+    assert extra.startswith(prefix)
+    known = extra[len(prefix) : -1].split(", ")
+    assert known == sorted(known)
+    assert {"backends", "keys", "listen", "models", "redis_url", "rate_limit_failure_mode"} <= set(known)
     assert "listen.port: Expected `int`, got `str`" in problems
     assert "backends.cf.timeot_s: unknown key" in problems
     assert any(p.startswith("backends.other.kind: Invalid value 'nope'") for p in problems)
@@ -213,3 +218,94 @@ def test_serve_refuses_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "backends: must be a non-empty mapping" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+KEYED = """
+backends:
+  demo: {kind: mock}
+models:
+  llama: {aliases: [gpt-4o-mini], targets: [{backend: demo, model: x}], rpm: 100, tpm: 50000}
+redis_url: ${REDIS_URL:-}
+keys:
+  - id: team-search
+    key: ${TEAM_SEARCH_KEY}
+    rpm: 600
+    tpm: 200000
+    max_concurrency: 32
+    models: [gpt-4o-mini]
+  - id: team-batch
+    key_sha256: E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855
+"""
+
+
+def test_keys_and_limits_are_read() -> None:
+    settings = parse_config(KEYED, environ={"TEAM_SEARCH_KEY": "sk-search"}).settings
+    assert settings.keys is not None
+    search, batch = settings.keys
+    assert (search.id, search.key, search.rpm, search.tpm, search.max_concurrency) == (
+        "team-search",
+        "sk-search",
+        600,
+        200000,
+        32,
+    )
+    assert search.models == ["gpt-4o-mini"]
+    assert batch.models == ["*"]
+    assert (settings.models["llama"].rpm, settings.models["llama"].tpm) == (100, 50000)
+    assert settings.redis_url == ""
+    assert settings.rate_limit_failure_mode == "open"
+    assert secrets_of(settings) == ["sk-search"]
+
+
+def test_key_problems_are_reported_with_their_paths() -> None:
+    text = (
+        KEYED
+        + """
+  - {id: team-search, key: other, rpm: 0}
+  - {id: "bad id!", key: a, key_sha256: aa}
+  - {id: nokey, models: [nope, "*"]}
+  - {id: short-hash, key_sha256: abc}
+  - {id: same-as-batch, key: ""}
+rate_limit_failure_mode: sometimes
+"""
+    )
+    problems = problems_of(text.replace("rpm: 100", "rpm: 0"), {"TEAM_SEARCH_KEY": "sk-search"})
+    assert problems == [
+        "rate_limit_failure_mode: Invalid enum value 'sometimes'",
+    ]
+    text = text.replace("rate_limit_failure_mode: sometimes", "redis_url: http://redis:6379")
+    problems = problems_of(text.replace("rpm: 100", "rpm: 0"), {})
+    assert problems == [
+        "models.llama.rpm: must be at least 1",
+        "keys[0].key: must not be empty (TEAM_SEARCH_KEY is not set)",
+        "keys[2].id: 'team-search' is already the id of keys[0]",
+        "keys[2].rpm: must be at least 1 (leave it out for no limit)",
+        "keys[3].id: 'bad id!' must be 1-64 characters: letters, digits and . _ : @ / - "
+        "(it names the key in logs, metrics and Redis)",
+        "keys[3]: set either key or key_sha256, not both",
+        "keys[4]: missing key or key_sha256",
+        "keys[4].models[0]: 'nope' is not a model name or alias under models (defined: gpt-4o-mini, llama)",
+        "keys[5].key_sha256: must be 64 hex digits (the SHA-256 of the key, e.g. "
+        '`printf %s "$KEY" | sha256sum`)',
+        "keys[6].key: must not be empty",
+        "redis_url: the scheme must be one of redis://, rediss://, unix://, redis+cluster://, "
+        "rediss+cluster:// (or leave it empty for in-process limits)",
+    ]
+
+
+def test_the_same_key_twice_is_refused() -> None:
+    text = KEYED + "  - {id: again, key: sk-search}\n"
+    problems = problems_of(text, {"TEAM_SEARCH_KEY": "sk-search"})
+    assert problems == ["keys[2]: the same key as keys[0]; every key must be distinct"]
+
+
+@pytest.mark.parametrize("section", ["keys: []", "keys:"])
+def test_an_empty_keys_section_is_refused_rather_than_running_open(section: str) -> None:
+    text = "backends: {d: {kind: mock}}\nmodels: {m: {targets: [{backend: d, model: x}]}}\n" + section
+    assert problems_of(text) == ["keys: must be a non-empty list of keys (remove the section to run open)"]
+
+
+def test_the_redis_password_is_a_secret() -> None:
+    text = KEYED.replace("${REDIS_URL:-}", "redis://gw:s3cret@redis:6379/2")
+    settings = parse_config(text, environ={"TEAM_SEARCH_KEY": "sk-search"}).settings
+    assert secrets_of(settings) == ["sk-search", "s3cret"]

@@ -1,0 +1,234 @@
+"""Applies the limits to one request: which scopes, how many tokens to reserve, and what the client sees.
+
+A request is subject to its key's limits and to its model's (`models.<name>.rpm/tpm`), each scope one
+atomic store call; when a later scope refuses, the earlier reservations are given back. The store's
+answers become OpenAI's `x-ratelimit-*` headers, or a 429 with `Retry-After` and OpenAI's error body.
+When the store is unreachable, `rate_limit_failure_mode` decides: `open` serves without limits
+(one warning per outage), `closed` answers 503.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Final, Literal
+
+from gateway.errors import RateLimitError, ServiceUnavailableError, TokenRateLimitError
+from gateway.limits.base import LimiterUnavailable, Ticket, format_duration
+from gateway.logs import get_logger
+
+if TYPE_CHECKING:
+    from gateway.context import RequestInfo
+    from gateway.limits.base import Limiter, Outcome, Scope
+
+MAX_RETRY_AFTER_S: Final = 60
+"""The SDK honours `Retry-After` only up to 60 s (older versions) and falls back to short backoffs."""
+
+log = get_logger("gateway.limits")
+
+_Held = tuple["Scope", "Outcome", int, Ticket | None]
+
+
+class Grant:
+    """An admitted request's reservations; `settle` charges its real usage and frees its slots."""
+
+    __slots__ = ("_gate", "_held", "headers", "settled")
+
+    def __init__(self, gate: RateLimits) -> None:
+        self._gate = gate
+        self._held: list[_Held] = []
+        self.headers: dict[str, str] = {}
+        """OpenAI's `x-ratelimit-*` headers for the response."""
+        self.settled = False
+
+    async def settle(self, used_tokens: int) -> None:
+        """Replace the token reservation by `used_tokens` and release concurrency. Idempotent."""
+        if self.settled:
+            return
+        self.settled = True
+        limiter = self._gate.limiter
+        for scope, outcome, reserved, ticket in self._held:
+            delta = used_tokens - reserved if scope.tpm else 0
+            if not delta and ticket is None:
+                continue
+            try:
+                await limiter.settle(scope, slot=outcome.slot, requests=0, tokens=delta, ticket=ticket)
+            except LimiterUnavailable as exc:
+                self._gate.store_failed(exc)
+
+    async def _give_back(self) -> None:
+        """Undo every reservation: the request is not going ahead."""
+        self.settled = True
+        for scope, outcome, reserved, ticket in self._held:
+            try:
+                await self._gate.limiter.settle(
+                    scope, slot=outcome.slot, requests=-1, tokens=-reserved, ticket=ticket
+                )
+            except LimiterUnavailable as exc:
+                self._gate.store_failed(exc)
+
+
+class RateLimits:
+    """The gateway's limits: the store, the per-model scopes, the failure mode and outage accounting."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        models: dict[str, Scope],
+        failure_mode: Literal["open", "closed"] = "open",
+        store: str = "memory",
+    ) -> None:
+        self.limiter = limiter
+        self.store = store
+        """Where the counts live, for logs: `memory` or the Redis address without credentials."""
+        self._models = {name: scope for name, scope in models.items() if scope.limited}
+        self._fail_open = failure_mode == "open"
+        self.store_failures = 0
+        """Store calls that failed (decisions taken without the store, and lost settlements): a metric."""
+        self.store_outages = 0
+        """Outages seen (each logged once): a metric."""
+        self.store_available = True
+
+    async def admit(
+        self,
+        key: Scope | None,
+        model: str,
+        *,
+        prompt_tokens: int,
+        max_tokens: int,
+        explicit_max_tokens: bool,
+        info: RequestInfo,
+    ) -> Grant | None:
+        """Reserve capacity for a request in every scope that applies, before any upstream call.
+
+        Returns None when no limit applies (or the store is down and the failure mode is open).
+
+        Raises:
+            RateLimitError: a limit refused the request (429 with `Retry-After`).
+            ServiceUnavailableError: the store is down and the failure mode is closed (503).
+        """
+        model_scope = self._models.get(model)
+        if key is None and model_scope is None:
+            return None
+        scopes = [scope for scope in (key, model_scope) if scope is not None]
+        estimate = prompt_tokens + max_tokens
+        grant = Grant(self)
+        try:
+            for scope in scopes:
+                reserve = 0
+                if scope.tpm:
+                    if prompt_tokens > scope.tpm or (explicit_max_tokens and estimate > scope.tpm):
+                        info.rate_limit = "too_large"
+                        raise _too_large(scope, prompt_tokens, max_tokens, explicit_max_tokens)
+                    # Without an explicit max_tokens the default one may exceed a small limit: reserve
+                    # at most the limit, and the real usage replaces the reservation afterwards.
+                    reserve = min(estimate, scope.tpm)
+                ticket = Ticket(os.urandom(8).hex()) if scope.max_concurrency else None
+                outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket)
+                if not outcome.admitted:
+                    await grant._give_back()
+                    info.rate_limit = f"refused_{outcome.refused}"
+                    raise _refusal(scope, outcome, reserve)
+                grant._held.append((scope, outcome, reserve, ticket))
+        except LimiterUnavailable as exc:
+            await grant._give_back()
+            self.store_failed(exc)
+            info.rate_limit = "store_unavailable"
+            if self._fail_open:
+                return None
+            raise ServiceUnavailableError(
+                "Rate limits cannot be checked right now (the gateway's rate-limit store is unreachable), "
+                "so the request was not processed. Please retry shortly.",
+                code="rate_limit_store_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
+        if not self.store_available:
+            self._recovered()
+        info.rate_limit = "admitted"
+        grant.headers = _headers(grant._held)
+        return grant
+
+    def store_failed(self, exc: LimiterUnavailable) -> None:
+        self.store_failures += 1
+        if self.store_available:
+            self.store_available = False
+            self.store_outages += 1
+            log.warning(
+                "rate_limit_store_unavailable",
+                store=self.store,
+                error=str(exc),
+                failure_mode="open: serving without limits" if self._fail_open else "closed: answering 503",
+            )
+
+    def _recovered(self) -> None:
+        self.store_available = True
+        log.info("rate_limit_store_recovered", store=self.store, failed_calls=self.store_failures)
+
+    async def aclose(self) -> None:
+        await self.limiter.aclose()
+
+
+def _headers(held: list[_Held]) -> dict[str, str]:
+    """OpenAI's headers, for the scope closest to its limit when two apply."""
+    headers: dict[str, str] = {}
+    requests: tuple[int, Scope, Outcome] | None = None
+    tokens: tuple[int, Scope, Outcome] | None = None
+    for scope, outcome, _, _ in held:
+        if scope.rpm:
+            left = scope.rpm - outcome.requests_used
+            if requests is None or left < requests[0]:
+                requests = (left, scope, outcome)
+        if scope.tpm:
+            left = scope.tpm - outcome.tokens_used
+            if tokens is None or left < tokens[0]:
+                tokens = (left, scope, outcome)
+    if requests is not None:
+        left, scope, outcome = requests
+        headers["x-ratelimit-limit-requests"] = str(scope.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, left))
+        headers["x-ratelimit-reset-requests"] = format_duration(outcome.requests_reset_s)
+    if tokens is not None:
+        left, scope, outcome = tokens
+        headers["x-ratelimit-limit-tokens"] = str(scope.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, left))
+        headers["x-ratelimit-reset-tokens"] = format_duration(outcome.tokens_reset_s)
+    return headers
+
+
+def _refusal(scope: Scope, outcome: Outcome, reserve: int) -> RateLimitError:
+    wait = outcome.retry_after_s
+    later = f"Please try again in {format_duration(wait)}."
+    if outcome.refused == "tokens":
+        message = (
+            f"Rate limit reached for {scope.label} on tokens per min (TPM): Limit {scope.tpm}, "
+            f"Used {outcome.tokens_used}, Requested {reserve}. {later}"
+        )
+    elif outcome.refused == "concurrency":
+        message = (
+            f"Concurrency limit reached for {scope.label}: Limit {scope.max_concurrency} requests in "
+            f"flight, {outcome.in_flight} in flight. Please try again when one of them has finished."
+        )
+    else:
+        message = (
+            f"Rate limit reached for {scope.label} on requests per min (RPM): Limit {scope.rpm}, "
+            f"Used {outcome.requests_used}, Requested 1. {later}"
+        )
+    headers = _headers([(scope, outcome, reserve, None)])
+    headers["retry-after"] = str(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
+    error_class = TokenRateLimitError if outcome.refused == "tokens" else RateLimitError
+    return error_class(message, headers=headers)
+
+
+def _too_large(scope: Scope, prompt_tokens: int, max_tokens: int, explicit: bool) -> RateLimitError:
+    requested = prompt_tokens + max_tokens if explicit else prompt_tokens
+    detail = f"about {prompt_tokens} prompt tokens" + (f" + max_tokens {max_tokens}" if explicit else "")
+    return TokenRateLimitError(
+        f"Request too large for {scope.label} on tokens per min (TPM): Limit {scope.tpm}, Requested "
+        f"{requested} ({detail}). The input or max_tokens must be reduced for it to ever fit.",
+        # Waiting will not help: tell the SDK not to retry.
+        headers={"x-should-retry": "false"},
+    )
+
+
+__all__ = ("MAX_RETRY_AFTER_S", "Grant", "RateLimits")

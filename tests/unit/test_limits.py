@@ -1,0 +1,315 @@
+"""The limiter contract, run against the in-process store, one real Redis and a real 3-node Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.limits import Limiter, LimiterUnavailable, MemoryLimiter, Scope, Ticket, format_duration
+from gateway.limits.redis import RedisLimiter
+from tests.redis_server import RedisClusterServers, RedisServer, command
+
+pytestmark = pytest.mark.anyio
+
+LimiterFactory = Callable[..., Limiter]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("redis", id="redis"),
+        pytest.param("cluster", id="redis-cluster"),
+    ]
+)
+async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[LimiterFactory]:
+    """Builds limiters of one kind (window and lease shortened on demand); closes them afterwards."""
+    made: list[Limiter] = []
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+
+    def make(**options: Any) -> Limiter:
+        limiter: Limiter
+        if url:
+            limiter = RedisLimiter.from_url(url, **options)
+        else:
+            options.pop("lease_s", None)
+            limiter = MemoryLimiter(**options)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
+
+
+def scope(**limits: int) -> Scope:
+    """A scope no other test uses (the Redis servers are shared by the session)."""
+    return Scope("key", "t-" + os.urandom(6).hex(), **limits)
+
+
+def ticket() -> Ticket:
+    return Ticket(os.urandom(8).hex())
+
+
+async def test_a_burst_admits_exactly_the_limit(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    team = scope(rpm=25)
+    outcomes = await asyncio.gather(*(limiter.acquire(team, tokens=0, ticket=None) for _ in range(80)))
+    admitted = [o for o in outcomes if o.admitted]
+    assert len(admitted) == 25
+    assert sorted(o.requests_used for o in admitted) == list(range(1, 26))
+    refused = [o for o in outcomes if not o.admitted]
+    assert {o.refused for o in refused} == {"requests"}
+    assert all(59 < o.retry_after_s <= 61 for o in refused)
+
+
+async def test_first_admission_reports_usage_and_reset(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    outcome = await limiter.acquire(scope(rpm=10, tpm=1000), tokens=300, ticket=None)
+    assert outcome.admitted
+    assert (outcome.requests_used, outcome.tokens_used) == (1, 300)
+    assert 59 < outcome.requests_reset_s <= 61
+    assert 59 < outcome.tokens_reset_s <= 61
+
+
+async def test_a_refusal_changes_nothing(make_limiter: LimiterFactory) -> None:
+    """All or nothing: a request refused on tokens does not count against requests either."""
+    limiter = make_limiter()
+    team = scope(rpm=10, tpm=1000)
+    assert (await limiter.acquire(team, tokens=900, ticket=None)).admitted
+    refused = await limiter.acquire(team, tokens=200, ticket=None)
+    assert not refused.admitted
+    assert refused.refused == "tokens"
+    assert (refused.requests_used, refused.tokens_used) == (1, 900)
+    after = await limiter.acquire(team, tokens=100, ticket=None)
+    assert after.admitted
+    assert (after.requests_used, after.tokens_used) == (2, 1000)
+
+
+async def test_capacity_returns_when_the_window_has_passed(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(window_s=0.3, slots=6)
+    team = scope(rpm=3)
+    for _ in range(3):
+        assert (await limiter.acquire(team, tokens=0, ticket=None)).admitted
+    refused = await limiter.acquire(team, tokens=0, ticket=None)
+    assert not refused.admitted
+    assert 0.2 < refused.retry_after_s <= 0.35
+    await asyncio.sleep(refused.retry_after_s + 0.02)
+    assert (await limiter.acquire(team, tokens=0, ticket=None)).admitted
+
+
+async def test_no_window_ever_holds_more_than_the_limit(make_limiter: LimiterFactory) -> None:
+    """Unlike a fixed window, a burst at the end of one window and the start of the next cannot add up."""
+    window, limit = 0.3, 4
+    limiter = make_limiter(window_s=window, slots=6)
+    team = scope(rpm=limit)
+    admitted: list[float] = []
+    deadline = time.monotonic() + 2.5 * window
+    while time.monotonic() < deadline:
+        before = time.monotonic()
+        outcome = await limiter.acquire(team, tokens=0, ticket=None)
+        if outcome.admitted:
+            admitted.append((before + time.monotonic()) / 2)
+        await asyncio.sleep(0.005)
+    assert len(admitted) >= 2 * limit  # capacity came back, window after window
+    for earlier, later in zip(admitted, admitted[limit:], strict=False):
+        assert later - earlier >= window - 0.02
+
+
+async def test_settle_replaces_the_reservation_by_real_usage(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    team = scope(tpm=1000)
+    first = await limiter.acquire(team, tokens=600, ticket=None)
+    assert first.admitted
+    assert not (await limiter.acquire(team, tokens=600, ticket=None)).admitted
+    await limiter.settle(team, slot=first.slot, requests=0, tokens=120 - 600, ticket=None)
+    second = await limiter.acquire(team, tokens=600, ticket=None)
+    assert second.admitted
+    assert second.tokens_used == 720
+    await limiter.settle(team, slot=second.slot, requests=0, tokens=900 - 600, ticket=None)
+    third = await limiter.acquire(team, tokens=1, ticket=None)
+    assert (third.admitted, third.tokens_used) == (False, 1020)
+
+
+async def test_usage_beyond_an_expired_reservation_is_charged_now(make_limiter: LimiterFactory) -> None:
+    """A long answer whose reservation already left the window still pays what it overran."""
+    limiter = make_limiter(window_s=0.3, slots=3)
+    team = scope(tpm=1000)
+    first = await limiter.acquire(team, tokens=100, ticket=None)
+    await asyncio.sleep(0.45)
+    await limiter.settle(team, slot=first.slot, requests=0, tokens=250, ticket=None)
+    after = await limiter.acquire(team, tokens=10, ticket=None)
+    assert after.tokens_used == 260
+
+
+async def test_giving_back_a_reservation(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    team = scope(rpm=1, tpm=100, max_concurrency=1)
+    held = ticket()
+    first = await limiter.acquire(team, tokens=100, ticket=held)
+    assert first.admitted
+    await limiter.settle(team, slot=first.slot, requests=-1, tokens=-100, ticket=held)
+    again = await limiter.acquire(team, tokens=100, ticket=ticket())
+    assert again.admitted
+    assert (again.requests_used, again.tokens_used, again.in_flight) == (1, 100, 1)
+
+
+async def test_concurrency_is_released_on_settle(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    team = scope(max_concurrency=2)
+    tickets = [ticket() for _ in range(3)]
+    outcomes = [await limiter.acquire(team, tokens=0, ticket=t) for t in tickets]
+    assert [o.admitted for o in outcomes] == [True, True, False]
+    assert outcomes[2].refused == "concurrency"
+    assert outcomes[2].in_flight == 2
+    assert outcomes[2].retry_after_s >= 1
+    await limiter.settle(team, slot=outcomes[0].slot, requests=0, tokens=0, ticket=tickets[0])
+    retried = await limiter.acquire(team, tokens=0, ticket=tickets[2])
+    assert (retried.admitted, retried.in_flight) == (True, 2)
+
+
+async def test_scopes_are_independent(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    first, second = scope(rpm=1), scope(rpm=1)
+    assert (await limiter.acquire(first, tokens=0, ticket=None)).admitted
+    assert not (await limiter.acquire(first, tokens=0, ticket=None)).admitted
+    assert (await limiter.acquire(second, tokens=0, ticket=None)).admitted
+
+
+async def test_the_longest_wait_names_the_refusal(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(window_s=1.0, slots=10)
+    team = scope(rpm=2, tpm=100)
+    assert (await limiter.acquire(team, tokens=10, ticket=None)).admitted
+    await asyncio.sleep(0.3)
+    assert (await limiter.acquire(team, tokens=90, ticket=None)).admitted
+    refused = await limiter.acquire(team, tokens=50, ticket=None)
+    assert not refused.admitted
+    # Requests free up when the first request leaves; the 50 tokens need the second one gone too.
+    assert refused.refused == "tokens"
+    assert 0.9 < refused.retry_after_s <= 1.1
+
+
+# Redis only
+
+
+@pytest.fixture
+async def redis_limiters(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisLimiter]]:
+    made: list[RedisLimiter] = []
+
+    def make(**options: Any) -> RedisLimiter:
+        limiter = RedisLimiter.from_url(redis_server.url, **options)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
+
+
+async def test_a_crashed_replicas_slots_free_themselves(
+    redis_limiters: Callable[..., RedisLimiter],
+) -> None:
+    crashed, survivor = redis_limiters(lease_s=0.3), redis_limiters(lease_s=0.3)
+    team = scope(max_concurrency=1)
+    assert (await crashed.acquire(team, tokens=0, ticket=ticket())).admitted
+    await crashed.aclose()  # stops renewing without releasing: what a killed process leaves behind
+    assert not (await survivor.acquire(team, tokens=0, ticket=ticket())).admitted
+    await asyncio.sleep(0.4)
+    assert (await survivor.acquire(team, tokens=0, ticket=ticket())).admitted
+
+
+async def test_leases_are_renewed_while_requests_are_in_flight(
+    redis_limiters: Callable[..., RedisLimiter],
+) -> None:
+    holder, other = redis_limiters(lease_s=0.15), redis_limiters(lease_s=0.15)
+    team = scope(max_concurrency=1)
+    held = ticket()
+    first = await holder.acquire(team, tokens=0, ticket=held)
+    assert first.admitted
+    await asyncio.sleep(0.6)
+    assert not (await other.acquire(team, tokens=0, ticket=ticket())).admitted
+    await holder.settle(team, slot=first.slot, requests=0, tokens=0, ticket=held)
+    assert (await other.acquire(team, tokens=0, ticket=ticket())).admitted
+
+
+async def test_decisions_run_the_registered_script() -> None:
+    """EVALSHA every time: the script text is sent once (SCRIPT LOAD), never with each decision."""
+    with RedisServer() as server:
+        limiter = RedisLimiter.from_url(server.url)
+        try:
+            team = scope(rpm=100)
+            for _ in range(20):
+                await limiter.acquire(team, tokens=0, ticket=None)
+        finally:
+            await limiter.aclose()
+        stats = command(server.port, "INFO", "commandstats").decode()
+    calls = dict(re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", stats))
+    assert calls["script|load"] == "1"  # after the first EVALSHA's NOSCRIPT
+    assert calls["evalsha"] == "21"
+    assert "eval" not in calls
+
+
+async def test_an_unreachable_store_fails_fast_and_recovers() -> None:
+    """Connection refused → LimiterUnavailable at once; later decisions skip the store briefly, then
+    find it again with no restart."""
+    with RedisServer() as server:
+        limiter = RedisLimiter.from_url(server.url)
+        try:
+            team = scope(rpm=5)
+            assert (await limiter.acquire(team, tokens=0, ticket=None)).admitted
+            server.stop()
+            started = time.monotonic()
+            with pytest.raises(LimiterUnavailable, match="ConnectionError"):
+                await limiter.acquire(team, tokens=0, ticket=None)
+            with pytest.raises(LimiterUnavailable):
+                await limiter.acquire(team, tokens=0, ticket=None)
+            assert time.monotonic() - started < 1.0
+            server.start()
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    outcome = await limiter.acquire(team, tokens=0, ticket=None)
+                    break
+                except LimiterUnavailable:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+            assert outcome.admitted
+            assert outcome.requests_used == 1  # a restarted Redis without persistence starts afresh
+        finally:
+            await limiter.aclose()
+
+
+async def test_cluster_spreads_scopes_over_its_nodes(redis_cluster: RedisClusterServers) -> None:
+    limiter = RedisLimiter.from_url(redis_cluster.url)
+    try:
+        for _ in range(30):
+            assert (await limiter.acquire(scope(rpm=5, tpm=50), tokens=5, ticket=None)).admitted
+    finally:
+        await limiter.aclose()
+    sizes = [int(command(node.port, "DBSIZE").lstrip(b":")) for node in redis_cluster.nodes]
+    assert sum(1 for size in sizes if size) >= 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0ms"),
+        (0.012, "12ms"),
+        (1, "1s"),
+        (8.64, "8.64s"),
+        (59.9996, "1m0s"),
+        (360, "6m0s"),
+        (3725, "1h2m5s"),
+    ],
+)
+def test_durations_are_written_like_openai(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
