@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-from litestar import Litestar, Request, Response, get, post
-from litestar.background_tasks import BackgroundTask
+from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
-from litestar.response import Stream
-from litestar.status_codes import HTTP_200_OK
 
 from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
+from gateway.asgi import Receive, Scope, Send, read_body, respond
 from gateway.auth import KeyPolicy, KeyRing, check_model
-from gateway.chat import chat_completion, new_request_id
-from gateway.context import RequestInfo
+from gateway.chat import ChatResult, chat_completion
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     RequestTooLargeError,
     error_response,
@@ -29,11 +27,13 @@ from gateway.errors import (
 from gateway.health import HealthProber
 from gateway.limits import RateLimits, create_rate_limits
 from gateway.logs import get_logger
+from gateway.middleware import RequestMiddleware
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing import Router
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+    from gateway.context import RequestInfo
 
 OWNER: Final = "llm-gateway"
 
@@ -63,13 +63,13 @@ class Gateway:
     def ready(self) -> bool:
         return self._router is not None
 
-    def authenticate(self, request: Request[Any, Any, Any], info: RequestInfo) -> KeyPolicy | None:
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]], info: RequestInfo) -> KeyPolicy | None:
         """The caller's key policy (None when running without keys); raises a 401 otherwise."""
         if self.keys is None:
             return None
         # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
         authorization = api_key = None
-        for name, value in request.scope["headers"]:
+        for name, value in headers:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"api-key":
@@ -122,29 +122,25 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await gateway.stop()
 
-    @post("/v1/chat/completions", status_code=HTTP_200_OK)
-    async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-        info = request_info(request)
-        key = gateway.authenticate(request, info)
-        request_id = request.headers.get("x-request-id") or new_request_id()
-        result = await chat_completion(
-            gateway.router,
-            await request.body(),
-            request_id=request_id,
-            key=key,
-            limits=gateway.limits,
-            info=info,
-        )
-        if result.stream is not None:
-            background = BackgroundTask(result.finish) if result.finish is not None else None
-            return Stream(
-                result.stream, media_type="text/event-stream", headers=result.headers, background=background
+    @asgi("/v1/chat/completions", copy_scope=False)
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            raise MethodNotAllowedError(f"Invalid method for URL ({scope['method']} {scope['path']})")
+        info: RequestInfo = scope["state"]["request_info"]
+        key = gateway.authenticate(scope["headers"], info)
+        limits = settings.http
+        body = await read_body(scope, receive, limit=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+
+        def produce() -> Awaitable[ChatResult]:
+            return chat_completion(
+                gateway.router, body, request_id=info.request_id, key=key, limits=gateway.limits, info=info
             )
-        return Response(result.body, media_type="application/json", headers=result.headers)
+
+        await respond(receive, send, produce)
 
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
-        key = gateway.authenticate(request, request_info(request))
+        key = gateway.authenticate(request.scope["headers"], request_info(request))
         router = gateway.router
         data = [
             ModelObject(id=name, created=gateway.started_at, owned_by=OWNER)
@@ -155,7 +151,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @get("/v1/models/{model_id:path}")
     async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
-        key = gateway.authenticate(request, request_info(request))
+        key = gateway.authenticate(request.scope["headers"], request_info(request))
         name = model_id.lstrip("/")
         check_model(key, name, gateway.router.resolve(name).name)
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
@@ -175,7 +171,7 @@ def create_app(settings: Settings) -> Litestar:
             return Response(body, status_code=503)
         return Response({"status": "ready"})
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[chat_completions, list_models, get_model, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers={
@@ -186,10 +182,14 @@ def create_app(settings: Settings) -> Litestar:
         },
         logging_config=None,
     )
+    # Outside routing and exception handling, so every response (404s and errors too) is covered.
+    app.asgi_handler = RequestMiddleware(app.asgi_handler)  # type: ignore[assignment]
+    return app
 
 
 def request_info(request: Request[Any, Any, Any]) -> RequestInfo:
-    info = request.state.request_info = RequestInfo()
+    """The request's record, made by `RequestMiddleware`."""
+    info: RequestInfo = request.scope["state"]["request_info"]
     return info
 
 

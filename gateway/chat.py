@@ -11,9 +11,8 @@ whose client goes away, when the relay closes.
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -45,7 +44,7 @@ class ChatResult:
         headers: dict[str, str],
         *,
         body: bytes | None = None,
-        stream: AsyncIterator[bytes] | None = None,
+        stream: AsyncGenerator[bytes, None] | None = None,
         finish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.headers = headers
@@ -53,10 +52,6 @@ class ChatResult:
         self.stream = stream
         self.finish = finish
         """For a stream: run it after the response (idempotent), also when the stream never started."""
-
-
-def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
 
 
 async def chat_completion(
@@ -91,7 +86,6 @@ async def chat_completion(
         raise
     writer = ResponseWriter(translated)
     headers = {
-        "x-request-id": request_id,
         "x-gateway-backend": answer.route.backend,
         "x-gateway-attempts": str(answer.attempts),
     }
@@ -128,7 +122,7 @@ class _Relay:
         self._answer = answer
         self._grant = grant
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self) -> AsyncGenerator[bytes, None]:
         grant = self._grant
         try:
             async for chunk in self._writer.stream(self._answer.events()):
@@ -177,4 +171,4 @@ def _validation_error(text: str) -> InvalidRequestError:
     )
 
 
-__all__ = ("ChatResult", "chat_completion", "decode_chat_request", "new_request_id", "tokens_used")
+__all__ = ("ChatResult", "chat_completion", "decode_chat_request", "tokens_used")

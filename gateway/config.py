@@ -26,6 +26,8 @@ from adapters.mock import MockConfig
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
 DEFAULT_MAX_TOKENS: Final = 4096
 """`max_tokens` sent upstream when the client sets none (Workers AI would otherwise stop at 256)."""
+DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S: Final = 30.0
 DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
 """A model's total deadline until its answer begins, over every target tried."""
 
@@ -39,6 +41,13 @@ _MSGSPEC_PATH: Final = re.compile(r" - at `\$([^`]*)`$")
 class Listen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8080
+
+
+class HTTPLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = DEFAULT_MAX_BODY_BYTES
+    """Largest request body accepted; larger ones get a 413 before they are read."""
+    body_timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_BODY_TIMEOUT_S
+    """A request body must arrive within this; a client trickling it slower gets a 408."""
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -88,6 +97,7 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: Listen = Listen()
+    http: HTTPLimits = HTTPLimits()
     backends: dict[str, BackendConfigs]
     models: dict[str, ModelConfig]
     log_level: str = "info"

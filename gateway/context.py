@@ -1,16 +1,19 @@
 """Facts about one request that its log line and metrics need, gathered while it is handled.
 
-The app stores the object in the ASGI scope's state (`scope["state"]["request_info"]`), where a
-middleware can read it once the response has been sent.
+`gateway.middleware.RequestMiddleware` creates one per HTTP request and puts it in the ASGI scope's
+state (`scope["state"]["request_info"]`); handlers fill it in; the middleware reads it once the
+response has been sent.
 """
 
 from __future__ import annotations
 
 
 class RequestInfo:
-    __slots__ = ("key_id", "rate_limit")
+    __slots__ = ("key_id", "rate_limit", "request_id")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str = "") -> None:
+        self.request_id = request_id
+        """The client's `x-request-id` when it sent a usable one, else one the gateway made."""
         self.key_id: str | None = None
         """The calling API key's `id` (None when the gateway runs without keys)."""
         self.rate_limit: str | None = None

@@ -6,6 +6,7 @@
     ├── AuthenticationError          401 invalid_api_key
     ├── PermissionDeniedError        403
     ├── NotFoundError                404 (unknown route)
+    │   ├── MethodNotAllowedError    405 (a known route with the wrong method)
     │   └── ModelNotFoundError       404 model_not_found
     ├── RequestTooLargeError         413
     ├── RateLimitError               429 rate_limit_exceeded, type `requests`
@@ -71,6 +72,10 @@ class PermissionDeniedError(GatewayError):
 class NotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
+
+
+class MethodNotAllowedError(NotFoundError):
+    status_code = 405
 
 
 class ModelNotFoundError(NotFoundError):
@@ -149,6 +154,7 @@ __all__ = (
     "AuthenticationError",
     "GatewayError",
     "InvalidRequestError",
+    "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
