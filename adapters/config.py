@@ -28,6 +28,9 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
     """Per-read timeout of one upstream call: connect, first byte, and every gap between chunks."""
     max_concurrency: int | None = None
     """Upper bound on requests in flight to this backend from one gateway process (None: unbounded)."""
+    tls_ca_file: str | None = None
+    """PEM file of CA certificates to trust for an `https` base_url (default: certifi's public CAs),
+    e.g. for a vLLM server behind a private CA."""
     when_unconfigured: str | None = None
     """Another backend to serve this one's targets when a required value (e.g. a credential) is empty.
 

@@ -91,7 +91,9 @@ class WorkersAIAdapter:
         self._headers = {"authorization": f"Bearer {config.api_token}", "content-type": "application/json"}
         self._endpoints: dict[str, Endpoint] = {}
         self._secrets = [s for s in config.secrets() if s]
-        self._client = build_client(timeout_s=config.timeout_s, max_connections=config.max_concurrency)
+        self._client = build_client(
+            timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -273,6 +273,8 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
             )
         if backend.timeout_s <= 0:
             problems.append(f"backends.{name}.timeout_s: must be greater than 0")
+        if backend.tls_ca_file is not None and not Path(backend.tls_ca_file).is_file():
+            problems.append(f"backends.{name}.tls_ca_file: no such file: {backend.tls_ca_file}")
         if backend.max_concurrency is not None and backend.max_concurrency < 1:
             problems.append(f"backends.{name}.max_concurrency: must be at least 1")
     public: dict[str, str] = {}

@@ -28,19 +28,27 @@ class ServerThread:
     """A uvicorn server serving `app` from a daemon thread until `stop()`."""
 
     def __init__(
-        self, app: Any, *, lifespan: Literal["auto", "on", "off"] = "auto", graceful_timeout: float = 1.0
+        self,
+        app: Any,
+        *,
+        lifespan: Literal["auto", "on", "off"] = "auto",
+        graceful_timeout: float = 1.0,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_certfile else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,
             log_level="warning",
             lifespan=lifespan,
             timeout_graceful_shutdown=int(graceful_timeout),
             access_log=False,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)
