@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench check-config redis-server wrk clean
+.PHONY: run test lint bench bench-compare check-config redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,17 @@ wrk:
 
 bench: $(VENV)/.installed-test redis-server wrk
 	$(BIN)/python -m tests.bench.run
+
+# LiteLLM, pinned, in its own virtualenv. Never 1.82.7 or 1.82.8 (malicious releases). The 1.106.x
+# patch releases after .0 need a certifi newer than some package mirrors carry, so .0 it is.
+LITELLM_VERSION := 1.106.0
+.bench/litellm-venv/.installed-$(LITELLM_VERSION):
+	$(PYTHON) -m venv .bench/litellm-venv
+	.bench/litellm-venv/bin/python -m pip --disable-pip-version-check -q install "litellm[proxy]==$(LITELLM_VERSION)"
+	@touch $@
+
+bench-compare: $(VENV)/.installed-test wrk .bench/litellm-venv/.installed-$(LITELLM_VERSION)
+	$(BIN)/python -m tests.bench.compare
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
