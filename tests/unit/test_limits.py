@@ -258,6 +258,32 @@ async def test_decisions_run_the_registered_script() -> None:
     assert "eval" not in calls
 
 
+async def test_concurrent_decisions_share_round_trips_and_survive_a_script_flush(
+    redis_limiters: Callable[..., RedisLimiter], redis_server: RedisServer
+) -> None:
+    """Decisions made in one event-loop turn travel in one pipeline; each stays exact, and a script
+    Redis has lost (SCRIPT FLUSH, as after a restart) is loaded again for the whole batch."""
+    limiter = redis_limiters()
+    team = scope(rpm=40)
+    assert (await limiter.acquire(team, tokens=0, ticket=None)).admitted  # loads the scripts
+    command(redis_server.port, "SCRIPT", "FLUSH")
+    before = dict(
+        re.findall(
+            r"cmdstat_([a-z|]+):calls=(\d+)", command(redis_server.port, "INFO", "commandstats").decode()
+        )
+    )
+    outcomes = await asyncio.gather(*(limiter.acquire(team, tokens=0, ticket=None) for _ in range(60)))
+    assert sum(o.admitted for o in outcomes) == 39  # exactly the limit, with the first one above
+    after = dict(
+        re.findall(
+            r"cmdstat_([a-z|]+):calls=(\d+)", command(redis_server.port, "INFO", "commandstats").decode()
+        )
+    )
+    assert int(after["script|load"]) - int(before.get("script|load", "0")) == 1
+    # 60 NOSCRIPT answers then 60 retries: every decision ran exactly once.
+    assert int(after["evalsha"]) - int(before["evalsha"]) == 120
+
+
 async def test_an_unreachable_store_fails_fast_and_recovers() -> None:
     """Connection refused → LimiterUnavailable at once; later decisions skip the store briefly, then
     find it again with no restart."""
