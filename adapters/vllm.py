@@ -16,9 +16,9 @@ with an integer `code`, FastAPI's `{"detail": ...}`) become `UpstreamError`s in 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -288,7 +288,8 @@ class VLLMAdapter:
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(upstream_body(request, model, backend=self.name))
         # vLLM makes X-Request-Id its engine request id: clients may reuse theirs, so add a random part.
-        http_request = self._chat.post(body, {"x-request-id": f"{request_id}-{os.urandom(4).hex()}"})
+        suffix = f"{getrandbits(32):08x}"
+        http_request = self._chat.post(body, {"x-request-id": f"{request_id}-{suffix}"})
         response = await send(self._client, http_request, backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
@@ -26,7 +28,9 @@ from gateway.errors import (
 )
 from gateway.health import HealthProber
 from gateway.limits import RateLimits, create_rate_limits
-from gateway.logs import get_logger
+from gateway.logs import flush_periodically, get_logger
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import Metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing import Router
@@ -43,8 +47,9 @@ log = get_logger("gateway")
 class Gateway:
     """What the request handlers need, created in the lifespan and torn down with it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.started_at = int(time.time())
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
         """None: no `keys:` section, every request is served without a key."""
@@ -83,7 +88,8 @@ class Gateway:
             name: create_adapter(name, config) for name, config in self.settings.backends.items()
         }
         self.limits = create_rate_limits(self.settings)
-        self._router = Router(self.settings, self._adapters)
+        self.limits.on_store_failure = self.metrics.store_error
+        self._router = Router(self.settings, self._adapters, self.metrics)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
         if self.keys is None:
@@ -112,15 +118,20 @@ class Gateway:
 
 
 def create_app(settings: Settings) -> Litestar:
-    gateway = Gateway(settings)
+    metrics = Metrics()
+    gateway = Gateway(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(flush_periodically())
         await gateway.start()
         try:
             yield
         finally:
             await gateway.stop()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
 
     @asgi("/v1/chat/completions", copy_scope=False)
     async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,6 +168,10 @@ def create_app(settings: Settings) -> Litestar:
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
         return Response(body, media_type="application/json")
 
+    @get("/metrics", sync_to_thread=False)
+    def metrics_endpoint() -> Response[bytes]:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     @get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -172,7 +187,7 @@ def create_app(settings: Settings) -> Litestar:
         return Response({"status": "ready"})
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, get_model, healthz, readyz],
+        route_handlers=[chat_completions, list_models, get_model, metrics_endpoint, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _handle_error,
@@ -183,7 +198,7 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,
     )
     # Outside routing and exception handling, so every response (404s and errors too) is covered.
-    app.asgi_handler = RequestMiddleware(app.asgi_handler)  # type: ignore[assignment]
+    app.asgi_handler = RequestMiddleware(app.asgi_handler, metrics)  # type: ignore[assignment]
     return app
 
 
@@ -200,7 +215,14 @@ def _render(exc: GatewayError | UpstreamError) -> Response[bytes]:
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, GatewayError | UpstreamError)
+    _note_error(request, exc.code or exc.error_type)
     return _render(exc)
+
+
+def _note_error(request: Request[Any, Any, Any], code: str) -> None:
+    info = request.scope["state"].get("request_info")
+    if info is not None:
+        info.error_code = code
 
 
 def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -217,11 +239,13 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
     else:
         error = InvalidRequestError(str(exc.detail))
         return Response(error_response(error)[1], status_code=exc.status_code, media_type="application/json")
+    _note_error(request, error.code or error.error_type)
     return _render(error)
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
+    _note_error(request, "internal_error")
     return _render(GatewayError("The gateway hit an internal error while handling the request."))
 
 

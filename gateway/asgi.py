@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 import anyio
 
 from gateway.errors import GatewayError, RequestTooLargeError
+from gateway.timers import Deadline
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -37,7 +38,8 @@ class ClientDisconnectedError(Exception):
 
 
 class Result(Protocol):
-    """What an endpoint produces: a whole JSON body, or an SSE body still to be generated."""
+    """What an endpoint produces: a whole JSON body, or an SSE body still to be generated, and work
+    to finish once the response is sent (or abandoned), such as settling a rate-limit grant."""
 
     headers: dict[str, str]
     body: bytes | None
@@ -63,22 +65,25 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int, timeout_s: fl
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    deadline = Deadline(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnectedError
-                chunk = message.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(limit)
-                    chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise RequestTimeoutError(f"The request body was not received within {timeout_s:g} s.") from None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if deadline.disarm():
+            raise RequestTimeoutError(f"The request body was not received within {timeout_s:g} s.") from None
+        raise
+    deadline.disarm()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -136,9 +141,10 @@ async def respond(receive: Receive, send: Send, produce: Callable[[], Awaitable[
         finally:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
-            if result is not None and result.stream is not None:
+            if result is not None and (result.stream is not None or result.finish is not None):
                 with anyio.CancelScope(shield=True):
-                    await result.stream.aclose()
+                    if result.stream is not None:
+                        await result.stream.aclose()
                     if result.finish is not None:
                         await result.finish()
 

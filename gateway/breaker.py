@@ -14,6 +14,7 @@ State lives in the gateway process: each worker process and each replica learns 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.logs import get_logger
@@ -25,10 +26,14 @@ log = get_logger("gateway.breaker")
 
 
 class Breaker:
-    __slots__ = ("cooldown_s", "failures", "name", "open_until", "probing", "threshold")
+    __slots__ = ("cooldown_s", "failures", "name", "on_change", "open_until", "probing", "threshold")
 
-    def __init__(self, name: str, config: BreakerConfig) -> None:
+    def __init__(
+        self, name: str, config: BreakerConfig, on_change: Callable[[str], None] | None = None
+    ) -> None:
         self.name = name
+        self.on_change = on_change
+        """Told `closed`, `half_open` or `open` on each change of state (for the metrics)."""
         self.threshold = config.failure_threshold
         self.cooldown_s = config.cooldown_s
         self.failures = 0
@@ -52,11 +57,15 @@ class Breaker:
         if not self.open_until:
             return False
         self.probing = True
+        if self.on_change is not None:
+            self.on_change("half_open")
         return True
 
     def succeeded(self, probe: bool) -> None:
         if self.open_until:
             log.info("circuit_closed", target=self.name, probe=probe)
+            if self.on_change is not None:
+                self.on_change("closed")
         self.failures = 0
         self.open_until = 0.0
         self.probing = False
@@ -74,6 +83,8 @@ class Breaker:
                     cooldown_s=self.cooldown_s,
                     probe_failed=probe,
                 )
+                if self.on_change is not None:
+                    self.on_change("open")
             # Every new failure re-arms the full cool-down, never a shorter earlier one.
             self.open_until = now + self.cooldown_s
 

@@ -10,9 +10,11 @@ whose client goes away, when the relay closes.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -63,10 +65,17 @@ async def chat_completion(
     limits: RateLimits | None = None,
     info: RequestInfo | None = None,
 ) -> ChatResult:
+    if info is None:
+        info = RequestInfo(request_id)
     payload = decode_chat_request(raw_body)
+    info.stream = bool(payload.stream)
+    info.user = payload.user
+    info.metadata = payload.metadata
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
+    info.model = model.name
     translated = translate(payload, public_model=model.name, model=model.config)
+    info.prompt_estimate = translated.prompt_estimate
     grant = None
     if limits is not None:
         grant = await limits.admit(
@@ -75,16 +84,19 @@ async def chat_completion(
             prompt_tokens=translated.prompt_estimate,
             max_tokens=translated.request.max_tokens,
             explicit_max_tokens=payload.max_tokens is not None or payload.max_completion_tokens is not None,
-            info=info if info is not None else RequestInfo(),
+            info=info,
         )
+    began = monotonic()
     try:
-        answer = await router.open(translated, model, request_id=request_id)
+        answer = await router.open(translated, model, request_id=request_id, info=info)
+        info.upstream_s = monotonic() - began
     except BaseException:
         if grant is not None:
             with anyio.CancelScope(shield=True):  # also when the request itself was cancelled
                 await grant.settle(0)  # no answer: the request counts, its tokens do not
         raise
     writer = ResponseWriter(translated)
+    info.stats = writer.stats
     headers = {
         "x-gateway-backend": answer.route.backend,
         "x-gateway-attempts": str(answer.attempts),
@@ -95,10 +107,16 @@ async def chat_completion(
         try:
             await answer.aclose()
             body = writer.complete(answer.collected)
-        finally:
+        except BaseException:
             if grant is not None:
-                await grant.settle(tokens_used(writer))
-        return ChatResult(headers, body=body)
+                with anyio.CancelScope(shield=True):
+                    await grant.settle(tokens_used(writer))
+            raise
+        if grant is None:
+            return ChatResult(headers, body=body)
+        # Settled once the body is sent, off the client's wait: the reservation made at admission
+        # already covers this answer, so the store only learns a smaller, exact figure slightly later.
+        return ChatResult(headers, body=body, finish=functools.partial(grant.settle, tokens_used(writer)))
     headers.update(SSE_HEADERS)
     relay = _Relay(writer, answer, grant)
     return ChatResult(headers, stream=relay.stream(), finish=relay.close)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from gateway.config import ConfigError, LoadedConfig, default_config_path, load_config
@@ -70,6 +71,9 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     if workers > 1:
         # Worker processes import the app by name: hand them the config path through the environment.
         os.environ[CONFIG_ENV] = os.path.abspath(path)
+        # Metrics from every worker, whichever one a scrape reaches: prometheus multiprocess mode.
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
         uvicorn.run(
             "gateway.cli:app_from_environment",
             factory=True,

@@ -2,23 +2,100 @@
 
 `gateway.middleware.RequestMiddleware` creates one per HTTP request and puts it in the ASGI scope's
 state (`scope["state"]["request_info"]`); handlers fill it in; the middleware reads it once the
-response has been sent.
+response has been sent. Plain attributes, set where the fact is known: nothing here costs more than
+an assignment on the request path.
 """
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.writer import AnswerStats
+
 
 class RequestInfo:
-    __slots__ = ("key_id", "rate_limit", "request_id")
+    __slots__ = (
+        "attempts",
+        "backend",
+        "error_code",
+        "failovers",
+        "key_id",
+        "metadata",
+        "model",
+        "prompt_estimate",
+        "rate_limit",
+        "request_id",
+        "started",
+        "stats",
+        "stream",
+        "upstream_model",
+        "upstream_s",
+        "user",
+    )
 
-    def __init__(self, request_id: str = "") -> None:
+    def __init__(self, request_id: str = "", started: float = 0.0) -> None:
         self.request_id = request_id
         """The client's `x-request-id` when it sent a usable one, else one the gateway made."""
+        self.started = started
+        """`time.monotonic()` when the request arrived."""
         self.key_id: str | None = None
         """The calling API key's `id` (None when the gateway runs without keys)."""
         self.rate_limit: str | None = None
         """The limit decision: `admitted`, `refused_requests`, `refused_tokens`, `refused_concurrency`,
         `too_large`, `store_unavailable`; None when no limit applied."""
+        self.model: str | None = None
+        """The public model name (aliases resolved); None until resolved."""
+        self.stream = False
+        self.backend: str | None = None
+        """The backend whose answer the client got."""
+        self.upstream_model: str | None = None
+        self.attempts = 0
+        """Upstream calls made (skipped targets are not calls)."""
+        self.failovers = 0
+        """Targets given up on (failed or skipped) before the answering one, or all of them."""
+        self.upstream_s: float | None = None
+        """Upstream time until the answer began (the whole answer when not streamed)."""
+        self.error_code: str | None = None
+        """The OpenAI error `code` (or type) of an error response or an in-band stream error."""
+        self.stats: AnswerStats | None = None
+        """The writer's record of the answer: first token time, usage, finish reason."""
+        self.prompt_estimate = 0
+        self.user: str | None = None
+        """The request's `user` field (logged, never forwarded to Cloudflare)."""
+        self.metadata: dict[str, str] | None = None
+        """The request's `metadata` (logged, never forwarded to Cloudflare)."""
+
+    @property
+    def first_token_s(self) -> float | None:
+        stats = self.stats
+        if stats is None or stats.first_token_at is None or not self.stream:
+            return None
+        return stats.first_token_at - self.started
+
+    @property
+    def prompt_tokens(self) -> int:
+        stats = self.stats
+        if stats is None:
+            return 0
+        return stats.usage.prompt_tokens if stats.usage is not None else self.prompt_estimate
+
+    @property
+    def completion_tokens(self) -> int:
+        stats = self.stats
+        if stats is None:
+            return 0
+        return stats.usage.completion_tokens if stats.usage is not None else math.ceil(stats.chars / 4)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.stats.finish_reason if self.stats is not None else None
+
+    @property
+    def answer_error(self) -> str | None:
+        """An error sent in-band, after the stream began."""
+        return self.stats.error_code if self.stats is not None else None
 
 
 __all__ = ("RequestInfo",)

@@ -1,10 +1,19 @@
-"""structlog, configured once by the gateway: JSON lines in production, a console renderer on a terminal."""
+"""structlog, configured once by the gateway: JSON lines in production, a console renderer on a terminal.
+
+JSON lines go to stdout through its buffer and are flushed by the app every `FLUSH_INTERVAL_S` (and
+at shutdown) rather than after every line: a flush is a system call, and the canonical request line
+is written on every request. Warnings and errors are flushed at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
+import os
 import sys
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import msgspec
 import structlog
@@ -15,6 +24,8 @@ _LEVELS: Final = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+FLUSH_INTERVAL_S: Final = 0.2
+LOG_BUFFER_BYTES: Final = 64 * 1024
 _json: Final = msgspec.json.Encoder(enc_hook=repr)
 
 
@@ -22,8 +33,51 @@ def _dumps(event: Any, **_: Any) -> bytes:
     return _json.encode(event)
 
 
+class BufferedLineLogger:
+    """A structlog logger writing byte lines into a buffered stream, flushing only on warnings and up."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def _write(self, message: bytes) -> None:
+        self._file.write(message + b"\n")
+
+    def _write_now(self, message: bytes) -> None:
+        self._file.write(message + b"\n")
+        self._file.flush()
+
+    debug = info = msg = log = _write
+    warning = error = critical = exception = fatal = _write_now
+
+    def flush(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # closed or broken stdout: nothing to do
+            self._file.flush()
+
+
+_output: BufferedLineLogger | None = None
+_writer: IO[bytes] | None = None
+
+
+def _stdout_writer() -> IO[bytes]:
+    """Our own buffered writer on file descriptor 1: `sys.stdout` is unbuffered under
+    PYTHONUNBUFFERED (common in container images), which would make every log line a system call."""
+    global _writer
+    if _writer is None:
+        _writer = open(sys.stdout.fileno(), "wb", buffering=LOG_BUFFER_BYTES, closefd=False)  # noqa: SIM115
+        atexit.register(flush_logs)
+    return _writer
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog for the whole process (idempotent)."""
+    """Configure structlog for the whole process (idempotent).
+
+    `GATEWAY_LOG_LEVEL` and `GATEWAY_LOG_FORMAT`, when set, override the config's values.
+    """
+    global _output
+    level = os.environ.get("GATEWAY_LOG_LEVEL") or level
+    fmt = os.environ.get("GATEWAY_LOG_FORMAT") or fmt
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -33,13 +87,18 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     if console:
         processors = [*shared, structlog.dev.ConsoleRenderer()]
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+        _output = None
     else:
         processors = [
             *shared,
             structlog.processors.dict_tracebacks,
             structlog.processors.JSONRenderer(_dumps),
         ]
-        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        output = _output = BufferedLineLogger(_stdout_writer())
+
+        def factory(*_: Any) -> BufferedLineLogger:
+            return output
+
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),
@@ -48,8 +107,23 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
 
 
+def flush_logs() -> None:
+    if _output is not None:
+        _output.flush()
+
+
+async def flush_periodically(interval_s: float = FLUSH_INTERVAL_S) -> None:
+    """Run for the app's lifetime (its lifespan owns the task), flushing buffered log lines."""
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            flush_logs()
+    finally:
+        flush_logs()
+
+
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
-__all__ = ("configure_logging", "get_logger")
+__all__ = ("BufferedLineLogger", "configure_logging", "flush_logs", "flush_periodically", "get_logger")

@@ -1,53 +1,105 @@
-"""The one piece of middleware: request ids for every HTTP request, whatever route answers it.
+"""The one piece of middleware: request ids, one canonical log line and the metrics of every request.
 
 It wraps Litestar's ASGI handler (outside routing and exception handling), so 404s and error
-responses carry `x-request-id` too. Raw ASGI, because it runs on every request.
+responses are covered too. Raw ASGI, because it runs on every request. The log line is written when
+the response has been sent completely (for a stream: after its last event, or when the client left),
+from the `RequestInfo` the handlers filled in. Probe and scrape paths are counted but not logged.
 """
 
 from __future__ import annotations
 
-import os
 import re
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.context import RequestInfo
+from gateway.ids import hex_id
+from gateway.logs import get_logger
+from gateway.metrics import route_of
 
 if TYPE_CHECKING:
     from gateway.asgi import Message, Receive, Scope, Send
+    from gateway.metrics import Metrics
 
 _USABLE_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 """Client ids are echoed in headers and logs: printable ASCII without spaces, at most 128 bytes."""
+QUIET_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+log = get_logger("gateway.request")
 
 
 def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+    return "req_" + hex_id(12)
 
 
 class RequestMiddleware:
-    __slots__ = ("_app",)
+    __slots__ = ("_app", "_metrics")
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
         self._app = app
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        started = monotonic()
         raw_id = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 raw_id = value
                 break
         request_id = raw_id.decode("ascii") if raw_id and _USABLE_ID.fullmatch(raw_id) else new_request_id()
-        scope["state"]["request_info"] = RequestInfo(request_id)
+        info = scope["state"]["request_info"] = RequestInfo(request_id, started)
         id_header = (b"x-request-id", request_id.encode("ascii"))
+        status = 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
-        await self._app(scope, receive, send_with_id)
+        path: str = scope["path"]
+        route = route_of(path)
+        metrics = self._metrics
+        metrics.started(route)
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            duration = monotonic() - started
+            metrics.finished(route, status, duration, info)
+            if path not in QUIET_PATHS:
+                _log_line(info, scope["method"], path, status, duration)
 
 
-__all__ = ("RequestMiddleware", "new_request_id")
+def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: float) -> None:
+    first_token = info.first_token_s
+    log.info(
+        "request",
+        request_id=info.request_id,
+        method=method,
+        path=path,
+        status=status,
+        key=info.key_id,
+        model=info.model,
+        backend=info.backend,
+        upstream_model=info.upstream_model,
+        attempts=info.attempts,
+        failovers=info.failovers,
+        stream=info.stream,
+        error=info.error_code or info.answer_error,
+        finish_reason=info.finish_reason,
+        duration_ms=round(duration * 1000, 2),
+        ttft_ms=round(first_token * 1000, 2) if first_token is not None else None,
+        upstream_ms=round(info.upstream_s * 1000, 2) if info.upstream_s is not None else None,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+        rate_limit=info.rate_limit,
+        user=info.user,
+        metadata=info.metadata,
+    )
+
+
+__all__ = ("QUIET_PATHS", "RequestMiddleware", "new_request_id")

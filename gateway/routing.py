@@ -17,6 +17,7 @@ per-read `timeout_s` applies, so a long healthy answer is never cut.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -28,11 +29,14 @@ from gateway.breaker import Breaker
 from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
 from gateway.logs import get_logger
 from gateway.slots import Slots, acquire_any
+from gateway.timers import Deadline
 
 if TYPE_CHECKING:
     from adapters.base import Adapter, UpstreamResponse
     from adapters.canonical import Event
     from gateway.config import ModelConfig, Settings
+    from gateway.context import RequestInfo
+    from gateway.metrics import Metrics
     from gateway.translate import Translated
 
 _END: Final = object()
@@ -164,32 +168,6 @@ class Failure:
         return cls(route, summary, kind, error=error, retry_after=error.retry_after)
 
 
-class Deadline:
-    """Cancels the current task after `delay` seconds: `asyncio.timeout` at a third of its cost (measured).
-
-    `disarm()` stops the timer and says whether the task's cancellation was the deadline's alone (it
-    then withdraws it, so the `CancelledError` must be handled rather than raised); a cancellation
-    from elsewhere, such as the client going away, still propagates.
-    """
-
-    __slots__ = ("_handle", "_task", "expired")
-
-    def __init__(self, delay: float) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self.expired = False
-        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
-
-    def _expire(self) -> None:
-        self.expired = True
-        self._task.cancel()
-
-    def disarm(self) -> bool:
-        self._handle.cancel()
-        return self.expired and self._task.uncancel() == 0
-
-
 class Answer:
     """An upstream answer that has begun well: the first event of a stream, or all events of a whole one."""
 
@@ -259,7 +237,10 @@ class Answer:
 
 
 class Router:
-    def __init__(self, settings: Settings, adapters: dict[str, Adapter]) -> None:
+    def __init__(
+        self, settings: Settings, adapters: dict[str, Adapter], metrics: Metrics | None = None
+    ) -> None:
+        self._metrics = metrics
         self._backends: dict[str, BackendState] = {
             name: BackendState(
                 name,
@@ -279,7 +260,12 @@ class Router:
                 breaker = breakers.get(key)
                 if breaker is None:
                     breaker_config = settings.backends[target.backend].breaker
-                    breaker = breakers[key] = Breaker(f"{target.backend}/{target.model}", breaker_config)
+                    on_change = None
+                    if metrics is not None:
+                        on_change = functools.partial(metrics.breaker_changed, target.backend, target.model)
+                    breaker = breakers[key] = Breaker(
+                        f"{target.backend}/{target.model}", breaker_config, on_change
+                    )
                 routes.append(Route(self._backends[target.backend], target.model, breaker, target.weight))
             resolved = ResolvedModel(name, config, routes)
             self._public.append(resolved)
@@ -308,7 +294,14 @@ class Router:
         now = monotonic()
         return [model.name for model in self._public if not any(r.healthy(now) for r in model.routes)]
 
-    async def open(self, translated: Translated, model: ResolvedModel, *, request_id: str) -> Answer:
+    async def open(
+        self,
+        translated: Translated,
+        model: ResolvedModel,
+        *,
+        request_id: str,
+        info: RequestInfo | None = None,
+    ) -> Answer:
         """The first target's answer that begins well; raises `RoutingError` when there is none.
 
         A client fault ends the request at once (another target would refuse it too): its error is
@@ -334,6 +327,7 @@ class Router:
             attempts += 1
             outcome = await self._attempt(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
+                self._record(outcome, model, failures, attempts, info)
                 return outcome
             failures.append(outcome)
             now = monotonic()
@@ -353,9 +347,30 @@ class Router:
             attempts += 1
             outcome = await self._attempt(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
+                self._record(outcome, model, failures, attempts, info)
                 return outcome
             failures.append(outcome)
+        self._record(None, model, failures, attempts, info)
         raise _routing_error(model, failures, attempts)
+
+    def _record(
+        self,
+        answer: Answer | None,
+        model: ResolvedModel,
+        failures: list[Failure],
+        attempts: int,
+        info: RequestInfo | None,
+    ) -> None:
+        """Note the outcome for the request's log line and the failover metrics."""
+        if info is not None:
+            info.attempts = attempts
+            info.failovers = len(failures)
+            if answer is not None:
+                info.backend = answer.route.backend
+                info.upstream_model = answer.route.model
+        if failures and self._metrics is not None:
+            for failure in failures:
+                self._metrics.failover(model.name, failure.route.backend, failure.kind)
 
     async def _attempt(
         self,
@@ -523,4 +538,4 @@ def _routing_error(model: ResolvedModel, failures: list[Failure], attempts: int)
     return RoutingError(message, status_code=status, error_type=error_type, code=code, headers=headers)
 
 
-__all__ = ("Answer", "BackendState", "Deadline", "Failure", "ResolvedModel", "Route", "Router")
+__all__ = ("Answer", "BackendState", "Failure", "ResolvedModel", "Route", "Router")

@@ -14,7 +14,6 @@ the start of a stop sequence, and the upstream is closed as soon as one matches.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Final
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from adapters.canonical import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from adapters.errors import UpstreamError
 from gateway.errors import GatewayError, in_band_error
+from gateway.ids import hex_id
 from gateway.logs import get_logger
 from gateway.openai.responses import (
     AssistantMessageOut,
@@ -48,11 +48,11 @@ _CHOICE_TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
 
 def completion_id() -> str:
-    return "chatcmpl-" + os.urandom(15).hex()[:29]
+    return "chatcmpl-" + hex_id(15)[:29]
 
 
 def tool_call_id() -> str:
-    return "call_" + os.urandom(12).hex()
+    return "call_" + hex_id(12)
 
 
 class AnswerStats:

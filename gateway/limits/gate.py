@@ -10,10 +10,11 @@ When the store is unreachable, `rate_limit_failure_mode` decides: `open` serves 
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.errors import RateLimitError, ServiceUnavailableError, TokenRateLimitError
+from gateway.ids import hex_id
 from gateway.limits.base import LimiterUnavailable, Ticket, format_duration
 from gateway.logs import get_logger
 
@@ -89,6 +90,8 @@ class RateLimits:
         self.store_outages = 0
         """Outages seen (each logged once): a metric."""
         self.store_available = True
+        self.on_store_failure: Callable[[], None] | None = None
+        """Called on every failed store call (the metrics' counter)."""
 
     async def admit(
         self,
@@ -124,7 +127,7 @@ class RateLimits:
                     # Without an explicit max_tokens the default one may exceed a small limit: reserve
                     # at most the limit, and the real usage replaces the reservation afterwards.
                     reserve = min(estimate, scope.tpm)
-                ticket = Ticket(os.urandom(8).hex()) if scope.max_concurrency else None
+                ticket = Ticket(hex_id(8)) if scope.max_concurrency else None
                 outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket)
                 if not outcome.admitted:
                     await grant._give_back()
@@ -151,6 +154,8 @@ class RateLimits:
 
     def store_failed(self, exc: LimiterUnavailable) -> None:
         self.store_failures += 1
+        if self.on_store_failure is not None:
+            self.on_store_failure()
         if self.store_available:
             self.store_available = False
             self.store_outages += 1

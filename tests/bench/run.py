@@ -162,7 +162,7 @@ def wrk(
         lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
         lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
         script.write("\n".join(lines) + "\n")
-    threads = min(connections, 2)
+    threads = 1  # core 1 also runs the upstream and Redis: a second wrk thread only adds contention
     cmd = [
         "wrk",
         f"-t{threads}",
@@ -356,7 +356,12 @@ def gateway_config(upstream: str, redis_url: str, *, port: int) -> str:
 
 def production_settings(redis_url: str) -> dict[str, Any]:
     """API keys and Redis limits far above the benchmark's load: checked on every request, never refusing."""
-    return {}
+    keys = [{"id": f"team-{i}", "key": f"sk-bench-other-team-{i:04d}", "rpm": 1000} for i in range(50)]
+    keys.append({"id": "bench", "key": BENCH_KEY, "rpm": 100_000_000, "tpm": 10_000_000_000, "models": ["*"]})
+    settings: dict[str, Any] = {"keys": keys}
+    if redis_url:
+        settings["redis_url"] = redis_url
+    return settings
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ from adapters.config import BreakerConfig
 from adapters.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
 from gateway.breaker import Breaker
 from gateway.config import Settings
-from gateway.routing import Deadline, Failure, Route, Router, _routing_error
+from gateway.routing import Failure, Route, Router, _routing_error
 from gateway.slots import Slots, acquire_any
+from gateway.timers import Deadline
 
 
 def make_router(models: dict[str, Any], **backend: Any) -> Router:
