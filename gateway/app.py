@@ -34,6 +34,7 @@ from gateway.metrics import Metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing import Router
+from gateway.tracing import Tracing, configure_tracing
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -57,6 +58,7 @@ class Gateway:
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
         self._prober: HealthProber | None = None
+        self._tracing: Tracing | None = None
 
     @property
     def router(self) -> Router:
@@ -89,7 +91,8 @@ class Gateway:
         }
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
-        self._router = Router(self.settings, self._adapters, self.metrics)
+        self._tracing = configure_tracing()
+        self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
         if self.keys is None:
@@ -115,6 +118,9 @@ class Gateway:
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters = {}
+        if self._tracing is not None:
+            self._tracing.shutdown()  # exports the spans still buffered
+            self._tracing = None
 
 
 def create_app(settings: Settings) -> Litestar:

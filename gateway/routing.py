@@ -20,7 +20,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from gateway.config import ModelConfig, Settings
     from gateway.context import RequestInfo
     from gateway.metrics import Metrics
+    from gateway.tracing import Tracing
     from gateway.translate import Translated
 
 _END: Final = object()
@@ -238,9 +239,14 @@ class Answer:
 
 class Router:
     def __init__(
-        self, settings: Settings, adapters: dict[str, Adapter], metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        adapters: dict[str, Adapter],
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self._backends: dict[str, BackendState] = {
             name: BackendState(
                 name,
@@ -325,7 +331,7 @@ class Router:
                 waiting.append(route)
                 continue
             attempts += 1
-            outcome = await self._attempt(route, translated, model, attempts, request_id, deadline)
+            outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
                 self._record(outcome, model, failures, attempts, info)
                 return outcome
@@ -345,7 +351,7 @@ class Router:
                 failures.append(skipped)
                 continue
             attempts += 1
-            outcome = await self._attempt(route, translated, model, attempts, request_id, deadline)
+            outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
                 self._record(outcome, model, failures, attempts, info)
                 return outcome
@@ -371,6 +377,29 @@ class Router:
         if failures and self._metrics is not None:
             for failure in failures:
                 self._metrics.failover(model.name, failure.route.backend, failure.kind)
+
+    async def _traced(
+        self,
+        route: Route,
+        translated: Translated,
+        model: ResolvedModel,
+        attempt: int,
+        request_id: str,
+        deadline: float,
+    ) -> Answer | Failure:
+        if self._tracing is None:
+            return await self._attempt(route, translated, model, attempt, request_id, deadline)
+
+        def call() -> Awaitable[Answer | Failure]:
+            return self._attempt(route, translated, model, attempt, request_id, deadline)
+
+        return await self._tracing.attempt(
+            call,
+            backend=route.backend,
+            model=model.name,
+            upstream_model=route.model,
+            attempt=attempt,
+        )
 
     async def _attempt(
         self,
