@@ -1,0 +1,48 @@
+"""The Grafana dashboard only queries metrics the gateway exposes, with labels they carry."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.metrics import Metrics
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "gateway-dashboard.json"
+SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+def exposed() -> dict[str, set[str]]:
+    """Metric family name -> label names, from what a fresh app would serve."""
+    metrics = Metrics()
+    families: dict[str, set[str]] = {
+        family.name: set() for family in text_string_to_metric_families(metrics.render().decode())
+    }
+    for metric in (
+        metrics.requests, metrics.duration, metrics.first_token, metrics.upstream, metrics.tokens,
+        metrics.failovers, metrics.rate_limited, metrics.redis_errors, metrics.breaker, metrics.in_flight,
+        metrics.open_streams,
+    ):  # fmt: skip
+        families.setdefault(metric._name, set()).update(metric._labelnames)
+    return families
+
+
+def test_every_queried_metric_and_label_exists() -> None:
+    families = exposed()
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert len(panels) >= 10
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name in re.findall(r"\bgateway_[a-z_]+", expr):
+                base = next((name.removesuffix(s) for s in SUFFIXES if name.endswith(s)), name)
+                assert base in families, f"{panel['title']}: {name} is not exposed"
+                for label in re.findall(
+                    r"\b([a-z_]+)\s*(?:=~|=|!=)", expr.split(name, 1)[1].split("}", 1)[0]
+                ):
+                    assert label in families[base] | {"le"}, f"{panel['title']}: {base} has no label {label}"
+            for label in re.findall(r"by \(([^)]*)\)", expr):
+                for name in (part.strip() for part in label.split(",")):
+                    assert any(name in labels for labels in families.values()) or name == "le"
