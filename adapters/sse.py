@@ -11,7 +11,16 @@ decoder does). `event:`, `id:`, `retry:` and comment lines are ignored.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+from adapters.errors import UpstreamProtocolError
+from adapters.http import iter_body
+
+if TYPE_CHECKING:
+    import httpx
+
+    from adapters.canonical import Event
 
 MAX_LINE_BYTES: Final = 16 * 1024 * 1024
 """A line longer than this without a newline is treated as a broken stream, not buffered forever."""
@@ -51,4 +60,58 @@ def _payload(line: bytes) -> bytes:
     return payload[1:] if payload[:1] == b" " else payload
 
 
-__all__ = ("MAX_LINE_BYTES", "SSEDecoder", "SSELineTooLong")
+class SSEAnswer:
+    """An upstream SSE answer as canonical events: `parse` turns one `data:` payload into events.
+
+    The stream must end with `data: [DONE]`; one that stops without it is an incomplete answer and
+    is reported as such, never as a normal end.
+    """
+
+    __slots__ = ("_backend", "_parse", "_response", "_timeout_s")
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        backend: str,
+        timeout_s: float,
+        parse: Callable[[bytes], Iterable[Event]],
+    ) -> None:
+        self._response = response
+        self._backend = backend
+        self._timeout_s = timeout_s
+        self._parse = parse
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+    async def events(self) -> AsyncIterator[Event]:
+        backend = self._backend
+        decoder = SSEDecoder()
+        parse = self._parse
+        try:
+            async for chunk in iter_body(self._response, backend=backend, timeout_s=self._timeout_s):
+                for payload in decoder.feed(chunk):
+                    if payload == b"[DONE]":
+                        return
+                    for event in parse(payload):
+                        yield event
+            for payload in decoder.close():
+                if payload == b"[DONE]":
+                    return
+                for event in parse(payload):
+                    yield event
+        except SSELineTooLong as exc:
+            raise UpstreamProtocolError(
+                backend, f"backend '{backend}' sent an oversized stream event", code="upstream_malformed"
+            ) from exc
+        finally:
+            await self._response.aclose()
+        raise UpstreamProtocolError(
+            backend,
+            f"backend '{backend}' ended its stream without [DONE]: the answer is incomplete",
+            code="upstream_stream_truncated",
+        )
+
+
+__all__ = ("MAX_LINE_BYTES", "SSEAnswer", "SSEDecoder", "SSELineTooLong")

@@ -16,8 +16,8 @@ with an integer `code`, FastAPI's `{"detail": ...}`) become `UpstreamError`s in 
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import AsyncIterator
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,13 +45,12 @@ from adapters.http import (
     MAX_RESPONSE_BODY,
     Endpoint,
     build_client,
-    iter_body,
     parse_retry_after,
     read_body,
     send,
     transport_errors,
 )
-from adapters.sse import SSEDecoder, SSELineTooLong
+from adapters.sse import SSEAnswer
 
 if TYPE_CHECKING:
     import httpx
@@ -298,7 +297,12 @@ class VLLMAdapter:
                 )
                 raise self._status_error(response.status_code, raw, response.headers)
             if request.stream and "text/event-stream" in response.headers.get("content-type", ""):
-                return _StreamedAnswer(self, response)
+                return SSEAnswer(
+                    response,
+                    backend=self.name,
+                    timeout_s=self._timeout_s,
+                    parse=functools.partial(chunk_events, backend=self.name),
+                )
             raw = await read_body(
                 response, backend=self.name, timeout_s=self._timeout_s, limit=MAX_RESPONSE_BODY
             )
@@ -330,44 +334,6 @@ class VLLMAdapter:
         info = parse_error_body(raw)
         message = self.redact(info.message)[:2000]
         return status_error(self.name, status, message, info.type, info.param, parse_retry_after(headers))
-
-
-class _StreamedAnswer:
-    __slots__ = ("_adapter", "_response")
-
-    def __init__(self, adapter: VLLMAdapter, response: httpx.Response) -> None:
-        self._adapter = adapter
-        self._response = response
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-    async def events(self) -> AsyncIterator[Event]:
-        backend = self._adapter.name
-        decoder = SSEDecoder()
-        try:
-            async for chunk in iter_body(self._response, backend=backend, timeout_s=self._adapter._timeout_s):
-                for payload in decoder.feed(chunk):
-                    if payload == b"[DONE]":
-                        return
-                    for event in chunk_events(payload, backend):
-                        yield event
-            for payload in decoder.close():
-                if payload == b"[DONE]":
-                    return
-                for event in chunk_events(payload, backend):
-                    yield event
-        except SSELineTooLong as exc:
-            raise UpstreamProtocolError(
-                backend, f"backend '{backend}' sent an oversized stream event", code="upstream_malformed"
-            ) from exc
-        finally:
-            await self._response.aclose()
-        raise UpstreamProtocolError(
-            backend,
-            f"backend '{backend}' ended its stream without [DONE]: the answer is incomplete",
-            code="upstream_stream_truncated",
-        )
 
 
 def chunk_events(payload: bytes, backend: str) -> list[Event]:

@@ -11,7 +11,7 @@ them become canonical events here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -36,12 +36,11 @@ from adapters.http import (
     MAX_RESPONSE_BODY,
     Endpoint,
     build_client,
-    iter_body,
     parse_retry_after,
     read_body,
     send,
 )
-from adapters.sse import SSEDecoder, SSELineTooLong
+from adapters.sse import SSEAnswer
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
@@ -114,7 +113,12 @@ class WorkersAIAdapter:
                 )
                 raise self._status_error(response.status_code, raw, response.headers)
             if "text/event-stream" in response.headers.get("content-type", ""):
-                return _StreamedAnswer(self, response, max_tokens=request.max_tokens)
+                return SSEAnswer(
+                    response,
+                    backend=self.name,
+                    timeout_s=self._timeout_s,
+                    parse=StreamParser(self.name).parse,
+                )
             # A JSON body: asked for, or sent by models that ignore `stream` (gpt-oss, some Kimi builds).
             raw = await read_body(
                 response, backend=self.name, timeout_s=self._timeout_s, limit=MAX_RESPONSE_BODY
@@ -366,46 +370,6 @@ def _property_type(prop: dict[str, Any]) -> str:
     if "enum" in prop:
         return "string"
     return "object" if "properties" in prop else "string"
-
-
-class _StreamedAnswer:
-    __slots__ = ("_adapter", "_max_tokens", "_response")
-
-    def __init__(self, adapter: WorkersAIAdapter, response: httpx.Response, *, max_tokens: int) -> None:
-        self._adapter = adapter
-        self._response = response
-        self._max_tokens = max_tokens
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-    async def events(self) -> AsyncIterator[Event]:
-        backend = self._adapter.name
-        decoder = SSEDecoder()
-        parser = StreamParser(backend)
-        try:
-            async for chunk in iter_body(self._response, backend=backend, timeout_s=self._adapter._timeout_s):
-                for payload in decoder.feed(chunk):
-                    if payload == b"[DONE]":
-                        return
-                    for event in parser.parse(payload):
-                        yield event
-            for payload in decoder.close():
-                if payload == b"[DONE]":
-                    return
-                for event in parser.parse(payload):
-                    yield event
-        except SSELineTooLong as exc:
-            raise UpstreamProtocolError(
-                backend, f"backend '{backend}' sent an oversized stream event"
-            ) from exc
-        finally:
-            await self._response.aclose()
-        raise UpstreamProtocolError(
-            backend,
-            f"backend '{backend}' ended its stream without [DONE]: the answer is incomplete",
-            code="upstream_stream_truncated",
-        )
 
 
 class StreamParser:
