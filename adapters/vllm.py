@@ -345,15 +345,8 @@ def chunk_events(payload: bytes, backend: str) -> list[Event]:
     for choice in chunk.choices:
         if choice.index:
             continue  # n > 1 is refused by the gateway; never mix choices
-        delta = choice.delta
-        if delta is not None:
-            reasoning = delta.reasoning_content or delta.reasoning
-            if reasoning:
-                events.append(ReasoningDelta(reasoning))
-            if delta.content:
-                events.append(TextDelta(delta.content))
-            if delta.tool_calls:
-                _append_tool_calls(events, delta.tool_calls)
+        if choice.delta is not None:
+            _append_message(events, choice.delta)
         if choice.finish_reason is not None:
             events.append(Finish(_finish_reason(choice.finish_reason, backend)))
     if chunk.usage is not None:
@@ -374,18 +367,23 @@ def answer_events(raw: bytes, backend: str) -> list[Event]:
     choice = body.choices[0]
     message = choice.message or choice.delta
     if message is not None:
-        reasoning = message.reasoning_content or message.reasoning
-        if reasoning:
-            events.append(ReasoningDelta(reasoning))
-        if message.content:
-            events.append(TextDelta(message.content))
-        if message.tool_calls:
-            _append_tool_calls(events, message.tool_calls)
+        _append_message(events, message)
     if choice.finish_reason is not None:
         events.append(Finish(_finish_reason(choice.finish_reason, backend)))
     if body.usage is not None:
         events.append(_usage(body.usage))
     return events
+
+
+def _append_message(events: list[Event], part: MessageView) -> None:
+    """Reasoning, text and tool-call events of a message or of a stream delta (same shape)."""
+    reasoning = part.reasoning_content or part.reasoning
+    if reasoning:
+        events.append(ReasoningDelta(reasoning))
+    if part.content:
+        events.append(TextDelta(part.content))
+    if part.tool_calls:
+        _append_tool_calls(events, part.tool_calls)
 
 
 def _decode(raw: bytes, backend: str, what: str) -> BodyView:
