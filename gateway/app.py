@@ -16,6 +16,7 @@ from adapters.errors import UpstreamError
 from gateway.asgi import Receive, Scope, Send, read_body, respond
 from gateway.auth import KeyPolicy, KeyRing, check_model
 from gateway.chat import ChatResult, chat_completion
+from gateway.completions import text_completion
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -138,6 +139,23 @@ def create_app(settings: Settings) -> Litestar:
 
         await respond(receive, send, produce)
 
+    @asgi("/v1/completions", copy_scope=False)
+    async def completions(scope: Scope, receive: Receive, send: Send) -> None:
+        """Legacy text completions: the same steps as chat, on `gateway.completions`."""
+        if scope["method"] != "POST":
+            raise MethodNotAllowedError(f"Invalid method for URL ({scope['method']} {scope['path']})")
+        info: RequestInfo = scope["state"]["request_info"]
+        key = gateway.authenticate(scope["headers"], info)
+        limits = settings.http
+        body = await read_body(scope, receive, limit=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+
+        def produce() -> Awaitable[ChatResult]:
+            return text_completion(
+                gateway.router, body, request_id=info.request_id, key=key, limits=gateway.limits, info=info
+            )
+
+        await respond(receive, send, produce)
+
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
         key = gateway.authenticate(request.scope["headers"], request_info(request))
@@ -172,7 +190,7 @@ def create_app(settings: Settings) -> Litestar:
         return Response({"status": "ready"})
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, get_model, healthz, readyz],
+        route_handlers=[chat_completions, completions, list_models, get_model, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _handle_error,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class RequestInfo:
-    __slots__ = ("key_id", "rate_limit", "request_id")
+    __slots__ = ("key_id", "metadata", "rate_limit", "request_id", "user")
 
     def __init__(self, request_id: str = "") -> None:
         self.request_id = request_id
@@ -19,6 +19,10 @@ class RequestInfo:
         self.rate_limit: str | None = None
         """The limit decision: `admitted`, `refused_requests`, `refused_tokens`, `refused_concurrency`,
         `too_large`, `store_unavailable`; None when no limit applied."""
+        self.user: str | None = None
+        """The client's `user` field (an end-user id of its own), for logs; never sent upstream."""
+        self.metadata: dict[str, str] | None = None
+        """The client's chat `metadata` (string pairs), for logs; never sent upstream."""
 
 
 __all__ = ("RequestInfo",)

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
+from adapters.canonical import PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
 from gateway.breaker import Breaker
 from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
@@ -31,7 +32,7 @@ from gateway.slots import Slots, acquire_any
 
 if TYPE_CHECKING:
     from adapters.base import Adapter, UpstreamResponse
-    from adapters.canonical import Event
+    from adapters.canonical import CanonicalRequest, Event
     from gateway.config import ModelConfig, Settings
     from gateway.translate import Translated
 
@@ -89,13 +90,16 @@ class Route:
 
 
 class ResolvedModel:
-    __slots__ = ("_static_order", "_tiers", "config", "name", "routes", "timeout_s")
+    __slots__ = ("_static_order", "_tiers", "config", "name", "native", "routes", "timeout_s")
 
     def __init__(self, name: str, config: ModelConfig, routes: list[Route]) -> None:
         self.name = name
         self.config = config
         self.routes = routes
         self.timeout_s = config.timeout_s
+        natives = [route.adapter.native for route in routes]
+        self.native: frozenset[str] = frozenset.intersection(*natives) if natives else frozenset()
+        """Parameters every target honours itself (`Adapter.native`): only these may be sent upstream."""
         self._tiers = _tiers(routes)
         # Most models have no weighted group: their order is fixed and costs nothing per request.
         self._static_order = routes if all(len(tier) == 1 for tier in self._tiers) else None
@@ -226,6 +230,11 @@ class Answer:
         self._slots = slots
         self._request_id = request_id
 
+    @property
+    def backend(self) -> str:
+        """The backend that answered (for `x-gateway-backend`)."""
+        return self.route.backend
+
     async def events(self) -> AsyncIterator[Event]:
         if self._first is _END or self._iterator is None:
             return
@@ -308,7 +317,9 @@ class Router:
         now = monotonic()
         return [model.name for model in self._public if not any(r.healthy(now) for r in model.routes)]
 
-    async def open(self, translated: Translated, model: ResolvedModel, *, request_id: str) -> Answer:
+    async def open(
+        self, translated: Translated[CanonicalRequest], model: ResolvedModel, *, request_id: str
+    ) -> Answer:
         """The first target's answer that begins well; raises `RoutingError` when there is none.
 
         A client fault ends the request at once (another target would refuse it too): its error is
@@ -360,7 +371,7 @@ class Router:
     async def _attempt(
         self,
         route: Route,
-        translated: Translated,
+        translated: Translated[CanonicalRequest],
         model: ResolvedModel,
         attempt: int,
         request_id: str,
@@ -377,9 +388,14 @@ class Router:
         timed_out = False
         try:
             try:
-                upstream = await route.adapter.chat(
-                    request, route.model, request_id=f"{request_id}-{attempt}"
-                )
+                if isinstance(request, PromptRequest):
+                    upstream = await route.adapter.complete(
+                        request, route.model, request_id=f"{request_id}-{attempt}"
+                    )
+                else:
+                    upstream = await route.adapter.chat(
+                        request, route.model, request_id=f"{request_id}-{attempt}"
+                    )
                 iterator = upstream.events()
                 if request.stream:
                     first = await anext(iterator, _END)
