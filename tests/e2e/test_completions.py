@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import openai
 import pytest
 from structlog.testing import capture_logs
@@ -348,3 +349,20 @@ def test_drop_unsupported_drops_and_logs(
     assert notes
     assert set(notes[0]["params"]) == {"suffix", "logprobs", "best_of"}
     assert notes[0]["model"] == "llama-3.3-70b"
+
+
+def test_wrong_method_and_bad_bodies_get_openai_errors(gateway_url: str) -> None:
+    wrong = httpx.get(f"{gateway_url}/v1/completions", timeout=10)
+    assert wrong.status_code == 405
+    assert set(wrong.json()["error"]) == {"message", "type", "param", "code"}
+    malformed = httpx.post(f"{gateway_url}/v1/completions", content=b'{"model": ', timeout=10)
+    assert malformed.status_code == 400
+    assert "could not parse the JSON body" in malformed.json()["error"]["message"]
+    chat_shaped = httpx.post(
+        f"{gateway_url}/v1/completions",
+        json={"model": "llama-3.3-70b", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert chat_shaped.status_code == 400
+    assert chat_shaped.json()["error"]["param"] in ("prompt", "messages")
+    assert "x-request-id" in chat_shaped.headers
