@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from adapters.canonical import ChatRequest, Event
+    from adapters.canonical import ChatRequest, Event, PromptRequest
 
 
 class UpstreamResponse(Protocol):
@@ -25,11 +25,22 @@ class Adapter(Protocol):
     name: str
     """The backend's name in the config (never a secret)."""
 
+    @property
+    def native(self) -> frozenset[str]:
+        """OpenAI parameters the backend honours itself (`n`, `logit_bias`) beyond those every backend
+        takes. The gateway sends them only to models whose every target has them, and emulates or
+        refuses them otherwise."""
+        ...
+
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         """Send `request` for the upstream `model`; raise `UpstreamError` unless the answer began well.
 
         `request_id` is unique per upstream call (the gateway's request id plus the attempt number).
         """
+        ...
+
+    async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        """As `chat`, for a text completion: the answer's events carry text (no tool calls)."""
         ...
 
     async def aclose(self) -> None:

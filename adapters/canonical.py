@@ -1,8 +1,9 @@
 """The canonical request and the canonical event stream.
 
-The gateway turns every OpenAI request into a `ChatRequest` modelled on the Workers AI *Messages*
-schema (plus a few extensions every backend can express), and every adapter turns its upstream's
-answer into the same small set of events. The gateway's writer owns all OpenAI framing, so adapters
+The gateway turns every OpenAI chat request into a `ChatRequest` modelled on the Workers AI *Messages*
+schema, and every legacy completions request into a `PromptRequest` modelled on its *Prompt* schema
+(both plus a few extensions every backend can express); every adapter turns its upstream's answer into
+the same small set of events. The gateway's writer owns all OpenAI framing, so adapters
 never build OpenAI chunks themselves.
 
 Events are yielded by `UpstreamResponse.events()`. A failure is raised (an `UpstreamError`), never
@@ -110,6 +111,35 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     reasoning_effort: str | UnsetType = UNSET
     lora: str | UnsetType = UNSET
     raw: bool | UnsetType = UNSET
+    n: int | UnsetType = UNSET
+    """Set only for backends that generate several choices themselves (vLLM); see `Indexed`."""
+    logit_bias: dict[str, float] | UnsetType = UNSET
+    """Set only when every target of the model honours it (vLLM)."""
+
+
+class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """A text completion in the Workers AI Prompt shape; unset fields are never sent upstream."""
+
+    prompt: str | list[str]
+    """One prompt; a list only for backends that take several at once (`n` set, vLLM)."""
+    max_tokens: int
+    stream: bool = False
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    repetition_penalty: float | UnsetType = UNSET
+    frequency_penalty: float | UnsetType = UNSET
+    presence_penalty: float | UnsetType = UNSET
+    stop: list[str] | UnsetType = UNSET
+    lora: str | UnsetType = UNSET
+    raw: bool | UnsetType = UNSET
+    n: int | UnsetType = UNSET
+    """As for `ChatRequest.n`: choices are numbered prompt index * n + sample index."""
+    logit_bias: dict[str, float] | UnsetType = UNSET
+
+
+CanonicalRequest = ChatRequest | PromptRequest
 
 
 # Events. Small frozen Structs without GC tracking: one is built per upstream token.
@@ -142,10 +172,24 @@ class Finish(msgspec.Struct, frozen=True, gc=False):
     reason: FinishReason
 
 
-Event = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+class Indexed(msgspec.Struct, frozen=True, gc=False):
+    """An event of choice `choice` in an answer with several choices (`n` set on the request).
+
+    Only backends that generate the choices themselves emit these; a `Usage` that is not wrapped
+    counts the whole answer.
+    """
+
+    choice: int
+    event: ChoiceEvent
+
+
+ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+Event = ChoiceEvent | Indexed
 
 __all__ = (
+    "CanonicalRequest",
     "ChatRequest",
+    "ChoiceEvent",
     "ContentPart",
     "Event",
     "Finish",
@@ -154,9 +198,11 @@ __all__ = (
     "FunctionDefinition",
     "ImagePart",
     "ImageURL",
+    "Indexed",
     "Message",
     "NamedFunction",
     "NamedToolChoice",
+    "PromptRequest",
     "ReasoningDelta",
     "ResponseFormat",
     "Role",

@@ -2,7 +2,8 @@
 
 It lets a newcomer see streaming, tools and JSON mode work before they have credentials, and gives
 tests and benchmarks a backend with no I/O at all. Text streams one word at a time at a realistic
-cadence; with tools offered it calls one, and after a tool result it answers with that result.
+cadence; with tools offered it calls one, and after a tool result it answers with that result. Text
+completions continue the prompt the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from adapters.canonical import ChatRequest, Event, Finish, Message, TextDelta, TextPart, ToolCallDelta, Usage
+from adapters.canonical import (
+    ChatRequest,
+    Event,
+    Finish,
+    Message,
+    PromptRequest,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    Usage,
+)
 from adapters.config import BackendConfig
 
 if TYPE_CHECKING:
@@ -35,6 +46,8 @@ class MockConfig(BackendConfig, tag="mock", frozen=True, kw_only=True):
 
 
 class MockAdapter:
+    native: Final = frozenset[str]()
+
     def __init__(self, name: str, config: MockConfig) -> None:
         self.name = name
         self._delay = config.token_delay_s
@@ -45,11 +58,14 @@ class MockAdapter:
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return _MockAnswer(request, delay=self._delay if request.stream else 0.0)
 
+    async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return _MockAnswer(request, delay=self._delay if request.stream else 0.0)
+
 
 class _MockAnswer:
     __slots__ = ("_delay", "_request")
 
-    def __init__(self, request: ChatRequest, *, delay: float) -> None:
+    def __init__(self, request: ChatRequest | PromptRequest, *, delay: float) -> None:
         self._request = request
         self._delay = delay
 
@@ -58,22 +74,29 @@ class _MockAnswer:
 
     async def events(self) -> AsyncIterator[Event]:
         request = self._request
-        prompt_tokens = max(1, math.ceil(sum(len(_text(m)) for m in request.messages) / 4))
-        call = _tool_call(request)
-        if call is not None:
-            name, arguments = call
-            yield ToolCallDelta(0, name, arguments)
-            yield Usage(prompt_tokens, max(1, math.ceil(len(arguments) / 4)))
-            yield Finish("tool_calls")
-            return
-        words = _answer(request).split(" ")
+        lead = ""  # a continuation starts with a space; a chat answer does not
+        if isinstance(request, PromptRequest):
+            lead = " "
+            prompt = request.prompt if isinstance(request.prompt, str) else " ".join(request.prompt)
+            prompt_tokens = max(1, math.ceil(len(prompt) / 4))
+            words = _continuation(prompt).split(" ")
+        else:
+            prompt_tokens = max(1, math.ceil(sum(len(_text(m)) for m in request.messages) / 4))
+            call = _tool_call(request)
+            if call is not None:
+                name, arguments = call
+                yield ToolCallDelta(0, name, arguments)
+                yield Usage(prompt_tokens, max(1, math.ceil(len(arguments) / 4)))
+                yield Finish("tool_calls")
+                return
+            words = _answer(request).split(" ")
         finish: Any = "stop"
         if len(words) > request.max_tokens:
             words, finish = words[: request.max_tokens], "length"
         for position, word in enumerate(words):
             if self._delay and position:
                 await asyncio.sleep(self._delay)
-            yield TextDelta(word if position == 0 else " " + word)
+            yield TextDelta(lead + word if position == 0 else " " + word)
         yield Usage(prompt_tokens, len(words))
         yield Finish(finish)
 
@@ -104,6 +127,11 @@ def _answer(request: ChatRequest) -> str:
         return _encoder.encode(value).decode()
     said = " ".join(_text(last).split()[:ECHO_WORDS])
     return f"{GREETING} You said: {said}" if said else GREETING
+
+
+def _continuation(prompt: str) -> str:
+    said = " ".join(prompt.split()[:ECHO_WORDS])
+    return f"and so the mock backend continues your prompt ({said}) without calling any model."
 
 
 def _example(schema: dict[str, Any]) -> Any:

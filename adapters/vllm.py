@@ -1,10 +1,13 @@
-"""vLLM's OpenAI-compatible server (`POST {base_url}/chat/completions`, `GET {root}/health`).
+"""vLLM's OpenAI-compatible server (`POST {base_url}/chat/completions`, `POST {base_url}/completions`,
+`GET {root}/health`).
 
 Request: the canonical request is already OpenAI-shaped (messages, content parts, tools, tool calls),
 so it is sent nearly as it is; this module only adds what vLLM needs: the served model name,
 `stream_options.include_usage` on every stream (usage is always known, even when the client did not
 ask for it), the OpenAI `json_schema` envelope for JSON mode, and values narrowed to what vLLM
 accepts (`top_p` > 0, `seed` within int64, `top_k`/`repetition_penalty` as its sampling extras).
+`n` and `logit_bias` are vLLM's own too: the gateway sends them only to models served by vLLM alone,
+and then the answer's choices arrive as `Indexed` events.
 
 Answers: chunks and bodies are decoded into small view Structs that hold only what the gateway reads,
 so the per-token work is one typed msgspec decode. vLLM's quirks become canonical events (the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,10 +31,13 @@ from msgspec import UNSET, UnsetType
 from adapters.base import CollectedAnswer
 from adapters.canonical import (
     ChatRequest,
+    ChoiceEvent,
     Event,
     Finish,
     FinishReason,
+    Indexed,
     Message,
+    PromptRequest,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -124,6 +131,28 @@ class VLLMRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     response_format: ResponseFormat | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     reasoning_effort: str | UnsetType = UNSET
+    n: int | UnsetType = UNSET
+    logit_bias: dict[str, float] | UnsetType = UNSET
+
+
+class VLLMCompletionRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """The body of `POST /v1/completions`; unset fields are never sent."""
+
+    model: str
+    prompt: str | list[str]
+    max_tokens: int
+    stream: bool = False
+    stream_options: StreamOptions | UnsetType = UNSET
+    n: int | UnsetType = UNSET
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    repetition_penalty: float | UnsetType = UNSET
+    frequency_penalty: float | UnsetType = UNSET
+    presence_penalty: float | UnsetType = UNSET
+    stop: list[str] | UnsetType = UNSET
+    logit_bias: dict[str, float] | UnsetType = UNSET
 
 
 _STREAM_OPTIONS: Final = StreamOptions()
@@ -134,35 +163,14 @@ def upstream_body(request: ChatRequest, model: str, *, backend: str = "vllm") ->
 
     Raises a client-fault `UpstreamStatusError` for Workers AI extensions vLLM has no equivalent of.
     """
+    _refuse_workers_ai_extensions(request, backend)
     unset = UNSET
-    for name in ("lora", "raw"):
-        if getattr(request, name) is not unset:
-            raise UpstreamStatusError(
-                backend,
-                f"'{name}' is a Workers AI extension that backend '{backend}' (vLLM) does not support.",
-                status_code=400,
-                error_type="invalid_request_error",
-                code="unsupported_parameter",
-                param=name,
-                client_fault=True,
-            )
     tools: list[Tool] | UnsetType = request.tools
     tool_choice = request.tool_choice
     if tool_choice == "none":
         # As on Workers AI: a model that never sees the tools cannot emit a call as plain text.
         tools = tool_choice = unset
-    top_p = request.top_p
-    if top_p is not unset and top_p < TOP_P_MIN:
-        top_p = TOP_P_MIN
-    top_k = request.top_k
-    if top_k is not unset and top_k < 1:
-        top_k = unset  # 0 and negatives mean "off", which is vLLM's default
-    seed = request.seed
-    if seed is not unset and not -INT64_MAX <= seed <= INT64_MAX:
-        seed = seed % INT64_MAX  # deterministic: the same client seed always gives the same sample
-    repetition_penalty = request.repetition_penalty
-    if repetition_penalty is not unset and repetition_penalty <= 0:
-        repetition_penalty = unset  # vLLM requires > 0; 0 has no meaning as a penalty
+    top_p, top_k, seed, repetition_penalty = _sampling(request)
     effort = request.reasoning_effort
     if effort is not unset:
         effort = _REASONING_EFFORT.get(effort, effort)
@@ -192,7 +200,67 @@ def upstream_body(request: ChatRequest, model: str, *, backend: str = "vllm") ->
         response_format=response_format,
         stop=request.stop,
         reasoning_effort=effort,
+        n=request.n,
+        logit_bias=request.logit_bias,
     )
+
+
+def completion_body(request: PromptRequest, model: str, *, backend: str = "vllm") -> VLLMCompletionRequest:
+    """A canonical text completion as vLLM's `/v1/completions` takes it (sampling as for chat)."""
+    _refuse_workers_ai_extensions(request, backend)
+    top_p, top_k, seed, repetition_penalty = _sampling(request)
+    return VLLMCompletionRequest(
+        model=model,
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        stream=request.stream,
+        stream_options=_STREAM_OPTIONS if request.stream else UNSET,
+        n=request.n,
+        temperature=request.temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        repetition_penalty=repetition_penalty,
+        frequency_penalty=request.frequency_penalty,
+        presence_penalty=request.presence_penalty,
+        stop=request.stop,
+        logit_bias=request.logit_bias,
+    )
+
+
+def _refuse_workers_ai_extensions(request: ChatRequest | PromptRequest, backend: str) -> None:
+    for name in ("lora", "raw"):
+        if getattr(request, name) is not UNSET:
+            raise UpstreamStatusError(
+                backend,
+                f"'{name}' is a Workers AI extension that backend '{backend}' (vLLM) does not support.",
+                status_code=400,
+                error_type="invalid_request_error",
+                code="unsupported_parameter",
+                param=name,
+                client_fault=True,
+            )
+
+
+_Sampling = tuple[float | UnsetType, int | UnsetType, int | UnsetType, float | UnsetType]
+
+
+def _sampling(request: ChatRequest | PromptRequest) -> _Sampling:
+    """(top_p, top_k, seed, repetition_penalty) narrowed to what vLLM accepts."""
+    unset = UNSET
+    top_p = request.top_p
+    if top_p is not unset and top_p < TOP_P_MIN:
+        top_p = TOP_P_MIN
+    top_k = request.top_k
+    if top_k is not unset and top_k < 1:
+        top_k = unset  # 0 and negatives mean "off", which is vLLM's default
+    seed = request.seed
+    if seed is not unset and not -INT64_MAX <= seed <= INT64_MAX:
+        seed = seed % INT64_MAX  # deterministic: the same client seed always gives the same sample
+    repetition_penalty = request.repetition_penalty
+    if repetition_penalty is not unset and repetition_penalty <= 0:
+        repetition_penalty = unset  # vLLM requires > 0; 0 has no meaning as a penalty
+    return top_p, top_k, seed, repetition_penalty
 
 
 # Views of vLLM's answers: only the fields the gateway reads; everything else is skipped by msgspec.
@@ -219,6 +287,8 @@ class ChoiceView(msgspec.Struct):
     index: int = 0
     message: MessageView | None = None
     delta: MessageView | None = None
+    text: str | None = None
+    """Text completions (`/v1/completions`) carry their text here."""
     finish_reason: str | None = None
 
 
@@ -238,7 +308,7 @@ class UsageView(msgspec.Struct):
 
 
 class BodyView(msgspec.Struct):
-    """A chat.completion, a chat.completion.chunk, or an error that arrived in their place."""
+    """A chat.completion, a chat.completion.chunk, a text_completion, or an error in their place."""
 
     choices: list[ChoiceView] = []
     usage: UsageView | None = None
@@ -260,7 +330,13 @@ _BROKEN_FINISH: Final = frozenset({"abort", "error"})
 """vLLM ends an answer it could not complete with these: never relay one as a normal end."""
 
 
+Parse = Callable[[bytes, str], list[Event]]
+"""Turns one streamed chunk or one whole body into canonical events."""
+
+
 class VLLMAdapter:
+    native: Final = frozenset({"n", "logit_bias"})
+
     def __init__(self, name: str, config: VLLMConfig) -> None:
         self.name = name
         self._timeout_s = config.timeout_s
@@ -273,6 +349,7 @@ class VLLMAdapter:
             timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
         )
         self._chat = Endpoint(f"{base_url}/chat/completions", headers)
+        self._completions = Endpoint(f"{base_url}/completions", headers)
         # Probes get their own small pool: a backend at max_concurrency must still answer its health check.
         self._probe_timeout_s = min(PROBE_TIMEOUT_S, config.timeout_s)
         self._probe = build_client(
@@ -286,23 +363,45 @@ class VLLMAdapter:
 
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(upstream_body(request, model, backend=self.name))
+        if request.n is UNSET:
+            return await self._run(self._chat, body, request.stream, request_id, chunk_events, answer_events)
+        return await self._run(
+            self._chat, body, request.stream, request_id, multi_chunk_events, multi_answer_events
+        )
+
+    async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        body = _encoder.encode(completion_body(request, model, backend=self.name))
+        if request.n is UNSET and isinstance(request.prompt, str):
+            parse_chunk, parse_answer = text_chunk_events, text_answer_events
+        else:
+            parse_chunk, parse_answer = multi_text_chunk_events, multi_text_answer_events
+        return await self._run(
+            self._completions, body, request.stream, request_id, parse_chunk, parse_answer, "prompt"
+        )
+
+    async def _run(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        stream: bool,
+        request_id: str,
+        parse_chunk: Parse,
+        parse_answer: Parse,
+        input_param: str = "messages",
+    ) -> UpstreamResponse:
         # vLLM makes X-Request-Id its engine request id: clients may reuse theirs, so add a random part.
         suffix = f"{getrandbits(32):08x}"
-        http_request = self._chat.post(body, {"x-request-id": f"{request_id}-{suffix}"})
+        http_request = endpoint.post(body, {"x-request-id": f"{request_id}-{suffix}"})
         response = await send(self._client, http_request, backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:
                 raw = await read_body(
                     response, backend=self.name, timeout_s=self._timeout_s, limit=MAX_ERROR_BODY
                 )
-                raise self._status_error(response.status_code, raw, response.headers)
-            if request.stream and "text/event-stream" in response.headers.get("content-type", ""):
-                return SSEAnswer(
-                    response,
-                    backend=self.name,
-                    timeout_s=self._timeout_s,
-                    parse=functools.partial(chunk_events, backend=self.name),
-                )
+                raise self._status_error(response.status_code, raw, response.headers, input_param)
+            if stream and "text/event-stream" in response.headers.get("content-type", ""):
+                parse = functools.partial(_parse_with_backend, parse_chunk, self.name)
+                return SSEAnswer(response, backend=self.name, timeout_s=self._timeout_s, parse=parse)
             raw = await read_body(
                 response, backend=self.name, timeout_s=self._timeout_s, limit=MAX_RESPONSE_BODY
             )
@@ -310,7 +409,7 @@ class VLLMAdapter:
             await response.aclose()
             raise
         await response.aclose()
-        return CollectedAnswer(answer_events(raw, self.name))
+        return CollectedAnswer(parse_answer(raw, self.name))
 
     async def check_health(self) -> None:
         with transport_errors(self.name, timeout_s=self._probe_timeout_s):
@@ -330,10 +429,17 @@ class VLLMAdapter:
             text = text.replace(secret, "***")
         return text
 
-    def _status_error(self, status: int, raw: bytes, headers: httpx.Headers) -> UpstreamStatusError:
+    def _status_error(
+        self, status: int, raw: bytes, headers: httpx.Headers, input_param: str
+    ) -> UpstreamStatusError:
         info = parse_error_body(raw)
         message = self.redact(info.message)[:2000]
-        return status_error(self.name, status, message, info.type, info.param, parse_retry_after(headers))
+        retry_after = parse_retry_after(headers)
+        return status_error(self.name, status, message, info.type, info.param, retry_after, input_param)
+
+
+def _parse_with_backend(parse: Parse, backend: str, payload: bytes) -> list[Event]:
+    return parse(payload, backend)
 
 
 def chunk_events(payload: bytes, backend: str) -> list[Event]:
@@ -344,11 +450,8 @@ def chunk_events(payload: bytes, backend: str) -> list[Event]:
     events: list[Event] = []
     for choice in chunk.choices:
         if choice.index:
-            continue  # n > 1 is refused by the gateway; never mix choices
-        if choice.delta is not None:
-            _append_message(events, choice.delta)
-        if choice.finish_reason is not None:
-            events.append(Finish(_finish_reason(choice.finish_reason, backend)))
+            continue  # several choices are parsed by `multi_chunk_events`; never mix them
+        events.extend(_choice_events(choice, choice.delta, backend))
     if chunk.usage is not None:
         events.append(_usage(chunk.usage))
     return events
@@ -356,6 +459,101 @@ def chunk_events(payload: bytes, backend: str) -> list[Event]:
 
 def answer_events(raw: bytes, backend: str) -> list[Event]:
     """The canonical events of a whole `chat.completion` body."""
+    body = _answer_body(raw, backend)
+    choice = body.choices[0]
+    events: list[Event] = [*_choice_events(choice, choice.message or choice.delta, backend)]
+    if body.usage is not None:
+        events.append(_usage(body.usage))
+    return events
+
+
+def multi_chunk_events(payload: bytes, backend: str) -> list[Event]:
+    """The events of one chunk of an answer with several choices (`n`), each wrapped in `Indexed`."""
+    chunk = _decode(payload, backend, "stream event")
+    if chunk.error is not None or chunk.object == "error":
+        raise _in_band_error(payload, backend)
+    events: list[Event] = []
+    for choice in chunk.choices:
+        index = choice.index
+        events.extend(Indexed(index, event) for event in _choice_events(choice, choice.delta, backend))
+    if chunk.usage is not None:
+        events.append(_usage(chunk.usage))
+    return events
+
+
+def multi_answer_events(raw: bytes, backend: str) -> list[Event]:
+    """The events of a whole `chat.completion` with several choices, each wrapped in `Indexed`."""
+    body = _answer_body(raw, backend)
+    events: list[Event] = []
+    for choice in body.choices:
+        index = choice.index
+        part = choice.message or choice.delta
+        events.extend(Indexed(index, event) for event in _choice_events(choice, part, backend))
+    if body.usage is not None:
+        events.append(_usage(body.usage))
+    return events
+
+
+def _choice_events(choice: ChoiceView, part: MessageView | None, backend: str) -> list[ChoiceEvent]:
+    events: list[ChoiceEvent] = []
+    if part is not None:
+        reasoning = part.reasoning_content or part.reasoning
+        if reasoning:
+            events.append(ReasoningDelta(reasoning))
+        if part.content:
+            events.append(TextDelta(part.content))
+        if part.tool_calls:
+            _append_tool_calls(events, part.tool_calls)
+    if choice.finish_reason is not None:
+        events.append(Finish(_finish_reason(choice.finish_reason, backend)))
+    return events
+
+
+def text_chunk_events(payload: bytes, backend: str) -> list[Event]:
+    """The events of one streamed `text_completion` chunk with a single choice."""
+    chunk = _decode(payload, backend, "stream event")
+    if chunk.error is not None or chunk.object == "error":
+        raise _in_band_error(payload, backend)
+    return _text_events(chunk, backend, indexed=False)
+
+
+def text_answer_events(raw: bytes, backend: str) -> list[Event]:
+    """The events of a whole `text_completion` body with a single choice."""
+    return _text_events(_answer_body(raw, backend), backend, indexed=False)
+
+
+def multi_text_chunk_events(payload: bytes, backend: str) -> list[Event]:
+    """As `text_chunk_events`, for several prompts or `n`: each choice's events wrapped in `Indexed`."""
+    chunk = _decode(payload, backend, "stream event")
+    if chunk.error is not None or chunk.object == "error":
+        raise _in_band_error(payload, backend)
+    return _text_events(chunk, backend, indexed=True)
+
+
+def multi_text_answer_events(raw: bytes, backend: str) -> list[Event]:
+    """As `text_answer_events`, for several prompts or `n`."""
+    return _text_events(_answer_body(raw, backend), backend, indexed=True)
+
+
+def _text_events(body: BodyView, backend: str, *, indexed: bool) -> list[Event]:
+    events: list[Event] = []
+    for choice in body.choices:
+        found: list[ChoiceEvent] = []
+        if choice.text:
+            found.append(TextDelta(choice.text))
+        if choice.finish_reason is not None:
+            found.append(Finish(_finish_reason(choice.finish_reason, backend)))
+        if indexed:
+            index = choice.index
+            events.extend(Indexed(index, event) for event in found)
+        elif not choice.index:
+            events.extend(found)
+    if body.usage is not None:
+        events.append(_usage(body.usage))
+    return events
+
+
+def _answer_body(raw: bytes, backend: str) -> BodyView:
     body = _decode(raw, backend, "answer")
     if body.error is not None or body.object == "error":
         raise _in_band_error(raw, backend)
@@ -363,27 +561,7 @@ def answer_events(raw: bytes, backend: str) -> list[Event]:
         raise UpstreamProtocolError(
             backend, f"backend '{backend}' sent an answer without choices", code="upstream_malformed"
         )
-    events: list[Event] = []
-    choice = body.choices[0]
-    message = choice.message or choice.delta
-    if message is not None:
-        _append_message(events, message)
-    if choice.finish_reason is not None:
-        events.append(Finish(_finish_reason(choice.finish_reason, backend)))
-    if body.usage is not None:
-        events.append(_usage(body.usage))
-    return events
-
-
-def _append_message(events: list[Event], part: MessageView) -> None:
-    """Reasoning, text and tool-call events of a message or of a stream delta (same shape)."""
-    reasoning = part.reasoning_content or part.reasoning
-    if reasoning:
-        events.append(ReasoningDelta(reasoning))
-    if part.content:
-        events.append(TextDelta(part.content))
-    if part.tool_calls:
-        _append_tool_calls(events, part.tool_calls)
+    return body
 
 
 def _decode(raw: bytes, backend: str, what: str) -> BodyView:
@@ -399,7 +577,7 @@ def _decode(raw: bytes, backend: str, what: str) -> BodyView:
         ) from exc
 
 
-def _append_tool_calls(events: list[Event], calls: list[ToolCallView]) -> None:
+def _append_tool_calls(events: list[Event] | list[ChoiceEvent], calls: list[ToolCallView]) -> None:
     for position, call in enumerate(calls):
         function = call.function
         if function is None:
@@ -488,8 +666,12 @@ def status_error(
     upstream_type: str | None,
     param: str | None,
     retry_after: float | None,
+    input_param: str = "messages",
 ) -> UpstreamStatusError:
-    """Map a vLLM error (HTTP status, vLLM's message and type) onto OpenAI's terms."""
+    """Map a vLLM error (HTTP status, vLLM's message and type) onto OpenAI's terms.
+
+    `input_param` names the request's input (`messages`, or `prompt` for text completions).
+    """
     where = f"backend '{backend}'"
     message = message.removesuffix(" None").strip()  # vLLM appends the exception's empty cause
     detail = f": {message}" if message else ""
@@ -500,7 +682,7 @@ def status_error(
             status_code=400,
             error_type="invalid_request_error",
             code="context_length_exceeded",
-            param="messages",
+            param=input_param,
             upstream_status=status,
             client_fault=True,
         )
@@ -525,7 +707,7 @@ def status_error(
             )
         return UpstreamStatusError(
             backend,
-            f"{where} has no chat completions route (is base_url the server's /v1 URL?){detail}",
+            f"{where} has no such route (is base_url the server's /v1 URL?){detail}",
             status_code=502,
             error_type="upstream_error",
             code="upstream_not_found",
@@ -607,12 +789,20 @@ def create(name: str, config: VLLMConfig) -> VLLMAdapter:
 __all__ = (
     "ErrorInfo",
     "VLLMAdapter",
+    "VLLMCompletionRequest",
     "VLLMConfig",
     "VLLMRequest",
     "answer_events",
     "chunk_events",
+    "completion_body",
     "create",
+    "multi_answer_events",
+    "multi_chunk_events",
+    "multi_text_answer_events",
+    "multi_text_chunk_events",
     "parse_error_body",
     "status_error",
+    "text_answer_events",
+    "text_chunk_events",
     "upstream_body",
 )

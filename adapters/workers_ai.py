@@ -23,6 +23,8 @@ from adapters.canonical import (
     Event,
     Finish,
     FinishReason,
+    NamedToolChoice,
+    PromptRequest,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -57,6 +59,8 @@ TEMPERATURE_MAX: Final = 5.0
 TOP_K_MAX: Final = 50
 SEED_MAX: Final = 9_999_999_999
 MAX_CONTENT_CHARS: Final = 131_072
+_REASONING_EFFORT: Final = {"none": "low", "minimal": "low", "xhigh": "high"}
+"""OpenAI's effort levels outside the `low | medium | high` that Workers AI's models accept."""
 
 QUOTA_CODES: Final = frozenset({3036, 4006})
 CAPACITY_CODES: Final = frozenset({3040, 3021})
@@ -82,6 +86,9 @@ _encoder: Final = msgspec.json.Encoder()
 
 
 class WorkersAIAdapter:
+    native: Final = frozenset[str]()
+    """The gateway emulates `n` and `stop`, and refuses `logit_bias`: Workers AI takes none of them."""
+
     def __init__(self, name: str, config: WorkersAIConfig) -> None:
         self.name = name
         self._config = config
@@ -101,6 +108,13 @@ class WorkersAIAdapter:
         # JSON mode does not stream on Workers AI: ask for the whole answer and replay it as events.
         stream = request.stream and request.response_format is msgspec.UNSET
         body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
+        return await self._run(model, body)
+
+    async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
+
+    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
+        """POST one body to the model's route; both input schemas answer in the same shapes."""
         endpoint = self._endpoints.get(model)
         if endpoint is None:
             # Model names come from the config only, so this cache is bounded by the config.
@@ -292,16 +306,60 @@ def upstream_body(request: ChatRequest, *, stream: bool, backend: str = "workers
     """
     for i, message in enumerate(request.messages):
         if isinstance(message.content, str) and len(message.content) > MAX_CONTENT_CHARS:
-            raise UpstreamStatusError(
-                backend,
-                f"messages[{i}].content has {len(message.content)} characters; Workers AI accepts at most "
-                f"{MAX_CONTENT_CHARS} per message.",
-                status_code=400,
-                error_type="invalid_request_error",
-                code="string_above_max_length",
-                client_fault=True,
-            )
-    changes: dict[str, Any] = {"stream": stream}
+            raise _too_long(backend, f"messages[{i}].content", len(message.content))
+    changes = _sampling(request)
+    changes["stream"] = stream
+    unset = msgspec.UNSET
+    choice = request.tool_choice
+    if choice == "none" or request.tools is unset:
+        changes["tools"] = unset
+        changes["tool_choice"] = unset
+    else:
+        tools = request.tools
+        if isinstance(choice, NamedToolChoice):
+            # Only the forced tool is offered: legacy schemas take `tool_choice` as advice at best.
+            tools = [tool for tool in tools if tool.function.name == choice.function.name]
+        changes["tools"] = [_schema_tool(tool) for tool in tools]
+        if choice == "auto":
+            changes["tool_choice"] = unset  # the default; legacy schemas do not declare the field
+    if request.reasoning_effort is not unset:
+        changes["reasoning_effort"] = _REASONING_EFFORT.get(
+            request.reasoning_effort, request.reasoning_effort
+        )
+    # `stop`, `n` and `parallel_tool_calls` are not in the Messages schema: the gateway applies them.
+    changes["stop"] = unset
+    changes["parallel_tool_calls"] = unset
+    changes["n"] = unset
+    changes["logit_bias"] = unset
+    return msgspec.structs.replace(request, **changes)
+
+
+def prompt_body(request: PromptRequest, *, backend: str = "workers-ai") -> PromptRequest:
+    """A text completion narrowed to the Prompt schema (`prompt`, `raw`, `lora` and sampling)."""
+    prompt = request.prompt
+    if not isinstance(prompt, str):
+        raise UpstreamStatusError(
+            backend,
+            f"backend '{backend}' (Workers AI) takes one prompt per call",
+            status_code=400,
+            error_type="invalid_request_error",
+            code="unsupported_parameter",
+            param="prompt",
+            client_fault=True,
+        )
+    if len(prompt) > MAX_CONTENT_CHARS:
+        raise _too_long(backend, "prompt", len(prompt))
+    changes = _sampling(request)
+    unset = msgspec.UNSET
+    changes["stop"] = unset  # not in the Prompt schema either: the gateway cuts the text itself
+    changes["n"] = unset
+    changes["logit_bias"] = unset
+    return msgspec.structs.replace(request, **changes)
+
+
+def _sampling(request: ChatRequest | PromptRequest) -> dict[str, Any]:
+    """Sampling values moved into the ranges every published schema accepts (both input schemas)."""
+    changes: dict[str, Any] = {}
     unset = msgspec.UNSET
     if request.top_p is not unset:
         changes["top_p"] = min(max(request.top_p, TOP_P_MIN), TOP_P_MAX)
@@ -319,18 +377,20 @@ def upstream_body(request: ChatRequest, *, stream: bool, backend: str = "workers
     if request.seed is not unset and not 1 <= request.seed <= SEED_MAX:
         # Keep determinism: the same client seed always maps to the same accepted seed.
         changes["seed"] = (request.seed - 1) % SEED_MAX + 1
-    choice = request.tool_choice
-    if choice == "none" or request.tools is unset:
-        changes["tools"] = unset
-        changes["tool_choice"] = unset
-    else:
-        changes["tools"] = [_schema_tool(tool) for tool in request.tools]
-        if choice == "auto":
-            changes["tool_choice"] = unset  # the default; legacy schemas do not declare the field
-    # `stop` and `parallel_tool_calls` are not in the Messages schema; the gateway applies them itself.
-    changes["stop"] = unset
-    changes["parallel_tool_calls"] = unset
-    return msgspec.structs.replace(request, **changes)
+    return changes
+
+
+def _too_long(backend: str, param: str, length: int) -> UpstreamStatusError:
+    return UpstreamStatusError(
+        backend,
+        f"{param} has {length} characters; Workers AI accepts at most {MAX_CONTENT_CHARS} per "
+        + ("prompt." if param == "prompt" else "message."),
+        status_code=400,
+        error_type="invalid_request_error",
+        code="string_above_max_length",
+        param=param,
+        client_fault=True,
+    )
 
 
 def _schema_tool(tool: Tool) -> Tool:
@@ -572,6 +632,7 @@ __all__ = (
     "WorkersAIConfig",
     "create",
     "finish_reason",
+    "prompt_body",
     "result_events",
     "status_error",
     "upstream_body",

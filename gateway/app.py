@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
@@ -18,6 +18,7 @@ from adapters.errors import UpstreamError
 from gateway.asgi import Receive, Scope, Send, read_body, respond
 from gateway.auth import KeyPolicy, KeyRing, check_model
 from gateway.chat import ChatResult, chat_completion
+from gateway.completions import text_completion
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -37,10 +38,28 @@ from gateway.routing import Router
 from gateway.tracing import Tracing, configure_tracing
 
 if TYPE_CHECKING:
+    from litestar.handlers import ASGIRouteHandler
+
     from gateway.config import Settings
     from gateway.context import RequestInfo
 
 OWNER: Final = "llm-gateway"
+
+
+class Pipeline(Protocol):
+    """An inference endpoint's work once the key is known and the body read (`gateway.chat`, ...)."""
+
+    def __call__(
+        self,
+        router: Router,
+        raw_body: bytes,
+        *,
+        request_id: str,
+        key: KeyPolicy | None,
+        limits: RateLimits | None,
+        info: RequestInfo,
+    ) -> Awaitable[ChatResult]: ...
+
 
 log = get_logger("gateway")
 
@@ -139,21 +158,34 @@ def create_app(settings: Settings) -> Litestar:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
 
-    @asgi("/v1/chat/completions", copy_scope=False)
-    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            raise MethodNotAllowedError(f"Invalid method for URL ({scope['method']} {scope['path']})")
-        info: RequestInfo = scope["state"]["request_info"]
-        key = gateway.authenticate(scope["headers"], info)
-        limits = settings.http
-        body = await read_body(scope, receive, limit=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+    def inference_route(path: str, name: str, pipeline: Pipeline) -> ASGIRouteHandler:
+        """A raw ASGI route for an inference endpoint: key, body, then the pipeline's answer."""
 
-        def produce() -> Awaitable[ChatResult]:
-            return chat_completion(
-                gateway.router, body, request_id=info.request_id, key=key, limits=gateway.limits, info=info
-            )
+        @asgi(path, name=name, copy_scope=False)
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["method"] != "POST":
+                raise MethodNotAllowedError(f"Invalid method for URL ({scope['method']} {scope['path']})")
+            info: RequestInfo = scope["state"]["request_info"]
+            key = gateway.authenticate(scope["headers"], info)
+            http = settings.http
+            body = await read_body(scope, receive, limit=http.max_body_bytes, timeout_s=http.body_timeout_s)
 
-        await respond(receive, send, produce)
+            def produce() -> Awaitable[ChatResult]:
+                return pipeline(
+                    gateway.router,
+                    body,
+                    request_id=info.request_id,
+                    key=key,
+                    limits=gateway.limits,
+                    info=info,
+                )
+
+            await respond(receive, send, produce)
+
+        return handler
+
+    chat_completions = inference_route("/v1/chat/completions", "chat_completions", chat_completion)
+    completions = inference_route("/v1/completions", "completions", text_completion)
 
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -193,7 +225,15 @@ def create_app(settings: Settings) -> Litestar:
         return Response({"status": "ready"})
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, get_model, metrics_endpoint, healthz, readyz],
+        route_handlers=[
+            chat_completions,
+            completions,
+            list_models,
+            get_model,
+            metrics_endpoint,
+            healthz,
+            readyz,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _handle_error,

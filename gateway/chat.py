@@ -5,7 +5,8 @@ measured) in order. The caller has already authenticated the key (before reading
 rate-limit decision needs the translated request's token estimate and comes before any upstream
 call; the answer's real usage is settled when it ends: before a whole answer is returned, before a
 stream's `data: [DONE]` (so the client's next request sees the charge), or, for a stream that fails or
-whose client goes away, when the relay closes.
+whose client goes away, when the relay closes. `serve_translated` (limit → route → write → settle) is
+shared with the legacy completions endpoint (`gateway.completions`).
 """
 
 from __future__ import annotations
@@ -15,25 +16,33 @@ import math
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from time import monotonic
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import msgspec
 
 from gateway.auth import check_model
+from gateway.choices import open_answer
 from gateway.context import RequestInfo
 from gateway.errors import InvalidRequestError
+from gateway.logs import get_logger
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.translate import translate
 from gateway.writer import DONE, ResponseWriter
 
 if TYPE_CHECKING:
+    from adapters.canonical import CanonicalRequest
     from gateway.auth import KeyPolicy
+    from gateway.choices import MultiAnswer
     from gateway.limits import Grant, RateLimits
-    from gateway.routing import Answer, Router
+    from gateway.routing import Answer, ResolvedModel, Router
+    from gateway.translate import Translated
+    from gateway.writer import Writer
 
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
+_T = TypeVar("_T")
+log = get_logger("gateway.chat")
 
 
 class ChatResult:
@@ -69,13 +78,49 @@ async def chat_completion(
         info = RequestInfo(request_id)
     payload = decode_chat_request(raw_body)
     info.stream = bool(payload.stream)
-    info.user = payload.user
-    info.metadata = payload.metadata
+    info.user, info.metadata = payload.user, payload.metadata  # for the log line, never upstream
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
+    translated = translate(payload, public_model=model.name, model=model.config, native=model.native)
+    return await serve_translated(
+        router,
+        model,
+        translated,
+        ResponseWriter(translated),
+        request_id=request_id,
+        key=key,
+        limits=limits,
+        info=info,
+        explicit_max_tokens=payload.max_tokens is not None or payload.max_completion_tokens is not None,
+    )
+
+
+async def serve_translated(
+    router: Router,
+    model: ResolvedModel,
+    translated: Translated[CanonicalRequest],
+    writer: Writer,
+    *,
+    request_id: str,
+    key: KeyPolicy | None,
+    limits: RateLimits | None,
+    info: RequestInfo | None,
+    explicit_max_tokens: bool,
+) -> ChatResult:
+    """limit → route → write → settle, for a translated request of any endpoint."""
+    if info is None:
+        info = RequestInfo(request_id)
     info.model = model.name
-    translated = translate(payload, public_model=model.name, model=model.config)
+    info.stream = translated.request.stream
     info.prompt_estimate = translated.prompt_estimate
+    info.stats = writer.stats
+    if translated.dropped:
+        log.info(
+            "unsupported_parameters_dropped",
+            request_id=request_id,
+            model=model.name,
+            params=list(translated.dropped),
+        )
     grant = None
     if limits is not None:
         grant = await limits.admit(
@@ -83,22 +128,27 @@ async def chat_completion(
             model.name,
             prompt_tokens=translated.prompt_estimate,
             max_tokens=translated.request.max_tokens,
-            explicit_max_tokens=payload.max_tokens is not None or payload.max_completion_tokens is not None,
+            explicit_max_tokens=explicit_max_tokens,
             info=info,
+            requests=translated.n,
         )
     began = monotonic()
     try:
-        answer = await router.open(translated, model, request_id=request_id, info=info)
+        if translated.n == 1:
+            answer: Answer | MultiAnswer = await router.open(
+                translated, model, request_id=request_id, info=info
+            )
+        else:
+            answer = await open_answer(router, translated, model, request_id=request_id)
+            info.backend, info.attempts = answer.backend, answer.attempts
         info.upstream_s = monotonic() - began
     except BaseException:
         if grant is not None:
             with anyio.CancelScope(shield=True):  # also when the request itself was cancelled
                 await grant.settle(0)  # no answer: the request counts, its tokens do not
         raise
-    writer = ResponseWriter(translated)
-    info.stats = writer.stats
     headers = {
-        "x-gateway-backend": answer.route.backend,
+        "x-gateway-backend": answer.backend,
         "x-gateway-attempts": str(answer.attempts),
     }
     if grant is not None:
@@ -122,7 +172,7 @@ async def chat_completion(
     return ChatResult(headers, stream=relay.stream(), finish=relay.close)
 
 
-def tokens_used(writer: ResponseWriter) -> int:
+def tokens_used(writer: Writer) -> int:
     """What an answer costs: the upstream's usage, else estimated from what was produced."""
     usage = writer.stats.usage
     if usage is not None:
@@ -135,7 +185,7 @@ class _Relay:
 
     __slots__ = ("_answer", "_grant", "_writer")
 
-    def __init__(self, writer: ResponseWriter, answer: Answer, grant: Grant | None) -> None:
+    def __init__(self, writer: Writer, answer: Answer | MultiAnswer, grant: Grant | None) -> None:
         self._writer = writer
         self._answer = answer
         self._grant = grant
@@ -160,8 +210,13 @@ class _Relay:
 
 def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     """Strict decode; any problem becomes a 400 that names the offending parameter."""
+    return decode_request(chat_request_decoder, body)
+
+
+def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    """Strict decode of any endpoint's body; any problem becomes a 400 that names the parameter."""
     try:
-        return chat_request_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _validation_error(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
@@ -189,4 +244,11 @@ def _validation_error(text: str) -> InvalidRequestError:
     )
 
 
-__all__ = ("ChatResult", "chat_completion", "decode_chat_request", "tokens_used")
+__all__ = (
+    "ChatResult",
+    "chat_completion",
+    "decode_chat_request",
+    "decode_request",
+    "serve_translated",
+    "tokens_used",
+)

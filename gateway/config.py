@@ -66,6 +66,11 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """Extra public names for this model."""
     vision: bool = False
     """The targets accept image parts; otherwise images are refused with a 400."""
+    json_mode: bool = True
+    """The targets honour `response_format` (JSON mode): Workers AI's llama, hermes, qwen and gpt-oss
+    families and vLLM do. False: `response_format` is refused with a 400 (or dropped, see below)."""
+    drop_unsupported: bool = False
+    """Drop parameters the gateway cannot honour for this model (log a note) instead of answering 400."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     """`max_tokens` sent upstream when the client sets none."""
     timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_MODEL_TIMEOUT_S

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
+from adapters.canonical import PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
 from gateway.breaker import Breaker
 from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
@@ -33,7 +34,7 @@ from gateway.timers import Deadline
 
 if TYPE_CHECKING:
     from adapters.base import Adapter, UpstreamResponse
-    from adapters.canonical import Event
+    from adapters.canonical import CanonicalRequest, Event
     from gateway.config import ModelConfig, Settings
     from gateway.context import RequestInfo
     from gateway.metrics import Metrics
@@ -94,13 +95,16 @@ class Route:
 
 
 class ResolvedModel:
-    __slots__ = ("_static_order", "_tiers", "config", "name", "routes", "timeout_s")
+    __slots__ = ("_static_order", "_tiers", "config", "name", "native", "routes", "timeout_s")
 
     def __init__(self, name: str, config: ModelConfig, routes: list[Route]) -> None:
         self.name = name
         self.config = config
         self.routes = routes
         self.timeout_s = config.timeout_s
+        natives = [route.adapter.native for route in routes]
+        self.native: frozenset[str] = frozenset.intersection(*natives) if natives else frozenset()
+        """Parameters every target honours itself (`Adapter.native`): only these may be sent upstream."""
         self._tiers = _tiers(routes)
         # Most models have no weighted group: their order is fixed and costs nothing per request.
         self._static_order = routes if all(len(tier) == 1 for tier in self._tiers) else None
@@ -205,6 +209,11 @@ class Answer:
         self._slots = slots
         self._request_id = request_id
 
+    @property
+    def backend(self) -> str:
+        """The backend that answered (for `x-gateway-backend`)."""
+        return self.route.backend
+
     async def events(self) -> AsyncIterator[Event]:
         if self._first is _END or self._iterator is None:
             return
@@ -302,7 +311,7 @@ class Router:
 
     async def open(
         self,
-        translated: Translated,
+        translated: Translated[CanonicalRequest],
         model: ResolvedModel,
         *,
         request_id: str,
@@ -381,7 +390,7 @@ class Router:
     async def _traced(
         self,
         route: Route,
-        translated: Translated,
+        translated: Translated[CanonicalRequest],
         model: ResolvedModel,
         attempt: int,
         request_id: str,
@@ -404,7 +413,7 @@ class Router:
     async def _attempt(
         self,
         route: Route,
-        translated: Translated,
+        translated: Translated[CanonicalRequest],
         model: ResolvedModel,
         attempt: int,
         request_id: str,
@@ -421,9 +430,14 @@ class Router:
         timed_out = False
         try:
             try:
-                upstream = await route.adapter.chat(
-                    request, route.model, request_id=f"{request_id}-{attempt}"
-                )
+                if isinstance(request, PromptRequest):
+                    upstream = await route.adapter.complete(
+                        request, route.model, request_id=f"{request_id}-{attempt}"
+                    )
+                else:
+                    upstream = await route.adapter.chat(
+                        request, route.model, request_id=f"{request_id}-{attempt}"
+                    )
                 iterator = upstream.events()
                 if request.stream:
                     first = await anext(iterator, _END)

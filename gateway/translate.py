@@ -1,21 +1,26 @@
-"""OpenAI chat request → canonical request (the Workers AI Messages shape), with validation.
+"""OpenAI request → canonical request, with validation: chat → `ChatRequest` (the Workers AI Messages
+shape), legacy completions → `PromptRequest` (its Prompt shape).
 
-What cannot be honoured is refused with a 400 naming the parameter, never dropped silently. What
-is mapped (see the README's compatibility table): roles (`developer` → `system`, legacy `function`
-→ `tool`), content parts flattened to one string (images kept only for vision models), assistant
-tool-call history and tool results, `functions`/`function_call` → `tools`/`tool_choice`,
-`max_completion_tokens` → `max_tokens` (always sent), sampling parameters, JSON mode, extensions.
+What cannot be honoured is refused with a 400 naming the parameter and the model, or, for a model
+with `drop_unsupported: true`, dropped (the pipeline logs which). What is mapped (see the README's
+compatibility table): roles (`developer` → `system`, legacy `function` → `tool`), content parts
+flattened to one string (images kept only for vision models), assistant tool-call history and tool
+results, `functions`/`function_call` → `tools`/`tool_choice`, `max_completion_tokens` → `max_tokens`
+(always sent), sampling parameters, JSON mode, extensions. `n` is sent upstream only when every target
+of the model generates several choices itself (vLLM); otherwise the pipeline fans out one call per
+choice.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import msgspec
 from msgspec import UNSET
 
 from adapters.canonical import (
+    CanonicalRequest,
     ChatRequest,
     ContentPart,
     FunctionCall,
@@ -25,6 +30,7 @@ from adapters.canonical import (
     Message,
     NamedFunction,
     NamedToolChoice,
+    PromptRequest,
     ResponseFormat,
     TextPart,
     Tool,
@@ -35,6 +41,7 @@ from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.openai.requests import (
     AssistantMessage,
     ChatCompletionRequest,
+    CompletionRequest,
     DeveloperMessage,
     FunctionMessage,
     FunctionSpec,
@@ -45,6 +52,7 @@ from gateway.openai.requests import (
     RefusalContent,
     SystemMessage,
     TextContent,
+    TextFormat,
     ToolMessage,
     UserMessage,
 )
@@ -53,27 +61,53 @@ if TYPE_CHECKING:
     from gateway.config import ModelConfig
 
 DEFAULT_PARAMETERS: Final = {"type": "object", "properties": {}}
+COMPLETION_MAX_TOKENS: Final = 16
+"""OpenAI's (and vLLM's) default `max_tokens` for legacy completions."""
+GREEDY_TEMPERATURE: Final = 1e-5
+"""vLLM refuses `n > 1` below this temperature ("n must be 1 when using greedy sampling")."""
 _T = TypeVar("_T")
+_Request = TypeVar("_Request", bound=CanonicalRequest, covariant=True)
 _encoder: Final = msgspec.json.Encoder()
 
 
-class Translated(msgspec.Struct, frozen=True, kw_only=True):
+class Translated(msgspec.Struct, Generic[_Request], frozen=True, kw_only=True):
     """The canonical request plus how the answer must be framed for this client."""
 
-    request: ChatRequest
+    request: _Request
     public_model: str
     include_usage: bool
-    legacy_functions: bool
+    legacy_functions: bool = False
     """The client used `functions`: answer with `function_call`, not `tool_calls`."""
-    single_tool_call: bool
+    single_tool_call: bool = False
     """`parallel_tool_calls: false` (or legacy functions): return only the first call."""
     stop: list[str]
     prompt_estimate: int
-    """A rough prompt size in tokens, used until the upstream reports real usage."""
+    """A rough prompt size in tokens (of one upstream call), used until the upstream reports usage."""
+    n: int = 1
+    """Choices in the answer. When `request.n` is unset and this is above 1, one call per choice."""
+    recover_tools: tuple[str, ...] = ()
+    """A forced tool call (`tool_choice` named or `required`) may come back as JSON text naming one of
+    these tools: the writer turns it into a tool call. With one name, a bare arguments object counts."""
+    dropped: tuple[str, ...] = ()
+    """Parameters dropped because the model has `drop_unsupported: true` (for the log)."""
+    prompts: tuple[str, ...] = ()
+    """Legacy completions: the prompts; choice i answers prompt i // samples."""
+    samples: int = 1
+    """Legacy completions: the client's `n` (choices per prompt)."""
+    echo: bool = False
+    """Legacy completions: prepend each choice's prompt to its text."""
 
 
-def translate(body: ChatCompletionRequest, *, public_model: str, model: ModelConfig) -> Translated:
-    _refuse_unsupported(body, public_model)
+def translate(
+    body: ChatCompletionRequest,
+    *,
+    public_model: str,
+    model: ModelConfig,
+    native: frozenset[str] = frozenset(),
+) -> Translated[ChatRequest]:
+    """The canonical chat request; `native` are the parameters every target of the model honours."""
+    dropped: list[str] = []
+    _unsupported(body, public_model, model, native, dropped)
     stream = bool(body.stream)
     if body.stream_options is not None and not stream:
         raise InvalidRequestError(
@@ -85,7 +119,8 @@ def translate(body: ChatCompletionRequest, *, public_model: str, model: ModelCon
             "Use either 'tools' or the deprecated 'functions', not both.", param="functions"
         )
     tools, tool_choice = _tools(body)
-    messages = _messages(body, public_model, vision=model.vision)
+    messages = _messages(body, public_model, model, dropped)
+    n = body.n or 1
     request = ChatRequest(
         messages=messages,
         max_tokens=body.max_completion_tokens or body.max_tokens or model.default_max_tokens,
@@ -100,11 +135,13 @@ def translate(body: ChatCompletionRequest, *, public_model: str, model: ModelCon
         repetition_penalty=_opt(body.repetition_penalty),
         frequency_penalty=_opt(body.frequency_penalty),
         presence_penalty=_opt(body.presence_penalty),
-        response_format=_response_format(body),
+        response_format=UNSET if "response_format" in dropped else _response_format(body),
         stop=_stop(body.stop) or UNSET,
         reasoning_effort=_opt(body.reasoning_effort),
         lora=_opt(body.lora),
         raw=_opt(body.raw),
+        n=n if n > 1 and _native_n(n, body.temperature, native) else UNSET,
+        logit_bias=UNSET if body.logit_bias is None or "logit_bias" not in native else body.logit_bias,
     )
     return Translated(
         request=request,
@@ -114,33 +151,154 @@ def translate(body: ChatCompletionRequest, *, public_model: str, model: ModelCon
         single_tool_call=legacy or body.parallel_tool_calls is False,
         stop=_stop(body.stop),
         prompt_estimate=estimate_prompt_tokens(request),
+        n=n,
+        recover_tools=() if tool_choice is UNSET else _recoverable(tools, tool_choice),
+        dropped=tuple(dropped) if dropped else (),
     )
+
+
+def translate_completion(
+    body: CompletionRequest,
+    *,
+    public_model: str,
+    model: ModelConfig,
+    native: frozenset[str] = frozenset(),
+) -> Translated[PromptRequest]:
+    """The canonical text completion (Prompt schema) for a legacy completions request."""
+    dropped: list[str] = []
+    prompts = _prompts(body.prompt, public_model)
+    stream = bool(body.stream)
+    if body.stream_options is not None and not stream:
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
+    samples = body.n or 1
+    if body.best_of is not None and body.best_of < samples:
+        raise InvalidRequestError(
+            f"best_of ({body.best_of}) must be greater than or equal to n ({samples}).", param="best_of"
+        )
+    problems: list[tuple[str, str]] = []
+    if body.logprobs is not None:
+        problems.append(("logprobs", "Returning log probabilities ('logprobs')"))
+    if body.logit_bias and "logit_bias" not in native:
+        problems.append(("logit_bias", "Biasing tokens ('logit_bias')"))
+    if body.best_of is not None and body.best_of > samples:
+        problems.append(("best_of", "Ranking extra samples ('best_of' above 'n')"))
+    if body.suffix:
+        problems.append(("suffix", "Inserting text before a suffix ('suffix')"))
+    _refuse_or_drop(problems, public_model, model, dropped)
+    n = len(prompts) * samples
+    native_n = _native_n(samples, body.temperature, native)
+    request = PromptRequest(
+        prompt=list(prompts) if native_n and len(prompts) > 1 else prompts[0],
+        max_tokens=body.max_tokens or COMPLETION_MAX_TOKENS,
+        stream=stream,
+        temperature=_opt(body.temperature),
+        top_p=_opt(body.top_p),
+        top_k=_opt(body.top_k),
+        seed=_opt(body.seed),
+        repetition_penalty=_opt(body.repetition_penalty),
+        frequency_penalty=_opt(body.frequency_penalty),
+        presence_penalty=_opt(body.presence_penalty),
+        stop=_stop(body.stop) or UNSET,
+        lora=_opt(body.lora),
+        raw=_opt(body.raw),
+        n=samples if native_n else UNSET,
+        logit_bias=_opt(body.logit_bias) if "logit_bias" in native and "logit_bias" not in dropped else UNSET,
+    )
+    return Translated(
+        request=request,
+        public_model=public_model,
+        include_usage=bool(stream and body.stream_options is not None and body.stream_options.include_usage),
+        stop=_stop(body.stop),
+        prompt_estimate=max(1, math.ceil(sum(len(p) for p in prompts) / 4 / len(prompts))),
+        n=n,
+        dropped=tuple(dropped),
+        prompts=prompts,
+        samples=samples,
+        echo=bool(body.echo),
+    )
+
+
+def _prompts(prompt: str | list[object], public_model: str) -> tuple[str, ...]:
+    if isinstance(prompt, str):
+        prompts: tuple[str, ...] = (prompt,)
+    elif prompt and all(isinstance(p, str) for p in prompt):
+        prompts = tuple(p for p in prompt if isinstance(p, str))
+    elif prompt and all(isinstance(p, int | list) for p in prompt):
+        raise UnsupportedParameterError(
+            f"Token-id prompts are not supported by model '{public_model}' on this gateway: send text.",
+            param="prompt",
+        )
+    else:
+        raise InvalidRequestError(
+            "Invalid value for 'prompt': expected a string or a non-empty list of strings.", param="prompt"
+        )
+    if any(not p for p in prompts):
+        raise InvalidRequestError("Invalid value for 'prompt': prompts must not be empty.", param="prompt")
+    return prompts
+
+
+def _native_n(n: int, temperature: float | None, native: frozenset[str]) -> bool:
+    """Whether the backend generates the n choices itself (vLLM); never for greedy sampling, which
+    vLLM refuses with n > 1 (the gateway's n identical calls give OpenAI's answer instead)."""
+    return n > 1 and "n" in native and not (temperature is not None and temperature < GREEDY_TEMPERATURE)
+
+
+def _recoverable(tools: list[Tool], choice: ToolChoice | msgspec.UnsetType) -> tuple[str, ...]:
+    if isinstance(choice, NamedToolChoice):
+        return (choice.function.name,)
+    if choice == "required":
+        return tuple(tool.function.name for tool in tools)
+    return ()
 
 
 def _opt(value: _T | None) -> _T | msgspec.UnsetType:
     return UNSET if value is None else value
 
 
-def _refuse_unsupported(body: ChatCompletionRequest, model: str) -> None:
-    def refuse(param: str, what: str) -> None:
-        raise UnsupportedParameterError(
-            f"{what} is not supported by model '{model}' on this gateway.", param=param
-        )
-
-    if body.n is not None and body.n > 1:
-        refuse("n", "Generating more than one choice (n > 1)")
+def _unsupported(
+    body: ChatCompletionRequest,
+    public_model: str,
+    model: ModelConfig,
+    native: frozenset[str],
+    dropped: list[str],
+) -> None:
+    problems: list[tuple[str, str]] = []
     if body.logprobs:
-        refuse("logprobs", "Returning log probabilities ('logprobs')")
+        problems.append(("logprobs", "Returning log probabilities ('logprobs')"))
     if body.top_logprobs:
-        refuse("top_logprobs", "Returning log probabilities ('top_logprobs')")
-    if body.logit_bias:
-        refuse("logit_bias", "Biasing tokens ('logit_bias')")
+        problems.append(("top_logprobs", "Returning log probabilities ('top_logprobs')"))
+    if body.logit_bias and "logit_bias" not in native:
+        problems.append(("logit_bias", "Biasing tokens ('logit_bias')"))
     if body.audio is not None or (body.modalities and "audio" in body.modalities):
-        refuse("audio" if body.audio is not None else "modalities", "Audio output")
+        problems.append(("audio" if body.audio is not None else "modalities", "Audio output"))
     if body.prediction is not None:
-        refuse("prediction", "Predicted outputs ('prediction')")
+        problems.append(("prediction", "Predicted outputs ('prediction')"))
     if body.web_search_options is not None:
-        refuse("web_search_options", "Web search ('web_search_options')")
+        problems.append(("web_search_options", "Web search ('web_search_options')"))
+    if (
+        not model.json_mode
+        and body.response_format is not None
+        and type(body.response_format) is not TextFormat
+    ):
+        problems.append(("response_format", "JSON mode ('response_format')"))
+    if problems:
+        _refuse_or_drop(problems, public_model, model, dropped)
+
+
+def _refuse_or_drop(
+    problems: list[tuple[str, str]], public_model: str, model: ModelConfig, dropped: list[str]
+) -> None:
+    """Refuse the first problem with a 400, or drop them all for a model with `drop_unsupported`."""
+    if not problems:
+        return
+    if not model.drop_unsupported:
+        param, what = problems[0]
+        raise UnsupportedParameterError(
+            f"{what} is not supported by model '{public_model}' on this gateway.", param=param
+        )
+    dropped.extend(param for param, _ in problems)
 
 
 def _stop(stop: str | list[str] | None) -> list[str]:
@@ -208,7 +366,9 @@ def _response_format(body: ChatCompletionRequest) -> ResponseFormat | msgspec.Un
     return UNSET
 
 
-def _messages(body: ChatCompletionRequest, public_model: str, *, vision: bool) -> list[Message]:
+def _messages(
+    body: ChatCompletionRequest, public_model: str, model: ModelConfig, dropped: list[str]
+) -> list[Message]:
     messages: list[Message] = []
     tool_names: dict[str, str] = {}
     legacy_calls: dict[str, str] = {}  # function name → id given to its latest legacy call
@@ -219,7 +379,7 @@ def _messages(body: ChatCompletionRequest, public_model: str, *, vision: bool) -
                 messages.append(Message(role="system", content=_text(content)))
             case UserMessage(content=content):
                 messages.append(
-                    Message(role="user", content=_user_content(content, param, public_model, vision))
+                    Message(role="user", content=_user_content(content, param, public_model, model, dropped))
                 )
             case AssistantMessage():
                 calls = [
@@ -277,7 +437,9 @@ def _assistant_text(content: str | list[TextContent | RefusalContent] | None) ->
     return "\n".join(part.text if isinstance(part, TextContent) else part.refusal for part in content)
 
 
-def _user_content(content: object, param: str, public_model: str, vision: bool) -> str | list[ContentPart]:
+def _user_content(
+    content: object, param: str, public_model: str, model: ModelConfig, dropped: list[str]
+) -> str | list[ContentPart]:
     if isinstance(content, str):
         return content
     assert isinstance(content, list)
@@ -285,14 +447,17 @@ def _user_content(content: object, param: str, public_model: str, vision: bool) 
     for part in content:
         if isinstance(part, TextContent):
             parts.append(TextPart(part.text))
-        elif isinstance(part, ImageContent):
-            if not vision:
-                raise UnsupportedParameterError(
-                    f"Model '{public_model}' does not accept images (its config lacks vision: true).",
-                    param=param,
-                )
+        elif isinstance(part, ImageContent) and model.vision:
             detail = UNSET if part.image_url.detail is None else part.image_url.detail
             parts.append(ImagePart(ImageURL(part.image_url.url, detail)))
+        elif model.drop_unsupported:
+            if param not in dropped:
+                dropped.append(param)
+        elif isinstance(part, ImageContent):
+            raise UnsupportedParameterError(
+                f"Model '{public_model}' does not accept images (its config lacks vision: true).",
+                param=param,
+            )
         else:
             kind = type(part).__name__.removesuffix("Content").lower()
             raise UnsupportedParameterError(
@@ -318,4 +483,10 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     return max(1, math.ceil(chars / 4) + 4 * len(request.messages))
 
 
-__all__ = ("Translated", "estimate_prompt_tokens", "translate")
+__all__ = (
+    "COMPLETION_MAX_TOKENS",
+    "Translated",
+    "estimate_prompt_tokens",
+    "translate",
+    "translate_completion",
+)

@@ -7,18 +7,32 @@ final chunk; the usage chunk (`choices: []`) last, when `stream_options.include_
 then `data: [DONE]`. A failure after the first byte is sent in-band as `data: {"error": {...}}` and
 the stream ends without `[DONE]`, so no client mistakes a cut answer for a finished one.
 
-Stop sequences are applied here too (Workers AI has no `stop`): text is held back while it could be
-the start of a stop sequence, and the upstream is closed as soon as one matches.
+Two paths. A plain request (one choice, no stop sequence, no forced tool) streams through one tight
+loop that does nothing per chunk beyond framing it. Everything else goes through `ChoiceWriter`, which
+keeps one `ChoiceState` per choice: the gateway's own rules (`gateway.shaping`: stop sequences, a forced
+tool call written as text) and, with `n` > 1, choices interleaved with their own `index` (each one's
+role chunk sent first, in index order, as the SDK's accumulator needs). A stop sequence ends its
+choice at once: with one choice the upstream is closed, with several the merged answer is told to
+close that choice's upstream. `gateway.text_writer` frames legacy text completions on the same base.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from adapters.canonical import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from adapters.canonical import (
+    ChoiceEvent,
+    Event,
+    Finish,
+    Indexed,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from adapters.errors import UpstreamError
 from gateway.errors import GatewayError, in_band_error
 from gateway.ids import hex_id
@@ -36,8 +50,10 @@ from gateway.openai.responses import (
     ToolCallOut,
     encoder,
 )
+from gateway.shaping import Shaper
 
 if TYPE_CHECKING:
+    from adapters.canonical import CanonicalRequest
     from gateway.translate import Translated
 
 _ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
@@ -66,6 +82,17 @@ class AnswerStats:
         self.chars = 0
         self.finish_reason: str | None = None
         self.error_code: str | None = None
+
+
+class Writer(Protocol):
+    """What the pipeline needs from a writer (chat or text completions)."""
+
+    translated: Translated[CanonicalRequest]
+    stats: AnswerStats
+
+    def stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]: ...
+
+    def complete(self, events: Iterable[Event]) -> bytes: ...
 
 
 class _ToolCall:
@@ -113,85 +140,407 @@ class _ToolCalls:
         return index, call, newly_named, arguments
 
 
-class _StopFilter:
-    """Cuts text at the first stop sequence, holding back a tail that might begin one."""
-
-    __slots__ = ("_held", "_longest", "_stops")
-
-    def __init__(self, stops: list[str]) -> None:
-        self._stops = stops
-        self._longest = max(len(s) for s in stops)
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        text = self._held + text
-        cut = min((p for p in (text.find(s) for s in self._stops) if p >= 0), default=-1)
-        if cut >= 0:
-            self._held = ""
-            return text[:cut], True
-        keep = 0
-        for size in range(min(self._longest - 1, len(text)), 0, -1):
-            tail = text[-size:]
-            if any(s.startswith(tail) for s in self._stops):
-                keep = size
-                break
-        self._held = text[len(text) - keep :] if keep else ""
-        return (text[: len(text) - keep] if keep else text), False
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
+def finish_reason(
+    upstream: str | None, *, stopped: bool, called_tools: bool, usage: Usage | None, max_tokens: int
+) -> str:
+    """The OpenAI finish reason of one choice (before the legacy-functions rename)."""
+    if stopped:
+        reason = "stop"
+    elif upstream is not None:
+        reason = upstream
+    elif usage is not None and usage.completion_tokens >= max_tokens:
+        reason = "length"  # Workers AI's legacy answers carry no finish reason: infer truncation
+    else:
+        reason = "stop"
+    if called_tools and reason == "stop":
+        reason = "tool_calls"
+    return reason
 
 
-class ResponseWriter:
-    __slots__ = ("_created", "_id", "_model_json", "_prefix", "_shell", "stats", "translated")
+def estimated_usage(prompt_tokens: int, chars: int) -> Usage:
+    """For an answer whose upstream reported nothing (or that a stop sequence ended early)."""
+    return Usage(prompt_tokens, math.ceil(chars / 4))
 
-    def __init__(self, translated: Translated) -> None:
+
+class ChoiceState:
+    """One choice of an answer on the general path: its shaping, its framing state, what it produced.
+
+    Subclasses frame for chat (`_ChatChoice`) and for text completions (`text_writer._TextChoice`):
+    `begin`/`feed`/`end` return the SSE chunks to send, `collect`/`result` build a whole answer.
+    """
+
+    __slots__ = ("chars", "finish", "index", "shaper", "usage")
+
+    def __init__(self, index: int, translated: Translated[CanonicalRequest]) -> None:
+        self.index = index
+        self.shaper = (
+            Shaper(translated.stop, translated.recover_tools)
+            if translated.stop or translated.recover_tools
+            else None
+        )
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.chars = 0
+
+    @property
+    def done(self) -> bool:
+        """A stop sequence ended this choice: whatever else its upstream sends is ignored."""
+        return self.shaper is not None and self.shaper.stopped
+
+    def begin(self) -> list[bytes]:
+        return []
+
+    def feed(self, event: ChoiceEvent) -> list[bytes]:
+        raise NotImplementedError
+
+    def end(self, usage: Usage | None) -> list[bytes]:
+        raise NotImplementedError
+
+    def collect(self, event: ChoiceEvent) -> None:
+        raise NotImplementedError
+
+
+_C = TypeVar("_C", bound=ChoiceState)
+
+
+class ChoiceWriter:
+    """The general path: any number of choices, each through the gateway's own rules."""
+
+    __slots__ = ("_created", "_id", "_model_json", "_shell", "_usage", "stats", "translated")
+
+    object_json: bytes = b""
+    """`","object":<the chunks' object>,"created":`, JSON (set by each framing)."""
+
+    def __init__(self, translated: Translated[CanonicalRequest], completion_id: str) -> None:
         self.translated = translated
         self.stats = AnswerStats()
-        self._id = completion_id()
-        self._created = int(time.time())
-        self._model_json = encoder.encode(translated.public_model)
+        self._id = completion_id
+        self._created = created = int(time.time())
+        self._model_json = model_json = encoder.encode(translated.public_model)
+        self._usage: Usage | None = None  # a usage event not tied to one choice: the whole answer's
         # Everything before a chunk's `choices`, encoded once per answer rather than once per token.
-        self._shell = (
-            b'data: {"id":"'
-            + self._id.encode()
-            + b'","object":"chat.completion.chunk","created":'
-            + str(self._created).encode()
-            + b',"model":'
-            + self._model_json
-            + b',"system_fingerprint":null,'
+        self._shell = b"".join(
+            (
+                b'data: {"id":"',
+                completion_id.encode(),
+                self.object_json,
+                str(created).encode(),
+                b',"model":',
+                model_json,
+                b',"system_fingerprint":null,',
+            )
         )
-        self._prefix = self._shell + b'"choices":[{"index":0,"delta":'
+
+    def _choices(self) -> Sequence[ChoiceState]:
+        raise NotImplementedError
+
+    def _usage_json(self, usage: Usage) -> bytes:
+        raise NotImplementedError
+
+    async def _stream_choices(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+        stats = self.stats
+        choices = self._choices()
+        count = len(choices)
+        close_choice: Callable[[int], Awaitable[None]] | None = getattr(events, "close_choice", None)
+        running = count
+        try:
+            for choice in choices:
+                for chunk in choice.begin():
+                    if stats.first_token_at is None:
+                        stats.first_token_at = time.monotonic()
+                    yield chunk
+            async for event in events:
+                inner: ChoiceEvent
+                if isinstance(event, Indexed):
+                    if not 0 <= event.choice < count:
+                        continue
+                    choice = choices[event.choice]
+                    inner = event.event
+                elif type(event) is Usage:
+                    self._usage = stats.usage = event
+                    continue
+                else:
+                    choice = choices[0]
+                    inner = event
+                if type(inner) is Usage:
+                    choice.usage = inner
+                    continue
+                if choice.done:
+                    continue
+                chars = choice.chars
+                chunks = choice.feed(inner)
+                stats.chars += choice.chars - chars  # kept current: a client may leave mid-answer
+                for chunk in chunks:
+                    if stats.first_token_at is None:
+                        stats.first_token_at = time.monotonic()
+                    yield chunk
+                if choice.done:
+                    running -= 1
+                    if not running:
+                        break  # every choice has ended: the relay closes the upstream now
+                    if close_choice is not None:
+                        await close_choice(choice.index)
+        except (UpstreamError, GatewayError) as exc:
+            stats.error_code = exc.code or "upstream_error"
+            yield in_band_error(exc)
+            return
+        except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
+            log.error("stream_failed", exc_info=exc)
+            stats.error_code = "internal_error"
+            yield in_band_error(
+                GatewayError("The gateway failed while relaying the answer.", code="internal_error")
+            )
+            return
+        single = self._usage if count == 1 else None
+        for choice in choices:
+            for chunk in choice.end(choice.usage or single):
+                yield chunk
+        usage = self._total_usage(choices)
+        if self.translated.include_usage:
+            yield self._shell + b'"choices":[],"usage":' + self._usage_json(usage) + b"}\n\n"
+        yield DONE
+
+    def _total_usage(self, choices: Sequence[ChoiceState]) -> Usage:
+        """The whole answer's usage: the upstream's, else each choice's (estimated where missing)."""
+        stats = self.stats
+        stats.chars = sum(choice.chars for choice in choices)
+        stats.finish_reason = choices[0].finish
+        if self._usage is not None:
+            usage = self._usage
+        else:
+            estimate = self.translated.prompt_estimate
+            parts = [choice.usage or estimated_usage(estimate, choice.chars) for choice in choices]
+            if len(parts) == 1:
+                usage = parts[0]
+            else:
+                usage = Usage(
+                    sum(p.prompt_tokens for p in parts),
+                    sum(p.completion_tokens for p in parts),
+                    _sum_optional(p.cached_tokens for p in parts),
+                    _sum_optional(p.reasoning_tokens for p in parts),
+                )
+        stats.usage = usage
+        return usage
+
+    def _collect(self, events: Iterable[Event], choices: list[_C]) -> list[_C]:
+        """Every event of a whole answer, handed to its choice."""
+        count = len(choices)
+        for event in events:
+            if isinstance(event, Indexed):
+                if 0 <= event.choice < count:
+                    choices[event.choice].collect(event.event)
+            elif type(event) is Usage:
+                self._usage = event
+            else:
+                choices[0].collect(event)
+        return choices
+
+
+def _sum_optional(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+class _ChatChoice(ChoiceState):
+    __slots__ = ("_eager", "_legacy", "_max_tokens", "_prefix", "reasoning", "started", "texts", "tools")
+
+    def __init__(
+        self, index: int, translated: Translated[CanonicalRequest], prefix: bytes, *, eager: bool
+    ) -> None:
+        super().__init__(index, translated)
+        self._prefix = prefix
+        self._eager = eager
+        self._legacy = translated.legacy_functions
+        self._max_tokens = translated.request.max_tokens
+        self.tools = _ToolCalls(single=translated.single_tool_call)
+        self.started = False
+        self.texts: list[str] = []
+        self.reasoning: list[str] = []
 
     # Streaming
 
-    async def stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    def begin(self) -> list[bytes]:
+        # With several choices every role chunk goes first, in index order: the SDK's accumulator
+        # appends a choice where it first sees it.
+        if not self._eager:
+            return []
+        self.started = True
+        return [self._prefix + _ROLE_DELTA + _CHOICE_TAIL]
+
+    def feed(self, event: ChoiceEvent) -> list[bytes]:
+        if type(event) is TextDelta:
+            text = event.text
+            if self.shaper is not None:
+                text = self.shaper.text(text)
+            return self._text(text) if text else []
+        if type(event) is ToolCallDelta:
+            out: list[bytes] = []
+            if self.shaper is not None:
+                held = self.shaper.tool_call()
+                if held:
+                    out = self._text(held)
+            return out + self._tool(event)
+        if type(event) is ReasoningDelta:
+            out = self._start()
+            self.chars += len(event.text)
+            reasoning = encoder.encode(event.text)
+            out.append(self._prefix + b'{"reasoning_content":' + reasoning + b"}" + _CHOICE_TAIL)
+            return out
+        if type(event) is Finish:
+            self.finish = event.reason
+        return []
+
+    def end(self, usage: Usage | None) -> list[bytes]:
+        out: list[bytes] = []
+        if self.shaper is not None:
+            for event in self.shaper.finish():
+                if type(event) is TextDelta:
+                    out += self._text(event.text)
+                elif type(event) is ToolCallDelta:
+                    out += self._tool(event)
+        out += self._start()
+        reason = self._reason(usage)
+        out.append(self._prefix + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n')
+        return out
+
+    def _start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        return [self._prefix + _ROLE_DELTA + _CHOICE_TAIL]
+
+    def _text(self, text: str) -> list[bytes]:
+        out = self._start()
+        self.chars += len(text)
+        out.append(self._prefix + b'{"content":' + encoder.encode(text) + b"}" + _CHOICE_TAIL)
+        return out
+
+    def _tool(self, delta: ToolCallDelta) -> list[bytes]:
+        fed = self.tools.feed(delta)
+        if fed is None:
+            return []
+        index, call, newly_named, arguments = fed
+        self.chars += len(arguments)
+        out: list[bytes] = []
+        if newly_named:
+            header = _tool_header(index, call, self._legacy, first=not self.started)
+            self.started = True
+            out.append(self._prefix + encoder.encode(header) + _CHOICE_TAIL)
+        if arguments:
+            out.append(
+                self._prefix + encoder.encode(_tool_arguments(index, arguments, self._legacy)) + _CHOICE_TAIL
+            )
+        return out
+
+    def _reason(self, usage: Usage | None) -> str:
+        reason = finish_reason(
+            self.finish,
+            stopped=self.done,
+            called_tools=bool(self.tools.calls),
+            usage=usage,
+            max_tokens=self._max_tokens,
+        )
+        if reason == "tool_calls" and self._legacy:
+            reason = "function_call"
+        self.finish = reason
+        return reason
+
+    # Whole answers
+
+    def collect(self, event: ChoiceEvent) -> None:
+        if type(event) is Usage:
+            self.usage = event
+        elif type(event) is Finish:
+            self.finish = event.reason
+        elif self.done:
+            return
+        elif type(event) is TextDelta:
+            self.texts.append(self.shaper.text(event.text) if self.shaper is not None else event.text)
+        elif type(event) is ToolCallDelta:
+            if self.shaper is not None:
+                self.texts.append(self.shaper.tool_call())
+            self.tools.feed(event)
+        elif type(event) is ReasoningDelta:
+            self.reasoning.append(event.text)
+
+    def result(self, usage: Usage | None) -> Choice:
+        if self.shaper is not None:
+            for event in self.shaper.finish():
+                if type(event) is TextDelta:
+                    self.texts.append(event.text)
+                elif type(event) is ToolCallDelta:
+                    self.tools.feed(event)
+        text = "".join(self.texts)
+        calls = [call for call in self.tools.calls if call.name is not None]
+        self.chars = len(text) + sum(len(a) for call in calls for a in call.arguments)
+        message = AssistantMessageOut(content=text if text or not calls else None)
+        if self.reasoning:
+            message.reasoning_content = "".join(self.reasoning)
+        if calls and self._legacy:
+            first = calls[0]
+            message.function_call = FunctionCallOut(first.name or "", "".join(first.arguments))
+        elif calls:
+            message.tool_calls = [
+                ToolCallOut(call.id, FunctionCallOut(call.name or "", "".join(call.arguments)))
+                for call in calls
+            ]
+        reason = self._reason(usage)
+        return Choice(index=self.index, message=message, finish_reason=reason)
+
+
+class ResponseWriter(ChoiceWriter):
+    """Chat completions: `chat.completion` bodies and `chat.completion.chunk` streams."""
+
+    __slots__ = ("_prefix",)
+
+    object_json = b'","object":"chat.completion.chunk","created":'
+
+    def __init__(self, translated: Translated[CanonicalRequest]) -> None:
+        ChoiceWriter.__init__(self, translated, completion_id())
+        self._prefix = self._shell + b'"choices":[{"index":0,"delta":'
+
+    def stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         """SSE bytes for a stream whose upstream has already produced (or is about to produce) events."""
+        translated = self.translated
+        if translated.n == 1 and not translated.stop and not translated.recover_tools:
+            return self._plain_stream(events)
+        return self._stream_choices(events)
+
+    def _choices(self) -> list[_ChatChoice]:
+        n = self.translated.n
+        return [
+            _ChatChoice(
+                i,
+                self.translated,
+                self._shell + b'"choices":[{"index":' + str(i).encode() + b',"delta":',
+                eager=n > 1,
+            )
+            for i in range(n)
+        ]
+
+    def _usage_json(self, usage: Usage) -> bytes:
+        return encoder.encode(_usage_out(usage))
+
+    async def _plain_stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+        """One choice and none of the gateway's own rules: the per-token hot path, kept minimal."""
         translated = self.translated
         stats = self.stats
         tools = _ToolCalls(single=translated.single_tool_call)
-        stop = _StopFilter(translated.stop) if translated.stop else None
         legacy = translated.legacy_functions
         prefix = self._prefix
         finish: str | None = None
-        stopped = False
         started = False
         try:
             async for event in events:
                 if type(event) is TextDelta:
-                    text = event.text
-                    if stop is not None:
-                        text, stopped = stop.feed(text)
                     if not started:
                         started = True
                         stats.first_token_at = time.monotonic()
                         yield prefix + _ROLE_DELTA + _CHOICE_TAIL
+                    text = event.text
                     if text:
                         stats.chars += len(text)
                         yield prefix + b'{"content":' + encoder.encode(text) + b"}" + _CHOICE_TAIL
-                    if stopped:
-                        break
                 elif type(event) is ToolCallDelta:
                     fed = tools.feed(event)
                     if fed is None:
@@ -232,37 +581,53 @@ class ResponseWriter:
             return
         if not started:
             yield prefix + _ROLE_DELTA + _CHOICE_TAIL
-        if stop is not None and not stopped:
-            tail = stop.flush()
-            if tail:
-                stats.chars += len(tail)
-                yield prefix + b'{"content":' + encoder.encode(tail) + b"}" + _CHOICE_TAIL
-        reason = self._finish_reason(finish, stopped, bool(tools.calls))
+        reason = finish_reason(
+            finish,
+            stopped=False,
+            called_tools=bool(tools.calls),
+            usage=stats.usage,
+            max_tokens=translated.request.max_tokens,
+        )
+        if reason == "tool_calls" and legacy:
+            reason = "function_call"
+        stats.finish_reason = reason
         yield prefix + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n'
         if translated.include_usage:
-            yield self._shell + b'"choices":[],"usage":' + encoder.encode(self._usage()) + b"}\n\n"
+            usage = stats.usage
+            if usage is None:
+                usage = stats.usage = estimated_usage(translated.prompt_estimate, stats.chars)
+            yield self._shell + b'"choices":[],"usage":' + encoder.encode(_usage_out(usage)) + b"}\n\n"
         yield DONE
-
-    # Whole answers
 
     def complete(self, events: Iterable[Event]) -> bytes:
         """The `chat.completion` body for an answer collected in full."""
         translated = self.translated
+        if translated.n == 1 and not translated.stop and not translated.recover_tools:
+            return self._plain_complete(events)
+        choices = self._collect(events, self._choices())
+        single = self._usage if len(choices) == 1 else None
+        results = [choice.result(choice.usage or single) for choice in choices]
+        usage = self._total_usage(choices)
+        completion = ChatCompletion(
+            id=self._id,
+            created=self._created,
+            model=self.translated.public_model,
+            choices=results,
+            usage=_usage_out(usage),
+        )
+        return encoder.encode(completion)
+
+    def _plain_complete(self, events: Iterable[Event]) -> bytes:
+        """One choice and none of the gateway's own rules: a straight pass over the events."""
+        translated = self.translated
         stats = self.stats
         tools = _ToolCalls(single=translated.single_tool_call)
-        stop = _StopFilter(translated.stop) if translated.stop else None
         texts: list[str] = []
         reasoning: list[str] = []
         finish: str | None = None
-        stopped = False
         for event in events:
             if type(event) is TextDelta:
-                if stopped:
-                    continue
-                text = event.text
-                if stop is not None:
-                    text, stopped = stop.feed(text)
-                texts.append(text)
+                texts.append(event.text)
             elif type(event) is ToolCallDelta:
                 tools.feed(event)
             elif type(event) is ReasoningDelta:
@@ -271,15 +636,14 @@ class ResponseWriter:
                 stats.usage = event
             elif type(event) is Finish:
                 finish = event.reason
-        if stop is not None and not stopped:
-            texts.append(stop.flush())
         text = "".join(texts)
         calls = [call for call in tools.calls if call.name is not None]
         stats.chars = len(text) + sum(len(a) for call in calls for a in call.arguments)
         message = AssistantMessageOut(content=text if text or not calls else None)
         if reasoning:
             message.reasoning_content = "".join(reasoning)
-        if calls and translated.legacy_functions:
+        legacy = translated.legacy_functions
+        if calls and legacy:
             first = calls[0]
             message.function_call = FunctionCallOut(first.name or "", "".join(first.arguments))
         elif calls:
@@ -287,49 +651,37 @@ class ResponseWriter:
                 ToolCallOut(call.id, FunctionCallOut(call.name or "", "".join(call.arguments)))
                 for call in calls
             ]
-        reason = self._finish_reason(finish, stopped, bool(calls))
+        reason = finish_reason(
+            finish,
+            stopped=False,
+            called_tools=bool(calls),
+            usage=stats.usage,
+            max_tokens=translated.request.max_tokens,
+        )
+        if reason == "tool_calls" and legacy:
+            reason = "function_call"
+        stats.finish_reason = reason
+        usage = stats.usage
+        if usage is None:
+            usage = stats.usage = estimated_usage(translated.prompt_estimate, stats.chars)
         completion = ChatCompletion(
             id=self._id,
             created=self._created,
             model=translated.public_model,
             choices=[Choice(index=0, message=message, finish_reason=reason)],
-            usage=self._usage(),
+            usage=_usage_out(usage),
         )
         return encoder.encode(completion)
 
-    # Shared rules
 
-    def _finish_reason(self, upstream: str | None, stopped: bool, called_tools: bool) -> str:
-        if stopped:
-            reason = "stop"
-        elif upstream is not None:
-            reason = upstream
-        elif (
-            self.stats.usage is not None
-            and self.stats.usage.completion_tokens >= self.translated.request.max_tokens
-        ):
-            reason = "length"  # Workers AI's legacy answers carry no finish reason: infer truncation
-        else:
-            reason = "stop"
-        if called_tools and reason == "stop":
-            reason = "tool_calls"
-        if reason == "tool_calls" and self.translated.legacy_functions:
-            reason = "function_call"
-        self.stats.finish_reason = reason
-        return reason
-
-    def _usage(self) -> CompletionUsage:
-        usage = self.stats.usage
-        if usage is None:
-            # The upstream reported nothing (or was stopped early by a stop sequence): estimate.
-            usage = self.stats.usage = Usage(self.translated.prompt_estimate, math.ceil(self.stats.chars / 4))
-        return CompletionUsage(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens or 0),
-            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens or 0),
-        )
+def _usage_out(usage: Usage) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens or 0),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens or 0),
+    )
 
 
 def _tool_header(index: int, call: _ToolCall, legacy: bool, *, first: bool) -> ChunkDelta:
@@ -351,4 +703,15 @@ def _tool_arguments(index: int, arguments: str, legacy: bool) -> ChunkDelta:
     return ChunkDelta(tool_calls=[ToolCallDeltaOut(index, FunctionCallOut(arguments=arguments))])
 
 
-__all__ = ("DONE", "AnswerStats", "ResponseWriter", "completion_id", "tool_call_id")
+__all__ = (
+    "DONE",
+    "AnswerStats",
+    "ChoiceState",
+    "ChoiceWriter",
+    "ResponseWriter",
+    "Writer",
+    "completion_id",
+    "estimated_usage",
+    "finish_reason",
+    "tool_call_id",
+)

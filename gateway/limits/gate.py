@@ -33,10 +33,11 @@ _Held = tuple["Scope", "Outcome", int, Ticket | None]
 class Grant:
     """An admitted request's reservations; `settle` charges its real usage and frees its slots."""
 
-    __slots__ = ("_gate", "_held", "headers", "settled")
+    __slots__ = ("_gate", "_held", "_requests", "headers", "settled")
 
-    def __init__(self, gate: RateLimits) -> None:
+    def __init__(self, gate: RateLimits, requests: int = 1) -> None:
         self._gate = gate
+        self._requests = requests
         self._held: list[_Held] = []
         self.headers: dict[str, str] = {}
         """OpenAI's `x-ratelimit-*` headers for the response."""
@@ -48,8 +49,12 @@ class Grant:
             return
         self.settled = True
         limiter = self._gate.limiter
-        for scope, outcome, reserved, ticket in self._held:
-            delta = used_tokens - reserved if scope.tpm else 0
+        requests = self._requests
+        for position, (scope, outcome, reserved, ticket) in enumerate(self._held):
+            share = used_tokens
+            if requests > 1:  # a request counted n times (n choices): each reservation gets its share
+                share = used_tokens // requests + (position % requests < used_tokens % requests)
+            delta = share - reserved if scope.tpm else 0
             if not delta and ticket is None:
                 continue
             try:
@@ -102,9 +107,12 @@ class RateLimits:
         max_tokens: int,
         explicit_max_tokens: bool,
         info: RequestInfo,
+        requests: int = 1,
     ) -> Grant | None:
         """Reserve capacity for a request in every scope that applies, before any upstream call.
 
+        `requests` counts a request that makes several upstream calls (`n` choices) as that many
+        requests, each reserving `prompt_tokens + max_tokens`; all or nothing, as for one.
         Returns None when no limit applies (or the store is down and the failure mode is open).
 
         Raises:
@@ -116,24 +124,27 @@ class RateLimits:
             return None
         scopes = [scope for scope in (key, model_scope) if scope is not None]
         estimate = prompt_tokens + max_tokens
-        grant = Grant(self)
+        grant = Grant(self, requests)
         try:
             for scope in scopes:
                 reserve = 0
                 if scope.tpm:
-                    if prompt_tokens > scope.tpm or (explicit_max_tokens and estimate > scope.tpm):
+                    if prompt_tokens * requests > scope.tpm or (
+                        explicit_max_tokens and estimate * requests > scope.tpm
+                    ):
                         info.rate_limit = "too_large"
-                        raise _too_large(scope, prompt_tokens, max_tokens, explicit_max_tokens)
+                        raise _too_large(scope, prompt_tokens, max_tokens, explicit_max_tokens, requests)
                     # Without an explicit max_tokens the default one may exceed a small limit: reserve
                     # at most the limit, and the real usage replaces the reservation afterwards.
-                    reserve = min(estimate, scope.tpm)
-                ticket = Ticket(hex_id(8)) if scope.max_concurrency else None
-                outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket)
-                if not outcome.admitted:
-                    await grant._give_back()
-                    info.rate_limit = f"refused_{outcome.refused}"
-                    raise _refusal(scope, outcome, reserve)
-                grant._held.append((scope, outcome, reserve, ticket))
+                    reserve = min(estimate, scope.tpm // requests)
+                for _ in range(requests):
+                    ticket = Ticket(hex_id(8)) if scope.max_concurrency else None
+                    outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket)
+                    if not outcome.admitted:
+                        await grant._give_back()
+                        info.rate_limit = f"refused_{outcome.refused}"
+                        raise _refusal(scope, outcome, reserve)
+                    grant._held.append((scope, outcome, reserve, ticket))
         except LimiterUnavailable as exc:
             await grant._give_back()
             self.store_failed(exc)
@@ -225,9 +236,13 @@ def _refusal(scope: Scope, outcome: Outcome, reserve: int) -> RateLimitError:
     return error_class(message, headers=headers)
 
 
-def _too_large(scope: Scope, prompt_tokens: int, max_tokens: int, explicit: bool) -> RateLimitError:
-    requested = prompt_tokens + max_tokens if explicit else prompt_tokens
+def _too_large(
+    scope: Scope, prompt_tokens: int, max_tokens: int, explicit: bool, requests: int = 1
+) -> RateLimitError:
+    requested = (prompt_tokens + max_tokens if explicit else prompt_tokens) * requests
     detail = f"about {prompt_tokens} prompt tokens" + (f" + max_tokens {max_tokens}" if explicit else "")
+    if requests > 1:
+        detail = f"{requests} choices of {detail}"
     return TokenRateLimitError(
         f"Request too large for {scope.label} on tokens per min (TPM): Limit {scope.tpm}, Requested "
         f"{requested} ({detail}). The input or max_tokens must be reduced for it to ever fit.",

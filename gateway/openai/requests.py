@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions request bodies, decoded strictly.
+"""OpenAI Chat Completions and (legacy) Completions request bodies, decoded strictly.
 
 Every documented top-level parameter is declared so its type is checked; an undeclared one is
 refused as OpenAI refuses it ("Unrecognized request argument supplied"). Inside messages, unknown
@@ -209,12 +209,43 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     raw: bool | None = None
 
 
+class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/completions` (OpenAI's legacy text completions)."""
+
+    model: str
+    prompt: str | list[Any]
+    """A string or a list of strings (token-id prompts decode too, and are refused by translation)."""
+    best_of: Annotated[int, Meta(ge=0, le=20)] | None = None
+    echo: bool | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
+    max_tokens: PositiveInt | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    presence_penalty: Penalty | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    user: str | None = None
+    # Extensions (the SDK's `extra_body`), understood by Workers AI and vLLM.
+    top_k: int | None = None
+    repetition_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
+    lora: str | None = None
+    raw: bool | None = None
+
+
 chat_request_decoder: Final = msgspec.json.Decoder(ChatCompletionRequest)
+completion_request_decoder: Final = msgspec.json.Decoder(CompletionRequest)
 
 __all__ = (
     "AssistantMessage",
     "ChatCompletionRequest",
     "ChatMessage",
+    "CompletionRequest",
     "DeveloperMessage",
     "FunctionMessage",
     "FunctionSpec",
@@ -230,4 +261,5 @@ __all__ = (
     "ToolMessage",
     "UserMessage",
     "chat_request_decoder",
+    "completion_request_decoder",
 )

@@ -1,4 +1,4 @@
-"""OpenAI response bodies: chat completions, stream deltas, usage, models and errors.
+"""OpenAI response bodies: chat and text completions, stream deltas, usage, models and errors.
 
 Fields OpenAI always sends (even as null) have plain defaults; fields it sends only sometimes are
 `UNSET` by default so msgspec leaves them out.
@@ -72,6 +72,31 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     system_fingerprint: None = None
 
 
+class TextChoice(msgspec.Struct, kw_only=True):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: str
+
+
+class TextUsage(msgspec.Struct):
+    """Legacy completions report the three token counts only."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TextCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: TextUsage
+    system_fingerprint: None = None
+
+
 class ToolCallDeltaOut(msgspec.Struct, omit_defaults=True):
     index: int
     function: FunctionCallOut
@@ -128,6 +153,9 @@ __all__ = (
     "ModelList",
     "ModelObject",
     "PromptTokensDetails",
+    "TextChoice",
+    "TextCompletion",
+    "TextUsage",
     "ToolCallDeltaOut",
     "ToolCallOut",
     "encoder",

@@ -328,3 +328,141 @@ def test_broken_stream_after_first_byte_is_an_in_band_error(
     assert all(choice.finish_reason is None for choice in deltas)
     backend = "cloudflare" if upstream.name.startswith("workers-ai") else "vllm"
     assert f"backend '{backend}'" in str(info.value.message)
+
+
+# Several choices, stop sequences, tool_choice modes, fields never forwarded
+
+
+def n_calls(upstream: Upstream) -> list[dict[str, Any]]:
+    """Bodies of the chat calls since the test began (vLLM also sees health probes)."""
+    return [r.body for r in upstream.emulator.requests if r.method == "POST" and isinstance(r.body, dict)]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_n_choices(client: openai.OpenAI, upstream: Upstream, stream: bool) -> None:
+    """n=3: three choices indexed 0..2, usage summed; vLLM generates them, Workers AI gets 3 calls."""
+    messages: Any = [{"role": "user", "content": "Say four words [[emu:words=4]]"}]
+    if stream:
+        with client.chat.completions.stream(
+            model=upstream.model, messages=messages, n=3, stream_options={"include_usage": True}
+        ) as helper:
+            chunks = [event.chunk for event in helper if event.type == "chunk"]
+            completion: Any = helper.get_final_completion()
+        indexes = [c.choices[0].index for c in chunks if c.choices]
+        assert indexes[:3] == [0, 1, 2]  # each choice first appears in index order
+        assert {i for i in indexes} == {0, 1, 2}
+    else:
+        completion = client.chat.completions.create(model=upstream.model, messages=messages, n=3)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2]
+    for choice in completion.choices:
+        assert choice.message.content == "alpha bravo café delta"
+        assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3 * (4 + upstream.reasoning_tokens)
+    calls = n_calls(upstream)
+    if upstream.name.startswith("workers-ai"):
+        assert len(calls) == 3
+        assert all("n" not in body for body in calls)
+    else:
+        assert len(calls) == 1
+        assert calls[0]["n"] == 3
+
+
+def test_n_choices_get_distinct_seeds_on_workers_ai(client: openai.OpenAI, upstream: Upstream) -> None:
+    client.chat.completions.create(model=upstream.model, messages=USER, n=3, seed=41)
+    seeds = sorted(body["seed"] for body in n_calls(upstream))
+    assert seeds == ([41, 42, 43] if upstream.name.startswith("workers-ai") else [41])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_stop_sequence_split_across_chunks(client: openai.OpenAI, upstream: Upstream, stream: bool) -> None:
+    """`vo caf` spans the streamed ` bravo` / ` café` tokens: the answer ends right before it."""
+    messages: Any = [{"role": "user", "content": "words [[emu:words=8]]"}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model=upstream.model, messages=messages, stop=["vo caf"], stream=True
+            )
+        )
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        choice = client.chat.completions.create(
+            model=upstream.model, messages=messages, stop=["vo caf"]
+        ).choices[0]
+        content, finish = choice.message.content or "", choice.finish_reason
+    assert (content, finish) == ("alpha bra", "stop")
+
+
+TIME_TOOL: Any = {**WEATHER_TOOL, "function": {**WEATHER_TOOL["function"], "name": "get_time"}}
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "called"),
+    [
+        pytest.param("auto", "get_weather", id="auto"),
+        pytest.param("required", "get_weather", id="required"),
+        pytest.param({"type": "function", "function": {"name": "get_time"}}, "get_time", id="named"),
+        pytest.param("none", None, id="none"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_tool_choice_modes(
+    client: openai.OpenAI, upstream: Upstream, tool_choice: Any, called: str | None, stream: bool
+) -> None:
+    messages: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    if stream:
+        with client.chat.completions.stream(
+            model=upstream.model, messages=messages, tools=tools, tool_choice=tool_choice
+        ) as helper:
+            for _ in helper:
+                pass
+            completion: Any = helper.get_final_completion()
+    else:
+        completion = client.chat.completions.create(
+            model=upstream.model, messages=messages, tools=tools, tool_choice=tool_choice
+        )
+    choice = completion.choices[0]
+    sent = upstream.last_body()
+    if called is None:
+        assert choice.message.tool_calls in (None, [])
+        assert choice.message.content
+        assert "tools" not in sent
+        return
+    assert [call.function.name for call in choice.message.tool_calls] == [called]
+    assert choice.finish_reason == "tool_calls"
+    offered = [tool["function"]["name"] for tool in sent["tools"]]
+    if upstream.name.startswith("workers-ai") and isinstance(tool_choice, dict):
+        assert offered == ["get_time"]  # only the forced tool is offered
+    else:
+        assert offered == ["get_weather", "get_time"]
+
+
+def test_user_and_metadata_are_never_forwarded(client: openai.OpenAI, upstream: Upstream) -> None:
+    client.chat.completions.create(
+        model=upstream.model, messages=USER, user="end-user-42", metadata={"ticket": "T-1"}, store=False
+    )
+    sent = upstream.last_body()
+    assert not {"user", "metadata", "store"} & set(sent)
+
+
+def test_reasoning_effort_is_forwarded_in_the_targets_terms(
+    client: openai.OpenAI, upstream: Upstream
+) -> None:
+    client.chat.completions.create(model=upstream.model, messages=USER, reasoning_effort="minimal")
+    assert upstream.last_body()["reasoning_effort"] == "low"
+
+
+def test_earlier_reasoning_travels_apart_from_content(client: openai.OpenAI, upstream: Upstream) -> None:
+    messages: Any = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "They greeted me."},
+        {"role": "user", "content": "Again"},
+    ]
+    client.chat.completions.create(model=upstream.model, messages=messages)
+    assert upstream.last_body()["messages"][1] == {
+        "role": "assistant",
+        "content": "Hello!",
+        "reasoning": "They greeted me.",
+    }

@@ -229,12 +229,6 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     assert info.value.code == "model_not_found"
 
 
-def test_unsupported_parameter_is_refused(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="llama-3.3-70b", messages=USER, n=2)
-    assert info.value.param == "n"
-
-
 @pytest.mark.parametrize(
     ("fault", "exception", "status", "code"),
     [

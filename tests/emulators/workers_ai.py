@@ -8,6 +8,7 @@ streams the native SSE dialects. See README.md for the contract.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .common import (
     new_hex,
     padding,
     sse,
+    tokenize,
 )
 
 if TYPE_CHECKING:
@@ -483,6 +485,28 @@ def _is_openai_envelope(json_schema: Any) -> bool:
     )
 
 
+def _tool_call_as_text(answer: Answer, form: str) -> None:
+    """`[[emu:tool-in-text]]`: the model writes its tool call as JSON text (llama, gpt-oss; contract §4.5).
+
+    Forms: "" → `{"name", "arguments"}`, `parameters` → `{"name", "parameters"}` (llama 3's own),
+    `bare` → the arguments object alone, `fenced` → the default form in a ```json fence. No
+    `tool_calls`, finish `stop`; the text streams token by token like any answer.
+    """
+    call = answer.tool_calls[0]
+    value: Any = {"name": call.name, "arguments": call.arguments}
+    if form == "parameters":
+        value = {"name": call.name, "parameters": call.arguments}
+    elif form == "bare":
+        value = call.arguments
+    text = json.dumps(value, ensure_ascii=False)
+    if form == "fenced":
+        text = f"```json\n{text}\n```"
+    answer.tool_calls = []
+    answer.tokens = tokenize(text)
+    answer.finish = "stop"
+    answer.completion_tokens = len(answer.reasoning) + len(answer.tokens)
+
+
 class WorkersAIEmulator(EmulatorBase):
     """Emulates ``api.cloudflare.com/client/v4/accounts/{account_id}/ai/run/{model}``."""
 
@@ -700,7 +724,7 @@ class WorkersAIEmulator(EmulatorBase):
             reasoning = not (isinstance(kwargs, dict) and kwargs.get("enable_thinking") is False)
         stop = body.get("stop") if model.shape == "openai" else None
         stops = [stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str)]
-        return build_answer(
+        answer = build_answer(
             conv,
             tools=body.get("tools"),
             tool_choice=body.get("tool_choice"),
@@ -710,6 +734,10 @@ class WorkersAIEmulator(EmulatorBase):
             stop=stops,
             huge=fault.count if fault is not None and fault.kind == "huge" else None,
         )
+        form = conv.directives.get("tool-in-text")
+        if form is not None and answer.tool_calls:
+            _tool_call_as_text(answer, form)
+        return answer
 
     # -- legacy shape (A) -------------------------------------------------------------------------------
 

@@ -309,3 +309,15 @@ def test_the_redis_password_is_a_secret() -> None:
     text = KEYED.replace("${REDIS_URL:-}", "redis://gw:s3cret@redis:6379/2")
     settings = parse_config(text, environ={"TEAM_SEARCH_KEY": "sk-search"}).settings
     assert secrets_of(settings) == ["sk-search", "s3cret"]
+
+
+def test_model_capability_flags_default_and_parse() -> None:
+    """`json_mode` is on and `drop_unsupported` off unless a model says otherwise; typos are refused."""
+    env = {"CF_ACCOUNT": "acct", "CF_TOKEN": "tok"}
+    model = parse_config(VALID, environ=env).settings.models["llama"]
+    assert (model.json_mode, model.drop_unsupported) == (True, False)
+    custom = VALID.replace("    aliases: [gpt-4o-mini]", "    json_mode: false\n    drop_unsupported: true")
+    model = parse_config(custom, environ=env).settings.models["llama"]
+    assert (model.json_mode, model.drop_unsupported) == (False, True)
+    typo = VALID.replace("    aliases: [gpt-4o-mini]", "    drop_unsuported: true")
+    assert any("drop_unsuported" in problem for problem in problems_of(typo, env))

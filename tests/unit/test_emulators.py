@@ -447,6 +447,31 @@ def test_wa_legacy_tool_call(wa: WorkersAIEmulator, wac: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
+    ("form", "text"),
+    [
+        ("", {"name": "get_weather", "arguments": {"location": "London"}}),
+        ("=parameters", {"name": "get_weather", "parameters": {"location": "London"}}),
+        ("=bare", {"location": "London"}),
+    ],
+)
+def test_wa_tool_call_written_as_text(wa: WorkersAIEmulator, wac: httpx.Client, form: str, text: Any) -> None:
+    """`[[emu:tool-in-text]]`: no tool_calls, the call's JSON as the answer text, streamed per token."""
+    body = {"messages": user(f"[[emu:tool-in-text{form}]]"), "tools": [WEATHER], "tool_choice": "required"}
+    result = wac.post(LLAMA_33, json=body).json()["result"]
+    assert result["tool_calls"] == []
+    assert json.loads(result["response"]) == text
+    streamed = json_events(wac.post(LLAMA_33, json={**body, "stream": True}).text)
+    pieces = [e.get("response", "") for e in streamed if "usage" not in e]
+    assert len([p for p in pieces if p]) > 1
+    assert json.loads("".join(pieces)) == text
+    qwen = wac.post(QWEN3, json=body).json()["result"]["choices"][0]
+    assert (qwen["message"]["tool_calls"], qwen["finish_reason"]) == ([], "stop")
+    assert json.loads(qwen["message"]["content"]) == text
+    fenced = wac.post(LLAMA_33, json={**body, "messages": user("[[emu:tool-in-text=fenced]]")})
+    assert fenced.json()["result"]["response"].startswith("```json\n{")
+
+
+@pytest.mark.parametrize(
     ("directive", "check"),
     [
         ("[[emu:response=number]]", lambda res: res["response"] == 42),

@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from gateway.limits import Limiter, LimiterUnavailable, MemoryLimiter, Scope, Ticket, format_duration
+from gateway.context import RequestInfo
+from gateway.errors import RateLimitError
+from gateway.limits import (
+    Limiter,
+    LimiterUnavailable,
+    MemoryLimiter,
+    RateLimits,
+    Scope,
+    Ticket,
+    format_duration,
+)
 from gateway.limits.redis import RedisLimiter
 from tests.redis_server import RedisClusterServers, RedisServer, command
 
@@ -339,3 +349,45 @@ async def test_cluster_spreads_scopes_over_its_nodes(redis_cluster: RedisCluster
 )
 def test_durations_are_written_like_openai(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+# A request with several choices counts as that many requests
+
+
+async def test_a_request_with_n_choices_counts_n_times_all_or_nothing(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    limits = RateLimits(limiter, models={})
+    key = scope(rpm=5, tpm=1000, max_concurrency=4)
+    info = RequestInfo()
+    grant = await limits.admit(
+        key, "m", prompt_tokens=10, max_tokens=20, explicit_max_tokens=True, info=info, requests=3
+    )
+    assert grant is not None
+    assert grant.headers["x-ratelimit-remaining-requests"] == "2"
+    assert grant.headers["x-ratelimit-remaining-tokens"] == "910"
+    with pytest.raises(RateLimitError):  # 3 more would be 6 requests (and 6 in flight)
+        await limits.admit(
+            key, "m", prompt_tokens=10, max_tokens=20, explicit_max_tokens=True, info=info, requests=3
+        )
+    await grant.settle(100)  # the real usage of all three choices together
+    one = await limits.admit(key, "m", prompt_tokens=0, max_tokens=0, explicit_max_tokens=True, info=info)
+    assert one is not None
+    assert one.headers["x-ratelimit-remaining-requests"] == "1"  # the refusal counted nothing
+    assert one.headers["x-ratelimit-remaining-tokens"] == "900"  # 3 reservations replaced by 100 in all
+    await one.settle(0)
+
+
+async def test_n_choices_that_can_never_fit_are_too_large() -> None:
+    limits = RateLimits(MemoryLimiter(), models={})
+    with pytest.raises(RateLimitError) as info:
+        await limits.admit(
+            scope(tpm=100),
+            "m",
+            prompt_tokens=10,
+            max_tokens=30,
+            explicit_max_tokens=True,
+            info=RequestInfo(),
+            requests=3,
+        )
+    assert info.value.headers["x-should-retry"] == "false"
+    assert "3 choices" in info.value.message

@@ -15,9 +15,11 @@ from adapters.canonical import (
     ChatRequest,
     Finish,
     FunctionDefinition,
+    Indexed,
     Message,
     NamedFunction,
     NamedToolChoice,
+    PromptRequest,
     ReasoningDelta,
     ResponseFormat,
     TextDelta,
@@ -26,7 +28,19 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.errors import UpstreamProtocolError, UpstreamStatusError
-from adapters.vllm import answer_events, chunk_events, parse_error_body, status_error, upstream_body
+from adapters.vllm import (
+    answer_events,
+    chunk_events,
+    completion_body,
+    multi_answer_events,
+    multi_chunk_events,
+    multi_text_chunk_events,
+    parse_error_body,
+    status_error,
+    text_answer_events,
+    text_chunk_events,
+    upstream_body,
+)
 
 TOOL = Tool(FunctionDefinition("get_weather", "Weather", {"type": "object", "properties": {}}))
 
@@ -415,3 +429,92 @@ def test_vllm_param_names_become_openai_param_names(param: str, expected: str | 
 def test_retry_after_is_kept_for_busy_answers() -> None:
     assert status_error("vllm", 503, "busy", None, None, 7.0).retry_after == 7.0
     assert status_error("vllm", 429, "slow down", None, None, 2.0).retry_after == 2.0
+
+
+# Several choices and text completions
+
+
+def test_n_and_logit_bias_are_sent_when_set() -> None:
+    body = body_of(request(n=3, logit_bias={"42": -100.0}))
+    assert (body["n"], body["logit_bias"]) == (3, {"42": -100.0})
+
+
+def test_several_choices_arrive_indexed_with_one_usage() -> None:
+    payloads = [
+        {"choices": [{"index": 1, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 1, "delta": {"content": "b"}, "finish_reason": "length"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    events = [e for p in payloads for e in multi_chunk_events(json.dumps(p).encode(), "vllm")]
+    assert events == [
+        Indexed(0, TextDelta("a")),
+        Indexed(0, Finish("stop")),
+        Indexed(1, TextDelta("b")),
+        Indexed(1, Finish("length")),
+        Usage(3, 2),
+    ]
+    whole = {
+        "choices": [
+            {"index": 0, "message": {"content": "x"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"content": "y"}, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+    }
+    assert multi_answer_events(json.dumps(whole).encode(), "vllm")[2:] == [
+        Indexed(1, TextDelta("y")),
+        Indexed(1, Finish("stop")),
+        Usage(1, 2),
+    ]
+
+
+def test_completion_body_uses_the_same_narrowing() -> None:
+    prompt = PromptRequest(
+        prompt=["a", "b"], max_tokens=16, stream=True, n=2, top_p=0.0, top_k=0, stop=["\n"]
+    )
+    body = json.loads(msgspec.json.encode(completion_body(prompt, "served/model")))
+    assert body == {
+        "model": "served/model",
+        "prompt": ["a", "b"],
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "n": 2,
+        "top_p": 1e-6,
+        "stop": ["\n"],
+    }
+    with pytest.raises(UpstreamStatusError) as info:
+        completion_body(PromptRequest(prompt="a", max_tokens=1, raw=True), "m")
+    assert info.value.param == "raw"
+
+
+def test_text_completion_chunks_and_bodies() -> None:
+    chunk = {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": " there", "finish_reason": "length"}],
+    }
+    assert text_chunk_events(json.dumps(chunk).encode(), "vllm") == [TextDelta(" there"), Finish("length")]
+    body = {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": "hi", "finish_reason": "stop", "stop_reason": None}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+    }
+    assert text_answer_events(json.dumps(body).encode(), "vllm") == [
+        TextDelta("hi"),
+        Finish("stop"),
+        Usage(2, 1),
+    ]
+    multi = {"choices": [{"index": 2, "text": "z", "finish_reason": "stop"}]}
+    assert multi_text_chunk_events(json.dumps(multi).encode(), "vllm") == [
+        Indexed(2, TextDelta("z")),
+        Indexed(2, Finish("stop")),
+    ]
+    with pytest.raises(UpstreamProtocolError):
+        text_answer_events(b'{"object": "text_completion", "choices": []}', "vllm")
+
+
+def test_context_length_on_completions_names_the_prompt() -> None:
+    error = status_error(
+        "vllm", 400, "This model's maximum context length is 8 tokens.", None, None, None, "prompt"
+    )
+    assert (error.code, error.param) == ("context_length_exceeded", "prompt")

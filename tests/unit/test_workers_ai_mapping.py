@@ -16,6 +16,9 @@ from adapters.canonical import (
     Finish,
     FunctionDefinition,
     Message,
+    NamedFunction,
+    NamedToolChoice,
+    PromptRequest,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -23,7 +26,7 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.errors import UpstreamStatusError
-from adapters.workers_ai import StreamParser, result_events, status_error, upstream_body
+from adapters.workers_ai import StreamParser, prompt_body, result_events, status_error, upstream_body
 
 
 def parse_stream(lines: list[dict[str, Any]]) -> list[object]:
@@ -339,3 +342,56 @@ def test_content_longer_than_the_schema_allows_is_a_client_error() -> None:
         upstream_body(long, stream=False)
     assert info.value.status_code == 400
     assert info.value.client_fault
+
+
+def test_a_named_tool_choice_offers_only_that_tool() -> None:
+    tools = [Tool(FunctionDefinition(name, "d", {"type": "object", "properties": {}})) for name in ("a", "b")]
+    body = upstream_body(request(tools=tools, tool_choice=NamedToolChoice(NamedFunction("b"))), stream=False)
+    assert body.tools is not msgspec.UNSET
+    assert [tool.function.name for tool in body.tools] == ["b"]
+    assert body.tool_choice == NamedToolChoice(NamedFunction("b"))
+    required = upstream_body(request(tools=tools, tool_choice="required"), stream=False)
+    assert required.tools is not msgspec.UNSET
+    assert len(required.tools) == 2
+
+
+@pytest.mark.parametrize(
+    ("effort", "sent"), [("none", "low"), ("minimal", "low"), ("high", "high"), ("xhigh", "high")]
+)
+def test_reasoning_effort_is_narrowed_to_what_workers_ai_accepts(effort: str, sent: str) -> None:
+    assert upstream_body(request(reasoning_effort=effort), stream=False).reasoning_effort == sent
+
+
+def test_gateway_only_fields_are_never_sent() -> None:
+    body = msgspec.json.decode(
+        msgspec.json.encode(upstream_body(request(stop=["x"], n=2, parallel_tool_calls=False), stream=True))
+    )
+    assert body == {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "stream": True}
+
+
+def test_prompt_body_is_the_prompt_schema() -> None:
+    prompt = PromptRequest(
+        prompt="Once upon",
+        max_tokens=16,
+        stream=True,
+        raw=True,
+        lora="my-adapter",
+        top_p=0.0,
+        seed=0,
+        stop=["\n"],
+    )
+    assert msgspec.json.decode(msgspec.json.encode(prompt_body(prompt))) == {
+        "prompt": "Once upon",
+        "max_tokens": 16,
+        "stream": True,
+        "top_p": 0.001,
+        "seed": 9_999_999_999,
+        "lora": "my-adapter",
+        "raw": True,
+    }
+
+
+def test_prompt_longer_than_the_schema_allows_is_a_client_error() -> None:
+    with pytest.raises(UpstreamStatusError) as info:
+        prompt_body(PromptRequest(prompt="x" * 131_073, max_tokens=1))
+    assert (info.value.status_code, info.value.param, info.value.client_fault) == (400, "prompt", True)

@@ -10,7 +10,16 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from adapters.canonical import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from adapters.canonical import (
+    ChatRequest,
+    Event,
+    Finish,
+    Indexed,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from adapters.errors import UpstreamProtocolError
 from gateway.config import ModelConfig, Target
 from gateway.openai.requests import chat_request_decoder
@@ -22,7 +31,7 @@ pytestmark = pytest.mark.anyio
 MODEL = ModelConfig(targets=[Target(backend="b", model="m")])
 
 
-def translated(**body: Any) -> Translated:
+def translated(**body: Any) -> Translated[ChatRequest]:
     payload = {"model": "public", "messages": [{"role": "user", "content": "hi"}], **body}
     return translate(chat_request_decoder.decode(json.dumps(payload)), public_model="public", model=MODEL)
 
@@ -208,3 +217,122 @@ def test_usage_is_estimated_when_the_upstream_sends_none() -> None:
     body = json.loads(writer.complete([TextDelta("x" * 40)]))
     assert body["usage"]["completion_tokens"] == 10
     assert body["usage"]["prompt_tokens"] >= 1
+
+
+# Several choices (n > 1) and the gateway's own rules
+
+
+async def test_choices_interleave_with_their_own_index_and_the_sdk_rebuilds_each() -> None:
+    """Role chunks come first in index order; each choice's deltas carry its index; usage is summed."""
+    events: list[Event] = [
+        Indexed(1, TextDelta("B1")),
+        Indexed(0, TextDelta("A1")),
+        Indexed(2, ToolCallDelta(0, "f", '{"x":1}')),
+        Indexed(1, TextDelta(" B2")),
+        Indexed(0, Usage(3, 2)),
+        Indexed(1, Usage(3, 4)),
+        Indexed(2, Usage(3, 1)),
+        Indexed(1, Finish("content_filter")),
+    ]
+    data = await sse(events, n=3, stream_options={"include_usage": True})
+    parsed = chunks(data)
+    assert [c["choices"][0]["index"] for c in parsed[:3]] == [0, 1, 2]
+    assert all(c["choices"][0]["delta"].get("role") == "assistant" for c in parsed[:3])
+    assert sum("role" in c["choices"][0]["delta"] for c in parsed if c["choices"]) == 3
+    finishes = {c["choices"][0]["index"]: c["choices"][0]["finish_reason"] for c in parsed if c["choices"]}
+    assert finishes == {0: "stop", 1: "content_filter", 2: "tool_calls"}
+    state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+    for chunk in parsed:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    completion = state.current_completion_snapshot  # unparsed: `content_filter` would raise
+    by_index = {choice.index: choice for choice in completion.choices}
+    assert by_index[0].message.content == "A1"
+    assert by_index[1].message.content == "B1 B2"
+    calls = by_index[2].message.tool_calls or []
+    assert [call.function.name for call in calls] == ["f"]
+    assert by_index[2].finish_reason == "tool_calls"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (9, 7)
+
+
+async def test_an_unindexed_usage_counts_the_whole_answer() -> None:
+    """vLLM's native n: one usage for all choices."""
+    events: list[Event] = [Indexed(0, TextDelta("a")), Indexed(1, TextDelta("b")), Usage(5, 2)]
+    parsed = chunks(await sse(events, n=2, stream_options={"include_usage": True}))
+    assert parsed[-1]["usage"]["total_tokens"] == 7
+
+
+async def test_stop_sequence_ends_only_its_own_choice() -> None:
+    events: list[Event] = [
+        Indexed(0, TextDelta("one EN")),
+        Indexed(1, TextDelta("two END three")),
+        Indexed(0, TextDelta("D four")),
+        Indexed(1, TextDelta(" ignored")),
+    ]
+    completion = sdk_accumulate(await sse(events, n=2, stop=["END"]))
+    assert [(c.message.content, c.finish_reason) for c in completion.choices] == [
+        ("one ", "stop"),
+        ("two ", "stop"),
+    ]
+
+
+def test_whole_answer_with_several_choices() -> None:
+    writer = ResponseWriter(translated(n=2))
+    events: list[Event] = [
+        Indexed(0, TextDelta("x")),
+        Indexed(1, TextDelta("y")),
+        Indexed(0, Usage(2, 1)),
+        Indexed(1, Usage(2, 1)),
+    ]
+    body = json.loads(writer.complete(events))
+    assert [(c["index"], c["message"]["content"]) for c in body["choices"]] == [(0, "x"), (1, "y")]
+    assert body["usage"]["total_tokens"] == 6
+
+
+FORCED: Any = {
+    "tools": [{"type": "function", "function": {"name": "wx", "parameters": {"type": "object"}}}],
+    "tool_choice": {"type": "function", "function": {"name": "wx"}},
+}
+
+
+async def test_forced_call_written_as_text_becomes_a_tool_call_in_a_stream() -> None:
+    pieces = ['{"name":', ' "wx",', ' "arguments":', ' {"city":', ' "Paris"}}']
+    data = await sse([TextDelta(p) for p in pieces], **FORCED)
+    parsed = chunks(data)
+    assert not any(c["choices"][0]["delta"].get("content") for c in parsed)
+    completion = sdk_accumulate(data)
+    call = completion.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("wx", {"city": "Paris"})
+    assert call.id.startswith("call_")
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_forced_call_written_as_text_becomes_a_tool_call_in_a_whole_answer() -> None:
+    writer = ResponseWriter(translated(**FORCED))
+    body = json.loads(writer.complete([TextDelta('{"city": "Paris"}'), Finish("stop")]))
+    message = body["choices"][0]["message"]
+    assert message["content"] is None
+    assert message["tool_calls"][0]["function"] == {"name": "wx", "arguments": '{"city":"Paris"}'}
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_text_is_not_recovered_without_a_forced_tool() -> None:
+    tools = FORCED["tools"]
+    data = await sse([TextDelta('{"name": "wx", "arguments": {}}')], tools=tools)
+    completion = sdk_accumulate(data)
+    assert completion.choices[0].message.content == '{"name": "wx", "arguments": {}}'
+    assert not completion.choices[0].message.tool_calls
+
+
+async def test_prose_under_a_forced_tool_streams_as_it_comes() -> None:
+    data = await sse([TextDelta("I cannot"), TextDelta(" call it.")], **FORCED)
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks(data)]
+    assert contents[1:3] == ["I cannot", " call it."]
+
+
+async def test_plain_stream_skips_the_general_path() -> None:
+    """One choice without stop or forced tools takes the plain loop (no per-choice state at all)."""
+    writer = ResponseWriter(translated(stream=True))
+    assert writer.stream(aiter([])).__qualname__.endswith("_plain_stream")  # type: ignore[attr-defined]
+    shaped = ResponseWriter(translated(stream=True, stop=["x"]))
+    assert shaped.stream(aiter([])).__qualname__.endswith("_stream_choices")  # type: ignore[attr-defined]

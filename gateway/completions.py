@@ -1,0 +1,57 @@
+"""`POST /v1/completions` (OpenAI's legacy text completions): decode → resolve → translate → serve.
+
+The request becomes a canonical `PromptRequest` (Workers AI's Prompt schema; vLLM's `/v1/completions`)
+and the answer OpenAI's `text_completion` objects and chunks (`gateway.text_writer`). Keys, limits
+(counted like a chat request: one per choice, reserving the prompt estimate plus `max_tokens`),
+routing, failover and errors are the chat endpoint's own (`gateway.chat.serve_translated`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.auth import check_model
+from gateway.chat import decode_request, serve_translated
+from gateway.openai.requests import completion_request_decoder
+from gateway.text_writer import TextWriter
+from gateway.translate import translate_completion
+
+if TYPE_CHECKING:
+    from gateway.auth import KeyPolicy
+    from gateway.chat import ChatResult
+    from gateway.context import RequestInfo
+    from gateway.limits import RateLimits
+    from gateway.routing import Router
+
+
+async def text_completion(
+    router: Router,
+    raw_body: bytes,
+    *,
+    request_id: str,
+    key: KeyPolicy | None = None,
+    limits: RateLimits | None = None,
+    info: RequestInfo | None = None,
+) -> ChatResult:
+    payload = decode_request(completion_request_decoder, raw_body)
+    model = router.resolve(payload.model)
+    check_model(key, payload.model, model.name)
+    translated = translate_completion(
+        payload, public_model=model.name, model=model.config, native=model.native
+    )
+    if info is not None:
+        info.user = payload.user  # for the log line, never upstream
+    return await serve_translated(
+        router,
+        model,
+        translated,
+        TextWriter(translated),
+        request_id=request_id,
+        key=key,
+        limits=limits,
+        info=info,
+        explicit_max_tokens=payload.max_tokens is not None,
+    )
+
+
+__all__ = ("text_completion",)

@@ -1,0 +1,53 @@
+"""What the pipelines record about a request for its log line: the client's `user` and `metadata`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from gateway.app import Gateway
+from gateway.chat import chat_completion
+from gateway.completions import text_completion
+from gateway.config import Settings
+from gateway.context import RequestInfo
+from gateway.metrics import Metrics
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = {
+    "backends": {"instant": {"kind": "mock", "token_delay_s": 0}},
+    "models": {"mock": {"targets": [{"backend": "instant", "model": "mock"}]}},
+}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    gateway = Gateway(msgspec.convert(CONFIG, Settings), Metrics())
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
+
+
+async def test_chat_records_user_and_metadata(gateway: Gateway) -> None:
+    info = RequestInfo("req-1")
+    body = {
+        "model": "mock",
+        "messages": [{"role": "user", "content": "hi"}],
+        "user": "end-user-7",
+        "metadata": {"ticket": "T-9"},
+    }
+    result = await chat_completion(gateway.router, json.dumps(body).encode(), request_id="req-1", info=info)
+    assert result.body is not None
+    assert (info.user, info.metadata) == ("end-user-7", {"ticket": "T-9"})
+
+
+async def test_completions_record_user(gateway: Gateway) -> None:
+    info = RequestInfo("req-2")
+    body = {"model": "mock", "prompt": "Once", "user": "end-user-8"}
+    result = await text_completion(gateway.router, json.dumps(body).encode(), request_id="req-2", info=info)
+    assert result.body is not None
+    assert json.loads(result.body)["object"] == "text_completion"
+    assert (info.user, info.metadata) == ("end-user-8", None)
