@@ -118,10 +118,7 @@ class TextWriter(ChoiceWriter):
         return self._stream_choices(events)
 
     def complete(self, events: Iterable[Event]) -> bytes:
-        choices = self._collect(events, self._choices())
-        single = self._usage if len(choices) == 1 else None
-        results = [choice.result(choice.usage or single) for choice in choices]
-        usage = self._total_usage(choices)
+        results, usage = self._results(events, self._choices())
         body = TextCompletion(
             id=self._id,
             created=self._created,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from adapters.canonical import (
     ChoiceEvent,
@@ -199,6 +199,10 @@ class ChoiceState:
     def collect(self, event: ChoiceEvent) -> None:
         raise NotImplementedError
 
+    def result(self, usage: Usage | None) -> Any:
+        """The choice as its endpoint's body writes it (`Choice`, `TextChoice`)."""
+        raise NotImplementedError
+
 
 _C = TypeVar("_C", bound=ChoiceState)
 
@@ -321,6 +325,12 @@ class ChoiceWriter:
                 )
         stats.usage = usage
         return usage
+
+    def _results(self, events: Iterable[Event], choices: list[_C]) -> tuple[list[Any], Usage]:
+        """Each choice's result and the whole answer's usage, for a body collected in full."""
+        choices = self._collect(events, choices)
+        single = self._usage if len(choices) == 1 else None
+        return [choice.result(choice.usage or single) for choice in choices], self._total_usage(choices)
 
     def _collect(self, events: Iterable[Event], choices: list[_C]) -> list[_C]:
         """Every event of a whole answer, handed to its choice."""
@@ -604,10 +614,7 @@ class ResponseWriter(ChoiceWriter):
         translated = self.translated
         if translated.n == 1 and not translated.stop and not translated.recover_tools:
             return self._plain_complete(events)
-        choices = self._collect(events, self._choices())
-        single = self._usage if len(choices) == 1 else None
-        results = [choice.result(choice.usage or single) for choice in choices]
-        usage = self._total_usage(choices)
+        results, usage = self._results(events, self._choices())
         completion = ChatCompletion(
             id=self._id,
             created=self._created,
