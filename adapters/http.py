@@ -17,7 +17,8 @@ from adapters.transport import H1Transport
 CONNECT_TIMEOUT_S: Final = 5.0
 WRITE_TIMEOUT_S: Final = 10.0
 POOL_TIMEOUT_S: Final = 5.0
-MAX_CONNECTIONS: Final = 1000
+MAX_CONNECTIONS: Final = 10_000
+"""Per backend and process unless `max_concurrency` says less: every open stream holds a connection."""
 KEEPALIVE_EXPIRY_S: Final = 30.0
 MAX_ERROR_BODY: Final = 64 * 1024
 """Error bodies are read up to this size: enough for any real message, bounded against a hostile upstream."""

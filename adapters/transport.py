@@ -30,9 +30,9 @@ Origin = tuple[bytes, bytes, int]
 """(scheme, host, port)"""
 
 KEEPALIVE_EXPIRY_S: Final = 30.0
-HIGH_WATER: Final = 256 * 1024
+HIGH_WATER: Final = 64 * 1024
 """Unread body bytes at which reading from the socket pauses."""
-LOW_WATER: Final = 64 * 1024
+LOW_WATER: Final = 16 * 1024
 
 
 class _Connection(asyncio.Protocol):

@@ -297,7 +297,9 @@ async def hold_streams(
                 opened += 1
                 if opened + failed >= count:
                     started.set()
-                await release.wait()
+                # Keep reading, as a real client does, until every stream is open and measured.
+                while not release.is_set() and await response.content.readany():
+                    pass
         except (aiohttp.ClientError, OSError):
             failed += 1
             if opened + failed >= count:
