@@ -25,9 +25,11 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway.limits.base import LEASE_S, SLOTS, WINDOW_S, LimiterUnavailable, Outcome, Refusal
+from gateway.timers import Deadline
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -220,7 +222,8 @@ def connect(url: str) -> Redis | RedisCluster:
     }
     parts = urlsplit(url)
     if not parts.scheme.endswith("+cluster"):
-        return Redis.from_url(url, max_connections=POOL_SIZE, **options)
+        # Calls to one server go through `_Batcher`, which bounds each round trip itself.
+        return Redis.from_url(url, max_connections=POOL_SIZE, **{**options, "socket_timeout": None})
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
     nodes = []
@@ -419,16 +422,25 @@ class _Batcher:
     async def _send(
         self, batch: list[tuple[AsyncScript, tuple[str, ...], tuple[str | int, ...], asyncio.Future[Any]]]
     ) -> None:
+        # One deadline for the whole round trip (the client has no socket timeout of its own: redis-py
+        # wraps each timed write in asyncio.wait_for, a task per call on the request path).
+        deadline = Deadline(SOCKET_TIMEOUT_S)
         try:
-            async with self._calls:
-                results = await self._execute(batch)
-                missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-                if missing:
-                    for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
-                        await self._client.script_load(script.script)
-                    retried = await self._execute([batch[i] for i in missing])
-                    for i, result in zip(missing, retried, strict=True):
-                        results[i] = result
+            try:
+                async with self._calls:
+                    results = await self._execute(batch)
+                    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+                    if missing:
+                        for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                            await self._client.script_load(script.script)
+                        retried = await self._execute([batch[i] for i in missing])
+                        for i, result in zip(missing, retried, strict=True):
+                            results[i] = result
+            except asyncio.CancelledError:
+                if deadline.disarm():
+                    raise RedisTimeoutError(f"no answer from Redis within {SOCKET_TIMEOUT_S:g} s") from None
+                raise
+            deadline.disarm()
         except BaseException as exc:  # every caller must hear about a failed round trip
             for *_, future in batch:
                 if not future.done():

@@ -294,6 +294,30 @@ async def test_concurrent_decisions_share_round_trips_and_survive_a_script_flush
     assert int(after["evalsha"]) - int(before["evalsha"]) == 120
 
 
+async def test_a_store_that_never_answers_fails_within_the_call_timeout() -> None:
+    """A server that accepts connections and then says nothing (a hung Redis): the decision gives up
+    after the round-trip deadline instead of holding the request."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RedisLimiter.from_url(f"redis://127.0.0.1:{port}/0")
+    try:
+        started = time.monotonic()
+        with pytest.raises(LimiterUnavailable, match="TimeoutError"):
+            await limiter.acquire(scope(rpm=5), tokens=0, ticket=None)
+        assert time.monotonic() - started < 2.0
+    finally:
+        await limiter.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_an_unreachable_store_fails_fast_and_recovers() -> None:
     """Connection refused → LimiterUnavailable at once; later decisions skip the store briefly, then
     find it again with no restart."""
