@@ -137,6 +137,7 @@ OPTIONAL_ROWS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def main() -> None:
+    configure_logging("warning", "json")  # the per-request line would dominate what is measured
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--events", type=int, default=20_000)
