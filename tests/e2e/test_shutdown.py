@@ -13,16 +13,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from gateway.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from tests.e2e.conftest import workers_ai_config
-from tests.emulators.server import ServerThread
-from tests.emulators.workers_ai import WorkersAIEmulator
 from tests.gateway_process import GatewayProcess
+
+if TYPE_CHECKING:
+    from tests.emulators.server import ServerThread
+    from tests.emulators.workers_ai import WorkersAIEmulator
 
 EXIT_DEADLINE_S = 20.0
 """Generous: only "does not hang" is asserted, never how fast."""
@@ -92,7 +94,7 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(
         exited_after = time.monotonic() - signalled
     assert status == 0, gateway.output()[-2000:]
     assert "Traceback" not in gateway.output()
-    print(f"\nshutdown: refused new connections after {refused_after:.2f} s, exited after {exited_after:.2f} s")
+    print(f"\nshutdown: new connections refused after {refused_after:.2f} s, exit after {exited_after:.2f} s")
 
 
 def test_a_stream_longer_than_the_grace_period_is_cut_and_the_process_exits(
