@@ -68,7 +68,7 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     log = get_logger("gateway")
     for notice in loaded.notices:
         log.warning("config_notice", message=notice)
-    # In flight requests and streams get this long after SIGTERM (uvicorn's default waits forever).
+    # In-flight requests and streams get this long after SIGTERM (uvicorn's default waits forever).
     options = {**SERVER_OPTIONS, "timeout_graceful_shutdown": settings.http.shutdown_grace_s}
     bind_host = host or settings.listen.host
     bind_port = port if port is not None else settings.listen.port
