@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench bench-compare check-config redis-server wrk clean
+.PHONY: run test lint audit lock bench bench-compare check-config redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,9 +65,42 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@$(MAKE) --no-print-directory audit
+
+# Known vulnerabilities in the locked dependencies (requirements.lock, written by `make lock`).
+# PIP_AUDIT_SERVICE: pypi (PyPI's JSON API, pip-audit's default) or osv (OSV_URL, default api.osv.dev).
+# An audit that cannot reach its service fails: `--strict` refuses to pass over a package it could
+# not check. PIP_AUDIT=off skips it, loudly, where no service is reachable (an offline mirror).
+PIP_AUDIT ?= on
+PIP_AUDIT_SERVICE ?= pypi
+OSV_URL ?= https://api.osv.dev/v1/query
+AUDIT_PROBE_pypi := https://pypi.org/pypi/pip/24.0/json
+AUDIT_PROBE_osv := $(OSV_URL)
+audit: $(VENV)/.installed-lint
+ifeq ($(PIP_AUDIT),off)
+	@echo "*** PIP_AUDIT=off: the locked dependencies were NOT audited for known vulnerabilities ***" >&2
+else
+	@$(BIN)/python .ci/audit_probe.py "$(AUDIT_PROBE_$(PIP_AUDIT_SERVICE))"
+	$(BIN)/pip-audit --strict --no-deps --disable-pip --progress-spinner off \
+	  --vulnerability-service $(PIP_AUDIT_SERVICE) $(if $(filter osv,$(PIP_AUDIT_SERVICE)),--osv-url $(OSV_URL)) \
+	  -r requirements.lock
+endif
+
+# requirements.lock: the exact versions the project and every extra resolve to today, from a fresh
+# virtualenv (so nothing installed by hand slips in). Re-run after changing pyproject.toml; commit it.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	.lock-venv/bin/python -m pip --disable-pip-version-check -q install -e ".[otel,test,lint]"
+	{ echo "# Exact versions of llm-gateway's dependencies with all extras (otel, test, lint)."; \
+	  echo "# Written by \`make lock\` ($$(.lock-venv/bin/python --version)); audited by \`make audit\`."; \
+	  .lock-venv/bin/python -m pip --disable-pip-version-check freeze --exclude-editable --all \
+	    | grep -v -E '^(pip|setuptools|wheel)=='; } > requirements.lock
+	rm -rf .lock-venv
 
 check-config: $(VENV)/.installed
 	$(BIN)/gateway check-config config/gateway.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -67,6 +68,8 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     log = get_logger("gateway")
     for notice in loaded.notices:
         log.warning("config_notice", message=notice)
+    # In-flight requests and streams get this long after SIGTERM (uvicorn's default waits forever).
+    options = {**SERVER_OPTIONS, "timeout_graceful_shutdown": settings.http.shutdown_grace_s}
     bind_host = host or settings.listen.host
     bind_port = port if port is not None else settings.listen.port
     log.info("starting", host=bind_host, port=bind_port, workers=workers, config=path)
@@ -88,13 +91,20 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
             workers=workers,
             host=bind_host,
             port=bind_port,
-            **SERVER_OPTIONS,
+            **options,
         )
     else:
         from gateway.app import create_app
 
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, **SERVER_OPTIONS)
+        # uvicorn re-raises SIGTERM once its graceful shutdown is over, to whatever handler was there
+        # before it: make that a clean exit (status 0) rather than "killed by SIGTERM" (143).
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, **options)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def app_from_environment() -> object:

@@ -28,6 +28,7 @@ DEFAULT_MAX_TOKENS: Final = 4096
 """`max_tokens` sent upstream when the client sets none (Workers AI would otherwise stop at 256)."""
 DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S: Final = 30.0
+DEFAULT_SHUTDOWN_GRACE_S: Final = 30.0
 DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
 """A model's total deadline until its answer begins, over every target tried."""
 
@@ -48,6 +49,8 @@ class HTTPLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """Largest request body accepted; larger ones get a 413 before they are read."""
     body_timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_BODY_TIMEOUT_S
     """A request body must arrive within this; a client trickling it slower gets a 408."""
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = DEFAULT_SHUTDOWN_GRACE_S
+    """After SIGTERM, requests and streams in flight get this long to finish; then they are cut off."""
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -69,6 +69,16 @@ class GatewayProcess:
                 self._process.kill()
                 self._process.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: for tests of the graceful shutdown."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status once the process has ended (raises `subprocess.TimeoutExpired` if it hangs)."""
+        assert self._process is not None
+        return self._process.wait(timeout)
+
     def log_lines(self, *, settle_s: float = 0.5) -> list[dict[str, Any]]:
         """Every JSON line written so far (after the app's periodic flush has had time to run)."""
         time.sleep(settle_s)

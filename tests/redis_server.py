@@ -48,8 +48,16 @@ def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
 class RedisServer:
     """One `redis-server` on 127.0.0.1; `cluster=True` starts it as an (unassigned) cluster node."""
 
-    def __init__(self, *, port: int | None = None, cluster: bool = False, directory: Path | None = None):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        cluster: bool = False,
+        directory: Path | None = None,
+        password: str | None = None,
+    ):
         self.port = port or free_port()
+        self.password = password
         self.cluster = cluster
         self.bus_port = free_port() if cluster else 0
         self._own_dir = directory is None
@@ -70,6 +78,8 @@ class RedisServer:
             "--dir", str(self.directory),
             "--logfile", str(self.directory / f"redis-{self.port}.log"),
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.cluster:
             args += [
                 "--cluster-enabled", "yes",
@@ -83,7 +93,8 @@ class RedisServer:
             if self._process.poll() is not None:
                 raise RuntimeError(f"redis-server on port {self.port} exited with {self._process.returncode}")
             try:
-                if command(self.port, "PING") == b"+PONG":
+                # With a password, an unauthenticated PING is refused: that answer says it is up too.
+                if command(self.port, "PING") in (b"+PONG", b"-NOAUTH Authentication required."):
                     return self
             except OSError:
                 pass

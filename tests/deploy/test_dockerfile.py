@@ -251,9 +251,8 @@ def test_image_command_serves_and_drains_streams_on_sigterm(
         assert len(rest) > 5
         assert rest[-1] == "data: [DONE]", rest[-3:]
         _, stderr = process.communicate(timeout=20)
-        # uvicorn re-raises SIGTERM after its graceful shutdown, so the status can read "terminated by
-        # SIGTERM" (143 in Docker); what matters is that the stream above finished first.
-        assert process.returncode in (0, -signal.SIGTERM), stderr
+        # A clean stop, after the stream above finished: status 0, not "terminated by SIGTERM" (143).
+        assert process.returncode == 0, stderr
         assert "Traceback" not in stderr
         stopped = subprocess.run(image.healthcheck, env=environ, capture_output=True, timeout=10, check=False)
         assert stopped.returncode != 0, "the HEALTHCHECK command must fail once the gateway is gone"

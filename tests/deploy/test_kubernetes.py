@@ -12,6 +12,7 @@ import jsonschema
 import kubernetes_validate
 import msgspec
 import pytest
+import yaml
 from kubernetes_validate import utils as kv_utils
 
 from adapters.vllm import VLLMConfig
@@ -277,6 +278,9 @@ def test_gateway_deployment_is_ready_for_production(
     sleep = container["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] >= int(sleep[1]) + 120  # at least 2 minutes for streams
+    # The gateway's own grace period ends before Kubernetes' SIGKILL: streams are cut cleanly, not killed.
+    grace = yaml.safe_load(gateway_config_text(resources, image))["http"]["shutdown_grace_s"]
+    assert 120 <= grace <= pod["terminationGracePeriodSeconds"] - int(sleep[1]) - 5
     # Resources: requests (the HPA's yardstick) and limits.
     for field in ("cpu", "memory"):
         assert container["resources"]["requests"][field]
