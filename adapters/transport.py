@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
@@ -33,6 +34,18 @@ KEEPALIVE_EXPIRY_S: Final = 30.0
 HIGH_WATER: Final = 64 * 1024
 """Unread body bytes at which reading from the socket pauses."""
 LOW_WATER: Final = 16 * 1024
+
+_live_transports: weakref.WeakSet[H1Transport] = weakref.WeakSet()
+"""Every transport not yet garbage-collected, so a metrics scrape can count connections (not per request)."""
+
+
+def open_connections() -> tuple[int, int]:
+    """(open, idle) upstream connections over every live transport of this process; read at scrape time."""
+    open_total = idle_total = 0
+    for transport in list(_live_transports):
+        open_total += transport.open_connections
+        idle_total += transport.idle_connections
+    return open_total, idle_total
 
 
 class _Connection(asyncio.Protocol):
@@ -256,6 +269,16 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, list[_Connection]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        _live_transports.add(self)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open to upstreams, busy or idle in the pool."""
+        return 0 if self._closed else self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(connections) for connections in self._idle.values())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -381,4 +404,4 @@ def _request_head(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-__all__ = ("H1Transport",)
+__all__ = ("H1Transport", "open_connections")
