@@ -34,6 +34,8 @@ KEEPALIVE_EXPIRY_S: Final = 30.0
 HIGH_WATER: Final = 64 * 1024
 """Unread body bytes at which reading from the socket pauses."""
 LOW_WATER: Final = 16 * 1024
+NOT_HTTP: Final = "malformed HTTP answer"
+"""How a parse failure's message begins (adapters/http.py tells it from a dropped connection by it)."""
 
 _live_transports: weakref.WeakSet[H1Transport] = weakref.WeakSet()
 """Every transport not yet garbage-collected, so a metrics scrape can count connections (not per request)."""
@@ -122,7 +124,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:  # pragma: no cover - never asked for
             self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP answer: {exc}"))
+            self._fail(httpx.RemoteProtocolError(f"{NOT_HTTP}: {exc}"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -404,4 +406,4 @@ def _request_head(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-__all__ = ("H1Transport", "open_connections")
+__all__ = ("NOT_HTTP", "H1Transport", "open_connections")
