@@ -275,12 +275,18 @@ class H1Transport(httpx.AsyncBaseTransport):
 
     @property
     def open_connections(self) -> int:
-        """Connections open to upstreams, busy or idle in the pool."""
-        return 0 if self._closed else self._open
+        """Connections to upstreams, busy or idle, still open (for scrapes only: it walks the pool)."""
+        if self._closed:
+            return 0
+        closed_idle = sum(c.closed for connections in self._idle.values() for c in connections)
+        # Idle connections the server has closed still count in `_open` until the next request takes them
+        # out of the pool; they hold no socket any more.
+        return self._open - closed_idle
 
     @property
     def idle_connections(self) -> int:
-        return sum(len(connections) for connections in self._idle.values())
+        """Pooled connections still open."""
+        return sum(not c.closed for connections in self._idle.values() for c in connections)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url

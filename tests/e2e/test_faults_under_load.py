@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import CF_ACCOUNT, CF_TOKEN, VLLM_KEY, VLLM_MODEL, cloudflare_backend, vllm_backend
-from tests.emulators.raw import GarbageServer, ResetServer
+from tests.emulators.raw import GarbageServer, ResetServer, _RawServer
 from tests.emulators.server import ServerThread, free_port
 from tests.emulators.vllm import VLLMEmulator
 from tests.emulators.workers_ai import WorkersAIEmulator
@@ -121,7 +121,28 @@ FAULTS: tuple[Fault, ...] = (
     Fault("reset", None, (UNREACHABLE, UNREACHABLE)),
     Fault("reset-mid-stream", None, (CUT, IN_BAND), (ANSWERED, IN_BAND)),
     Fault("garbage", None, (MALFORMED, MALFORMED)),
+    Fault("stall", None, (TIMEOUT, IN_BAND), (ANSWERED, IN_BAND)),  # hangs after the first token
 )
+
+
+class StallServer(_RawServer):
+    """Sends a 200 SSE head and one event, then nothing: an upstream that hangs after the first token.
+    Counts the connections still open, so the test can see the gateway hang up on every one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._read_head(reader)
+        self.open += 1
+        try:
+            writer.write(ResetServer.PARTIAL_SSE)
+            await writer.drain()
+            while await reader.read(65536):  # until the gateway closes its end
+                pass
+        finally:
+            self.open -= 1
 
 
 @dataclass
@@ -131,6 +152,7 @@ class Rig:
     bad_vllm: VLLMEmulator
     good_cf: WorkersAIEmulator
     good_vllm: VLLMEmulator
+    stall: StallServer
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +175,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         "reset": ResetServer(),
         "reset-mid-stream": ResetServer(send_before_reset=ResetServer.PARTIAL_SSE),
         "garbage": GarbageServer(),
+        "stall": StallServer(),
     }
     raw_urls = {name: server.start() for name, server in raw.items()}
     raw_urls["refused"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -181,7 +204,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     config = {"backends": backends, "models": models, "log_level": "warning"}
     gateway = GatewayProcess(config, tmp_path_factory.mktemp("faults")).start()
     try:
-        yield Rig(gateway, bad_cf, bad_vllm, good_cf, good_vllm)
+        stall = raw["stall"]
+        assert isinstance(stall, StallServer)
+        yield Rig(gateway, bad_cf, bad_vllm, good_cf, good_vllm, stall)
     finally:
         gateway.stop()
         for server in servers:
@@ -295,6 +320,8 @@ def test_every_fault_gets_an_answer_or_a_clear_error_in_time_and_leaks_nothing(r
     )
     assert not problems, "\n".join(problems)
     assert_no_leak(before, after)
+    assert rig.stall.connections == BURST * 4
+    assert rig.stall.open == 0  # the gateway hung up on every stalled upstream
 
 
 def assert_no_leak(before: Footprint, after: Footprint) -> None:
