@@ -9,6 +9,7 @@ extends that to vLLM, to requests dropped before any answer, and to the concurre
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -165,3 +166,45 @@ def test_a_burst_of_dropped_streams_leaves_nothing_behind(
     print(f"\n20 dropped streams: before {baseline.describe()}\n  after {after.describe()}")
     assert after.upstream_busy == 0
     assert after.tasks <= baseline.tasks
+
+
+def test_a_client_that_leaves_while_queued_for_a_backend_slot_gives_up_its_place_and_its_lease(
+    start_gateway: GatewayFactory,
+    workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
+    vllm_server: tuple[VLLMEmulator, ServerThread],
+    workers_ai: WorkersAIEmulator,
+    redis_server: RedisServer,
+) -> None:
+    """Workers AI takes one call at a time; the key two. B queues behind A and leaves: afterwards two
+    requests at once are both admitted by the key (B's lease is gone) and both served (B's place in the
+    backend's queue did not swallow the slot A freed)."""
+    config = both_backends_config(workers_ai_server[1].url, vllm_server[1].url)
+    config["backends"]["cloudflare"]["max_concurrency"] = 1
+    config["keys"] = [{"id": "team-" + os.urandom(4).hex(), "key": KEY, "max_concurrency": 2}]
+    config["redis_url"] = redis_server.url
+    url = start_gateway(config)
+    model = MODELS["workers-ai"]
+    holder = body(model, "Count slowly [[emu:words=40]] [[emu:fault=slow:0.02]]", stream=True)
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=holder, headers=AUTH) as first:
+        assert first.status_code == 200
+        with pytest.raises(httpx.ReadTimeout):  # B: queued behind A, then gone
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                json=body(model, "Me next [[emu:words=3]]", stream=False),
+                headers=AUTH,
+                timeout=httpx.Timeout(10, read=0.3),
+            )
+        for _ in first.iter_lines():  # A reads its answer to the end
+            pass
+    assert len(inference(workers_ai)) == 1  # B never reached the upstream
+
+    async def two_at_once() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            request = body(model, "Both of us [[emu:words=3]]", stream=False)
+            answers = await asyncio.gather(
+                *(client.post(f"{url}/v1/chat/completions", json=request, headers=AUTH) for _ in range(2))
+            )
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(two_at_once()) == [200, 200]
+    assert len(inference(workers_ai)) == 3
