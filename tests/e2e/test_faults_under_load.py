@@ -331,6 +331,49 @@ def assert_no_leak(before: Footprint, after: Footprint) -> None:
     assert after.rss_bytes - before.rss_bytes < 30 * MIB, (before, after)
 
 
+def test_clients_that_give_up_during_a_hung_first_attempt_cancel_it_and_never_fail_over(rig: Rig) -> None:
+    """The first target hangs; every client leaves before the backend's timeout would move the request to
+    the healthy second target. Each upstream call is dropped, none reaches the second target, and the
+    gateway's tasks and connections come back."""
+    url = rig.gateway.url
+    before = settled_footprint(url, footprint(url))
+    for emulator in (rig.bad_cf, rig.good_vllm):
+        emulator.reset()
+        emulator.record_requests = True
+    rig.bad_cf.faults.push("hang", times=-1)
+
+    async def give_up() -> list[Outcome]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=0.4
+        ) as client:
+            calls = [ask(client, "bad-cf-failover", stream) for stream in (False, True) for _ in range(BURST)]
+            return await asyncio.gather(*calls)
+
+    try:
+        outcomes = asyncio.run(give_up())
+        assert {o.kind for o in outcomes} == {"broken"}  # the SDK's own timeout: the client left
+        hung = rig.bad_cf.requests
+        deadline = time.monotonic() + 5
+        while not (len(hung) == 2 * BURST and all(r.disconnected for r in hung)):
+            assert time.monotonic() < deadline, (
+                f"{sum(r.disconnected for r in hung)} of {len(hung)} cancelled"
+            )
+            time.sleep(0.05)
+        time.sleep(BACKEND_TIMEOUT_S)  # when a forgotten attempt would have timed out and failed over
+        assert [r for r in rig.good_vllm.requests if r.method == "POST"] == []
+        after = settled_footprint(url, before)
+    finally:
+        for emulator in (rig.bad_cf, rig.good_vllm):
+            emulator.faults.clear()
+            emulator.record_requests = False
+            emulator.reset()
+    print(
+        f"\n{2 * BURST} clients gave up mid-attempt:"
+        f"\n  before: {before.describe()}\n  after:  {after.describe()}"
+    )
+    assert_no_leak(before, after)
+
+
 def test_the_gateway_logged_no_unhandled_exception(rig: Rig) -> None:
     """Runs after the load: every fault was turned into an answer or an error, never a traceback."""
     output = rig.gateway.output()
