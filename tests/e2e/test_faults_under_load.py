@@ -374,6 +374,27 @@ def test_clients_that_give_up_during_a_hung_first_attempt_cancel_it_and_never_fa
     assert_no_leak(before, after)
 
 
+def test_answers_larger_than_the_gateway_reads_are_refused_and_their_memory_given_back(rig: Rig) -> None:
+    """Non-streamed answers are read whole, up to 32 MiB (`adapters/http.py` MAX_RESPONSE_BODY): a 40 MB
+    answer is a clear 502, also with a few at once, and RSS comes back down (big buffers are returned)."""
+    url = rig.gateway.url
+    before = settled_footprint(url, footprint(url))
+    rig.bad_cf.faults.push("huge:40000000", times=-1)
+
+    async def oversized() -> list[Outcome]:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=30) as client:
+            return await asyncio.gather(*(ask(client, "bad-cf-single", False) for _ in range(4)))
+
+    try:
+        outcomes = asyncio.run(oversized())
+    finally:
+        rig.bad_cf.faults.clear()
+    after = settled_footprint(url, before)
+    print(f"\n4 answers of 40 MB at once:\n  before: {before.describe()}\n  after:  {after.describe()}")
+    assert {(o.status, o.code) for o in outcomes} == {(502, "upstream_too_large")}
+    assert_no_leak(before, after)
+
+
 def test_the_gateway_logged_no_unhandled_exception(rig: Rig) -> None:
     """Runs after the load: every fault was turned into an answer or an error, never a traceback."""
     output = rig.gateway.output()
