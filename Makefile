@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint audit lock bench bench-compare check-config redis-server wrk clean
+.PHONY: run test soak lint audit lock bench bench-compare check-config redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ redis-server:
 
 test: $(VENV)/.installed-test redis-server
 	$(BIN)/pytest
+
+# Steady mixed load with injected faults for a few minutes; fails if RSS, fds or tasks grow or errors
+# exceed 1% (a 20 s version runs in `make test`). SOAK_S sets the measured seconds.
+SOAK_S ?= 180
+soak: $(VENV)/.installed-test redis-server
+	$(BIN)/python -m tests.soak --duration $(SOAK_S)
 
 # Benchmarks print figures; they are never pass/fail. wrk comes from Debian's packages.
 wrk:

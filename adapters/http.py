@@ -12,7 +12,7 @@ from typing import Any, Final
 import httpx
 
 from adapters.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from adapters.transport import H1Transport
+from adapters.transport import NOT_HTTP, H1Transport
 
 CONNECT_TIMEOUT_S: Final = 5.0
 WRITE_TIMEOUT_S: Final = 10.0
@@ -142,6 +142,13 @@ def transport_errors(backend: str, *, timeout_s: float, responded: bool = False)
             code="upstream_unreachable",
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        if str(exc).startswith(NOT_HTTP):
+            # It did answer, with bytes that are not HTTP: a wrong port or a broken proxy, not an outage.
+            raise UpstreamProtocolError(
+                backend,
+                f"backend '{backend}' answered with something that is not HTTP",
+                code="upstream_malformed",
+            ) from exc
         if responded:
             raise UpstreamProtocolError(
                 backend, f"backend '{backend}' broke off its answer: {_reason(exc)}", code="upstream_cut"

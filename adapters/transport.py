@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
@@ -33,6 +34,20 @@ KEEPALIVE_EXPIRY_S: Final = 30.0
 HIGH_WATER: Final = 64 * 1024
 """Unread body bytes at which reading from the socket pauses."""
 LOW_WATER: Final = 16 * 1024
+NOT_HTTP: Final = "malformed HTTP answer"
+"""How a parse failure's message begins (adapters/http.py tells it from a dropped connection by it)."""
+
+_live_transports: weakref.WeakSet[H1Transport] = weakref.WeakSet()
+"""Every transport not yet garbage-collected, so a metrics scrape can count connections (not per request)."""
+
+
+def open_connections() -> tuple[int, int]:
+    """(open, idle) upstream connections over every live transport of this process; read at scrape time."""
+    open_total = idle_total = 0
+    for transport in list(_live_transports):
+        open_total += transport.open_connections
+        idle_total += transport.idle_connections
+    return open_total, idle_total
 
 
 class _Connection(asyncio.Protocol):
@@ -109,7 +124,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:  # pragma: no cover - never asked for
             self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP answer: {exc}"))
+            self._fail(httpx.RemoteProtocolError(f"{NOT_HTTP}: {exc}"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -256,6 +271,22 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, list[_Connection]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        _live_transports.add(self)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections to upstreams, busy or idle, still open (for scrapes only: it walks the pool)."""
+        if self._closed:
+            return 0
+        closed_idle = sum(c.closed for connections in self._idle.values() for c in connections)
+        # Idle connections the server has closed still count in `_open` until the next request takes them
+        # out of the pool; they hold no socket any more.
+        return self._open - closed_idle
+
+    @property
+    def idle_connections(self) -> int:
+        """Pooled connections still open."""
+        return sum(not c.closed for connections in self._idle.values() for c in connections)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -381,4 +412,4 @@ def _request_head(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-__all__ = ("H1Transport",)
+__all__ = ("NOT_HTTP", "H1Transport", "open_connections")

@@ -11,7 +11,9 @@ of any worker reports the sum (gauges: live sum, or live max for breaker states)
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
@@ -19,10 +21,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from adapters.transport import open_connections
 
 # `*_created` samples double the exposition for a timestamp no dashboard uses.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -135,12 +142,19 @@ class Metrics:
         )
         self._series: dict[tuple[str, str, str, str, int, bool], _Series] = {}
         self._in_flight = {route: self.in_flight.labels(route) for route in (*ROUTES.values(), "other")}
+        self._runtime = RuntimeCollector()
+        if registry is not None:
+            registry.register(self._runtime)
+            ProcessCollector(registry=registry)
 
     def render(self) -> bytes:
         if self._registry is not None:
             return generate_latest(self._registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        # Not summed over workers: these describe the worker that answered the scrape.
+        registry.register(self._runtime)
+        ProcessCollector(registry=registry)
         return generate_latest(registry)
 
     def started(self, route: str) -> None:
@@ -182,6 +196,35 @@ class Metrics:
 
     def store_error(self) -> None:
         self.redis_errors.inc()
+
+
+class RuntimeCollector(Collector):
+    """Leak indicators read at scrape time only: live asyncio tasks and upstream connections.
+
+    Nothing on the request path touches them; a scrape walks the loop's task set and the live
+    transports once (both small: a few per request in flight).
+    """
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running loop (a scrape from another thread)
+            tasks = 0
+        yield GaugeMetricFamily(
+            "gateway_asyncio_tasks", "Live asyncio tasks in this process's event loop.", value=tasks
+        )
+        open_total, idle = open_connections()
+        connections = GaugeMetricFamily(
+            "gateway_upstream_connections",
+            "Connections open to upstreams in this process, by state (busy: an answer being read).",
+            labels=["state"],
+        )
+        connections.add_metric(["busy"], open_total - idle)
+        connections.add_metric(["idle"], idle)
+        yield connections
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
 
 
 class _Series:
