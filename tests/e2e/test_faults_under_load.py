@@ -201,6 +201,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         other = healthy["cf"] if is_vllm else healthy["vllm"]
         models[f"{name}-single"] = {"targets": [faulty], "timeout_s": MODEL_DEADLINE_S}
         models[f"{name}-failover"] = {"targets": [faulty, other], "timeout_s": MODEL_DEADLINE_S}
+    # The faulty Workers AI emulator again, with default timeouts: producing four 40 MB answers at once
+    # can take the emulator longer than the quick backends' timeout on a busy 2-core machine.
+    backends["big-cf"] = cloudflare_backend(bad_cf_url)
+    models["big-cf"] = {"targets": [{"backend": "big-cf", "model": WA_MODEL}]}
     config = {"backends": backends, "models": models, "log_level": "warning"}
     gateway = GatewayProcess(config, tmp_path_factory.mktemp("faults")).start()
     try:
@@ -383,7 +387,7 @@ def test_answers_larger_than_the_gateway_reads_are_refused_and_their_memory_give
 
     async def oversized() -> list[Outcome]:
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=30) as client:
-            return await asyncio.gather(*(ask(client, "bad-cf-single", False) for _ in range(4)))
+            return await asyncio.gather(*(ask(client, "big-cf", False) for _ in range(4)))
 
     try:
         outcomes = asyncio.run(oversized())
