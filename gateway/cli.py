@@ -61,8 +61,11 @@ def _load_or_exit(path: str) -> LoadedConfig:
 def run_server(path: str, *, host: str | None, port: int | None, workers: int) -> int:
     import uvicorn
 
+    from gateway.server import BoundedHeadProtocol
+
     loaded = _load_or_exit(path)
     settings = loaded.settings
+    BoundedHeadProtocol.configure(settings.http)
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("gateway")
     for notice in loaded.notices:
@@ -88,21 +91,26 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
             workers=workers,
             host=bind_host,
             port=bind_port,
+            http=BoundedHeadProtocol,
             **SERVER_OPTIONS,
         )
     else:
         from gateway.app import create_app
 
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, **SERVER_OPTIONS)
+        uvicorn.run(
+            create_app(settings), host=bind_host, port=bind_port, http=BoundedHeadProtocol, **SERVER_OPTIONS
+        )
     return 0
 
 
 def app_from_environment() -> object:
     """The factory worker processes call: config from `$GATEWAY_CONFIG`, already validated by the parent."""
     from gateway.app import create_app
+    from gateway.server import BoundedHeadProtocol
 
     settings = _load_or_exit(default_config_path()).settings
     configure_logging(settings.log_level, settings.log_format)
+    BoundedHeadProtocol.configure(settings.http)  # this worker's connections use the config's bounds
     return create_app(settings)
 
 
