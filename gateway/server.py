@@ -150,7 +150,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             # Nothing in flight on this connection: nobody to answer, as the head never completed.
             self.transport.close()
         else:
-            # A pipelined head behind a response still being sent: close once that one is done.
+            # A pipelined head behind a response still being sent: look again one period later.
             self._arm_head_timer()
 
 
