@@ -11,6 +11,8 @@ them become canonical events here.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,6 +25,8 @@ from adapters.canonical import (
     Event,
     Finish,
     FinishReason,
+    ImagePart,
+    Message,
     NamedToolChoice,
     PromptRequest,
     ReasoningDelta,
@@ -59,6 +63,8 @@ TEMPERATURE_MAX: Final = 5.0
 TOP_K_MAX: Final = 50
 SEED_MAX: Final = 9_999_999_999
 MAX_CONTENT_CHARS: Final = 131_072
+_TOOL_CALL_ID: Final = re.compile(r"[a-zA-Z0-9]{9}")
+"""Workers AI's vision schema requires `tool_call_id` to match this (unanchored): 9 alphanumerics in a row."""
 _REASONING_EFFORT: Final = {"none": "low", "minimal": "low", "xhigh": "high"}
 """OpenAI's effort levels outside the `low | medium | high` that Workers AI's models accept."""
 
@@ -304,10 +310,19 @@ def upstream_body(request: ChatRequest, *, stream: bool, backend: str = "workers
 
     Raises a client-fault `UpstreamStatusError` for content longer than the schemas allow.
     """
+    rename_ids = False
     for i, message in enumerate(request.messages):
         if isinstance(message.content, str) and len(message.content) > MAX_CONTENT_CHARS:
             raise _too_long(backend, f"messages[{i}].content", len(message.content))
+        if message.tool_call_id is not msgspec.UNSET and not _TOOL_CALL_ID.search(message.tool_call_id):
+            rename_ids = True
+        if not isinstance(message.content, str):
+            for part in message.content:
+                if isinstance(part, ImagePart) and not part.image_url.url.startswith("data:"):
+                    raise _image_url_refused(backend, f"messages[{i}].content")
     changes = _sampling(request)
+    if rename_ids:
+        changes["messages"] = [_with_schema_ids(message) for message in request.messages]
     changes["stream"] = stream
     unset = msgspec.UNSET
     choice = request.tool_choice
@@ -332,6 +347,26 @@ def upstream_body(request: ChatRequest, *, stream: bool, backend: str = "workers
     changes["n"] = unset
     changes["logit_bias"] = unset
     return msgspec.structs.replace(request, **changes)
+
+
+def _with_schema_ids(message: Message) -> Message:
+    """The message with tool-call ids the schema accepts, renamed alike in calls and results."""
+    changes: dict[str, Any] = {}
+    if message.tool_call_id is not msgspec.UNSET:
+        changes["tool_call_id"] = schema_tool_call_id(message.tool_call_id)
+    if message.tool_calls is not msgspec.UNSET:
+        changes["tool_calls"] = [
+            msgspec.structs.replace(call, id=schema_tool_call_id(call.id)) for call in message.tool_calls
+        ]
+    return msgspec.structs.replace(message, **changes) if changes else message
+
+
+def schema_tool_call_id(call_id: str) -> str:
+    """`call_id` itself if it has 9 alphanumerics in a row, else a stable 18-hex-digit stand-in
+    (clients' short ids such as `call_1`, and the gateway's own `call_legacy0`)."""
+    if _TOOL_CALL_ID.search(call_id):
+        return call_id
+    return hashlib.blake2s(call_id.encode(), digest_size=9).hexdigest()
 
 
 def prompt_body(request: PromptRequest, *, backend: str = "workers-ai") -> PromptRequest:
@@ -380,6 +415,18 @@ def _sampling(request: ChatRequest | PromptRequest) -> dict[str, Any]:
     return changes
 
 
+def _image_url_refused(backend: str, param: str) -> UpstreamStatusError:
+    return UpstreamStatusError(
+        backend,
+        "Workers AI accepts images only as data: URLs (base64), not links to fetch.",
+        status_code=400,
+        error_type="invalid_request_error",
+        code="invalid_image_url",
+        param=param,
+        client_fault=True,
+    )
+
+
 def _too_long(backend: str, param: str, length: int) -> UpstreamStatusError:
     return UpstreamStatusError(
         backend,
@@ -400,7 +447,8 @@ def _schema_tool(tool: Tool) -> Tool:
     `description` on every property; OpenAI clients often leave descriptions out or use type lists.
     """
     parameters = dict(tool.function.parameters)
-    parameters.setdefault("type", "object")
+    if not isinstance(parameters.get("type"), str):
+        parameters["type"] = "object"  # absent, or a type list: the schema wants one string
     properties = parameters.get("properties")
     if not isinstance(properties, dict):
         properties = {}

@@ -35,6 +35,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai.responses import ModelList, ModelObject, encoder
+from gateway.openapi import OPENAPI_PATH, build_openapi
 from gateway.routing import Router
 from gateway.tracing import Tracing, configure_tracing
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from gateway.context import RequestInfo
 
 OWNER: Final = "llm-gateway"
+API_VERSION: Final = "0.1.0"
+"""The `info.version` of the OpenAPI document (the package's version)."""
 
 
 class Pipeline(Protocol):
@@ -208,6 +211,13 @@ def create_app(settings: Settings) -> Litestar:
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
         return Response(body, media_type="application/json")
 
+    public_names = [name for n, model in settings.models.items() for name in (n, *model.aliases)]
+    openapi_document = build_openapi("LLM gateway", API_VERSION, public_names)
+
+    @get(OPENAPI_PATH, sync_to_thread=False)
+    def openapi() -> Response[bytes]:
+        return Response(openapi_document, media_type="application/json")
+
     @get("/metrics", sync_to_thread=False)
     def metrics_endpoint() -> Response[bytes]:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -235,7 +245,9 @@ def create_app(settings: Settings) -> Litestar:
             metrics_endpoint,
             healthz,
             readyz,
+            openapi,
         ],
+        openapi_config=None,  # `gateway.openapi` documents the raw inference routes Litestar cannot see
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _handle_error,

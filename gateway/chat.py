@@ -26,6 +26,7 @@ from gateway.choices import open_answer
 from gateway.context import RequestInfo
 from gateway.errors import InvalidRequestError
 from gateway.logs import get_logger
+from gateway.openai.limits import check_chat_request
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.translate import translate
 from gateway.writer import DONE, ResponseWriter
@@ -77,6 +78,7 @@ async def chat_completion(
     if info is None:
         info = RequestInfo(request_id)
     payload = decode_chat_request(raw_body)
+    check_chat_request(payload, router.request_limits)
     info.stream = bool(payload.stream)
     info.user, info.metadata = payload.user, payload.metadata  # for the log line, never upstream
     model = router.resolve(payload.model)
@@ -223,6 +225,11 @@ def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The API expects a JSON payload "
             "(Content-Type: application/json) with a JSON object as its body."
+        ) from None
+    except RecursionError:
+        # msgspec's decoder stops at its nesting limit (e.g. 100k `[` in a `dict[str, Any]` field).
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request: it is nested too deeply."
         ) from None
 
 

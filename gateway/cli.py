@@ -62,8 +62,11 @@ def _load_or_exit(path: str) -> LoadedConfig:
 def run_server(path: str, *, host: str | None, port: int | None, workers: int) -> int:
     import uvicorn
 
+    from gateway.server import BoundedHeadProtocol
+
     loaded = _load_or_exit(path)
     settings = loaded.settings
+    BoundedHeadProtocol.configure(settings.http)
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("gateway")
     for notice in loaded.notices:
@@ -91,6 +94,7 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
             workers=workers,
             host=bind_host,
             port=bind_port,
+            http=BoundedHeadProtocol,
             **options,
         )
     else:
@@ -99,7 +103,7 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
         # uvicorn re-raises SIGTERM once its graceful shutdown is over, to whatever handler was there
         # before it: make that a clean exit (status 0) rather than "killed by SIGTERM" (143).
         signal.signal(signal.SIGTERM, _exit_cleanly)
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, **options)
+        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, http=BoundedHeadProtocol, **options)
     return 0
 
 
@@ -110,9 +114,11 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 def app_from_environment() -> object:
     """The factory worker processes call: config from `$GATEWAY_CONFIG`, already validated by the parent."""
     from gateway.app import create_app
+    from gateway.server import BoundedHeadProtocol
 
     settings = _load_or_exit(default_config_path()).settings
     configure_logging(settings.log_level, settings.log_format)
+    BoundedHeadProtocol.configure(settings.http)  # this worker's connections use the config's bounds
     return create_app(settings)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from gateway.auth import check_model
 from gateway.chat import decode_request, serve_translated
+from gateway.openai.limits import check_completion_request
 from gateway.openai.requests import completion_request_decoder
 from gateway.text_writer import TextWriter
 from gateway.translate import translate_completion
@@ -34,6 +35,7 @@ async def text_completion(
     info: RequestInfo | None = None,
 ) -> ChatResult:
     payload = decode_request(completion_request_decoder, raw_body)
+    check_completion_request(payload, router.request_limits)
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
     translated = translate_completion(

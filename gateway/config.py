@@ -29,6 +29,10 @@ DEFAULT_MAX_TOKENS: Final = 4096
 DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S: Final = 30.0
 DEFAULT_SHUTDOWN_GRACE_S: Final = 30.0
+DEFAULT_MAX_MESSAGES: Final = 2048
+DEFAULT_MAX_SCHEMA_DEPTH: Final = 32
+DEFAULT_MAX_HEADER_BYTES: Final = 64 * 1024
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
 DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
 """A model's total deadline until its answer begins, over every target tried."""
 
@@ -51,6 +55,16 @@ class HTTPLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """A request body must arrive within this; a client trickling it slower gets a 408."""
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = DEFAULT_SHUTDOWN_GRACE_S
     """After SIGTERM, requests and streams in flight get this long to finish; then they are cut off."""
+    max_messages: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_MESSAGES
+    """Most `messages` in a chat request (and prompts in a completions request); more get a 400."""
+    max_schema_depth: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_SCHEMA_DEPTH
+    """Deepest nesting of a tool's `parameters` (or a `response_format` JSON schema); deeper gets a 400."""
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = DEFAULT_MAX_HEADER_BYTES
+    """Largest request head (request line and headers together); larger gets a 431 and the connection
+    is closed."""
+    header_timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_HEADER_TIMEOUT_S
+    """A request head must arrive within this of its first byte (or of the connection opening); a
+    client trickling it slower (slowloris) has its connection closed."""
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -440,6 +454,7 @@ __all__ = (
     "DEFAULT_CONFIG_PATH",
     "REDIS_SCHEMES",
     "ConfigError",
+    "HTTPLimits",
     "KeyConfig",
     "Listen",
     "LoadedConfig",

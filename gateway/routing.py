@@ -256,6 +256,8 @@ class Router:
     ) -> None:
         self._metrics = metrics
         self._tracing = tracing
+        self.request_limits = settings.http
+        """The `http:` limits the pipelines check on each decoded request."""
         self._backends: dict[str, BackendState] = {
             name: BackendState(
                 name,

@@ -1,0 +1,132 @@
+"""The gateway's OpenAPI 3.1 document, built once from the very msgspec Structs that decode requests.
+
+Litestar documents only its own handlers, and the inference endpoints are raw ASGI routes (see
+`gateway.asgi`), so its document had no request bodies for them. This one describes what the gateway
+really accepts and answers: the request Structs (`gateway.openai.requests`), the response Structs
+and, for every error, OpenAI's envelope (`ErrorBody`). It is encoded once at start-up and served as
+bytes at `/schema/openapi.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
+from gateway.openai.responses import ChatCompletion, ErrorBody, ModelList, TextCompletion
+
+OPENAPI_PATH: Final = "/schema/openapi.json"
+_REF: Final = "#/components/schemas/{name}"
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(name=ref)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    """Every listed status, and any other, answers with OpenAI's error envelope."""
+    error = {"description": "An OpenAI-style error", "content": _json("ErrorBody")}
+    responses: dict[str, Any] = {str(status): error for status in statuses}
+    responses["default"] = error
+    return responses
+
+
+def _inference(summary: str, request: str, answer: str, chunk_doc: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": request[0].lower() + request[1:],
+            "requestBody": {"required": True, "content": _json(request)},
+            "responses": {
+                "200": {
+                    "description": f"The whole answer, or with `stream: true` {chunk_doc}",
+                    "content": {
+                        **_json(answer),
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(400, 401, 403, 404, 408, 413, 429, 502, 503, 504),
+            },
+        }
+    }
+
+
+def _any_value(type_: Any) -> dict[str, Any]:
+    """Fields typed `object` (e.g. a choice's `logprobs`) hold any JSON value."""
+    if type_ is object:
+        return {"description": "Any JSON value"}
+    raise NotImplementedError(type_)
+
+
+def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes:
+    """The document, encoded; `models` are the public model names (and aliases) the gateway serves."""
+    (_, _, _, _, _, _), components = msgspec.json.schema_components(
+        (ChatCompletionRequest, CompletionRequest, ChatCompletion, TextCompletion, ModelList, ErrorBody),
+        ref_template=_REF,
+        schema_hook=_any_value,
+    )
+    if models:
+        # Only configured names are served (others get a 404): say so, so clients and fuzzers know.
+        for request in ("ChatCompletionRequest", "CompletionRequest"):
+            components[request]["properties"]["model"] = {"type": "string", "enum": list(models)}
+    model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    plain_ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": {
+            "/v1/chat/completions": _inference(
+                "Create a chat completion",
+                "ChatCompletionRequest",
+                "ChatCompletion",
+                "`chat.completion.chunk` server-sent events ending in `data: [DONE]`",
+            ),
+            "/v1/completions": _inference(
+                "Create a (legacy) text completion",
+                "CompletionRequest",
+                "TextCompletion",
+                "`text_completion` server-sent events ending in `data: [DONE]`",
+            ),
+            "/v1/models": {
+                "get": {
+                    "summary": "List the models",
+                    "operationId": "listModels",
+                    "responses": {
+                        "200": {"description": "OK", "content": _json("ModelList")},
+                        **_errors(401),
+                    },
+                }
+            },
+            "/v1/models/{model_id}": {
+                "get": {
+                    "summary": "Describe one model",
+                    "operationId": "getModel",
+                    "parameters": [model_id],
+                    "responses": {
+                        "200": {"description": "OK", "content": _json("ModelObject")},
+                        **_errors(401, 403, 404),
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "responses": plain_ok}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: 503 while a model has no healthy target",
+                    "operationId": "readyz",
+                    "responses": {**plain_ok, "503": {"description": "Not ready"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        # Keys are optional: without a `keys:` section the gateway serves without one.
+        "security": [{"bearer": []}, {}],
+    }
+    return msgspec.json.encode(document)
+
+
+__all__ = ("OPENAPI_PATH", "build_openapi")
