@@ -6,9 +6,9 @@ does not apply), and arms its keep-alive timer only after a response: a connecti
 then sends nothing, or trickles its headers a byte at a time (slowloris), would hold a socket and a
 parser forever, and one endless header would grow in memory without limit.
 
-The cost on the request path is a length sum per header (inlined into uvicorn's own callback) and an
-attribute check per read; the head timer is armed once per connection and again only when a head
-arrives in more than one read.
+The cost on the request path is a length sum and one extra call per header and an attribute check
+per read; the head timer is armed once per connection and again only when a head arrives in more
+than one read. Everything else is uvicorn's own code, reached through `super()`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar, Final
 
-import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_HEADER_BYTES, HTTPLimits
@@ -60,6 +59,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_read = 0
         """Bytes read while the current head is incomplete (headers still buffered inside httptools)."""
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_too_large = False
 
     @classmethod
     def configure(cls, limits: HTTPLimits) -> None:
@@ -77,23 +77,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's own `data_received`, plus the head's bounds.
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-            return
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject_head()
-                return
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
-            return
+        super().data_received(data)
         if self._in_head:
             # The head spans reads: bound what httptools buffers before its callbacks see it (one
             # endless header value), and how long it may take.
@@ -103,26 +87,32 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             elif self._head_timer is None:
                 self._arm_head_timer()
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers every parser error with a plain-text 400; a head over the limit is a 431.
+        if self._head_too_large:
+            self._reject_head()
+        else:
+            super().send_400_response(msg)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = self._head_read = 0
 
     def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self.max_header_bytes:
-            raise _HeadTooLarge
-        self.url += url
+        self._count_head(len(url))
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's own `on_header`, inlined with the count: it runs for every header of every request.
-        self._head_bytes += len(name) + len(value) + 4
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
         if self._head_bytes > self.max_header_bytes:
+            # httptools turns this into an HttpParserError, which uvicorn answers with send_400_response.
+            self._head_too_large = True
             raise _HeadTooLarge
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
