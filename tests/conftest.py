@@ -1,4 +1,5 @@
-"""Suite-wide rules (under CI=true a skipped test is a failure) and the session's Redis servers."""
+"""Suite-wide rules (under CI=true a skipped test is a failure; no test's captured output may hold a
+gateway secret, see `tests/leak_scan.py`) and the session's Redis servers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import leak_scan
 from tests.redis_server import RedisClusterServers, RedisServer
 
 _skipped: list[str] = []
@@ -15,6 +17,8 @@ _skipped: list[str] = []
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)
+    for section, text in report.sections:  # captured stdout, stderr and log records of this phase
+        leak_scan.scan(text, f"{report.nodeid} ({section})")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -22,6 +26,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nCI=true: {len(_skipped)} skipped test(s) count as failures:")
         for nodeid in _skipped:
             print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if leak_scan.leaks:
+        leaks = dict.fromkeys(leak_scan.leaks)  # a phase's report repeats the earlier phases' output
+        print(f"\n{len(leaks)} secret leak(s) in what the tests captured:")
+        for leak in leaks:
+            print(f"  {leak}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

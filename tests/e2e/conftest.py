@@ -11,6 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
+from tests import leak_scan
 from tests.emulators.server import ServerThread
 from tests.emulators.vllm import VLLMEmulator
 from tests.emulators.workers_ai import WorkersAIEmulator
@@ -34,6 +35,7 @@ WORKERS_AI_MODELS: dict[str, dict[str, Any]] = {
 
 
 def settings_for(config: dict[str, Any]) -> Settings:
+    leak_scan.register_config(config)
     return msgspec.convert(config, Settings)
 
 
