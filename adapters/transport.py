@@ -57,7 +57,8 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._headers_done: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
@@ -97,12 +98,24 @@ class _Connection(asyncio.Protocol):
             self._transport = None
         self.reusable = False
 
+    def dispose(self) -> None:
+        """Close for good, and break the reference cycles a connection is part of (its parser calls back
+        into it; a raised `broken` holds frames that hold it). Long-lived pooled connections end up in
+        the collector's oldest generation, which the gateway collects rarely (see `gateway.app`):
+        without this, every dropped connection would wait there for a full collection."""
+        self.close()
+        self._parser = None
+        self.broken = None
+        self._headers_done = self._waiter = None
+        self._chunks.clear()
+
     # Sending
 
     def send(self, head: bytes, body: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("the server closed the connection")
         self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
         self._headers = []
         self._chunks.clear()
         self._buffered = 0
@@ -119,6 +132,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        if self._parser is None:  # disposed of: nothing more is read
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - never asked for
@@ -130,6 +145,8 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        self._status = self._parser.get_status_code()
         if self._headers_done is not None and not self._headers_done.done():
             self._headers_done.set_result(None)
 
@@ -143,7 +160,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
-        self.reusable = self._parser.should_keep_alive()
+        self.reusable = self._parser is not None and self._parser.should_keep_alive()
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
@@ -166,7 +183,10 @@ class _Connection(asyncio.Protocol):
         await _wait(self._headers_done, limit_s, self._loop)
         if self.broken is not None and not self._headers:
             raise self.broken
-        return self._parser.get_status_code(), self._headers
+        status = self._status
+        if not status and self._parser is not None:  # cut inside the head: what the status line said
+            status = self._parser.get_status_code()
+        return status, self._headers
 
     async def read_chunk(self, limit_s: float | None) -> bytes:
         """The next piece of the body; b"" at its end."""
@@ -325,7 +345,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             connection = idle.pop()
             if not connection.closed and now - connection.idle_since < self._keepalive_expiry:
                 return connection
-            connection.close()
+            connection.dispose()
             self._open -= 1
         if self._open >= self._limit:
             await self._wait_for_room(timeouts.get("pool", self._pool_timeout), loop)
@@ -381,7 +401,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     def release(self, connection: _Connection) -> None:
         """Return a finished connection to the pool, or close it if its answer was not read to the end."""
         if self._closed or not (connection.complete and connection.reusable) or connection.closed:
-            connection.close()
+            connection.dispose()
             self._open -= 1
         else:
             connection.idle_since = asyncio.get_running_loop().time()
@@ -399,7 +419,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._closed = True
         for connections in self._idle.values():
             for connection in connections:
-                connection.close()
+                connection.dispose()
         self._idle.clear()
 
 
