@@ -1,5 +1,5 @@
 """Suite-wide rules (under CI=true a skipped test is a failure; no test's captured output may hold a
-gateway secret, see `tests/leak_scan.py`) and the session's Redis servers."""
+gateway secret, see `tests/secret_scan.py`) and the session's Redis servers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import leak_scan
+from tests import secret_scan
 from tests.redis_server import RedisClusterServers, RedisServer
 
 _skipped: list[str] = []
@@ -18,7 +18,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)
     for section, text in report.sections:  # captured stdout, stderr and log records of this phase
-        leak_scan.scan(text, f"{report.nodeid} ({section})")
+        secret_scan.scan(text, f"{report.nodeid} ({section})")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -27,8 +27,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid in _skipped:
             print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if leak_scan.leaks:
-        leaks = dict.fromkeys(leak_scan.leaks)  # a phase's report repeats the earlier phases' output
+    if secret_scan.leaks:
+        leaks = dict.fromkeys(secret_scan.leaks)  # a phase's report repeats the earlier phases' output
         print(f"\n{len(leaks)} secret leak(s) in what the tests captured:")
         for leak in leaks:
             print(f"  {leak}")

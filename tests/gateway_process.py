@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests import leak_scan
+from tests import secret_scan
 from tests.emulators.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ class GatewayProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {**config, "log_format": "json", "listen": {"host": "127.0.0.1", "port": self.port}}
-        leak_scan.register_config(config)
+        secret_scan.register_config(config)
         self.config_path = directory / f"gateway-{self.port}.yaml"
         self.config_path.write_text(json.dumps(config))  # JSON is YAML
         self.stdout_path = directory / f"gateway-{self.port}.out"
@@ -71,7 +71,7 @@ class GatewayProcess:
                 self._process.kill()
                 self._process.wait()
         if self._process is not None:
-            leak_scan.scan(self.output(), f"gateway serve on port {self.port}")
+            secret_scan.scan(self.output(), f"gateway serve on port {self.port}")
 
     def terminate(self) -> None:
         """SIGTERM, without waiting: for tests of the graceful shutdown."""

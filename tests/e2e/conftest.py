@@ -11,7 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
-from tests import leak_scan
+from tests import secret_scan
 from tests.emulators.server import ServerThread
 from tests.emulators.vllm import VLLMEmulator
 from tests.emulators.workers_ai import WorkersAIEmulator
@@ -35,7 +35,7 @@ WORKERS_AI_MODELS: dict[str, dict[str, Any]] = {
 
 
 def settings_for(config: dict[str, Any]) -> Settings:
-    leak_scan.register_config(config)
+    secret_scan.register_config(config)
     return msgspec.convert(config, Settings)
 
 

@@ -6,20 +6,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import leak_scan
+from tests import secret_scan
 
 
 @pytest.fixture
 def own_leaks() -> Iterator[list[str]]:
     """This test's findings, kept out of the suite-wide list (they are planted on purpose)."""
-    saved = list(leak_scan.leaks)
-    leak_scan.leaks.clear()
-    yield leak_scan.leaks
-    leak_scan.leaks[:] = saved
+    saved = list(secret_scan.leaks)
+    secret_scan.leaks.clear()
+    yield secret_scan.leaks
+    secret_scan.leaks[:] = saved
 
 
 def test_every_credential_field_of_a_config_is_watched(own_leaks: list[str]) -> None:
-    leak_scan.register_config(
+    secret_scan.register_config(
         {
             "backends": {
                 "cf": {"kind": "workers-ai", "api_token": "cf-token-planted-1"},
@@ -30,7 +30,7 @@ def test_every_credential_field_of_a_config_is_watched(own_leaks: list[str]) -> 
         }
     )
     for secret in ("cf-token-planted-1", "vllm-key-planted-2", "sk-team-planted-3", "redis-pass-planted-4"):
-        leak_scan.scan(f"log line with {secret} inside", "probe")
+        secret_scan.scan(f"log line with {secret} inside", "probe")
     # Other tests' configs may hold a secret that is part of these (`vllm-key`): compare as a set.
     assert set(own_leaks) >= {
         "probe: the secret from backends.cf.api_token appears in its output",
@@ -39,12 +39,12 @@ def test_every_credential_field_of_a_config_is_watched(own_leaks: list[str]) -> 
         "probe: the secret from redis_url password appears in its output",
     }
     own_leaks.clear()
-    leak_scan.scan("a log line that names no credential", "probe")
+    secret_scan.scan("a log line that names no credential", "probe")
     assert own_leaks == []
 
 
 def test_placeholders_and_clean_text_are_not_leaks(own_leaks: list[str]) -> None:
-    leak_scan.register_config({"keys": [{"id": "k", "key": "k"}, {"id": "env", "key": "${TEAM_KEY}"}]})
-    leak_scan.scan("k ${TEAM_KEY} and a key id, nothing secret", "probe")
-    leak_scan.scan("", "probe")
+    secret_scan.register_config({"keys": [{"id": "k", "key": "k"}, {"id": "env", "key": "${TEAM_KEY}"}]})
+    secret_scan.scan("k ${TEAM_KEY} and a key id, nothing secret", "probe")
+    secret_scan.scan("", "probe")
     assert own_leaks == []
