@@ -1,6 +1,6 @@
-"""Backend adapters: one module per backend kind, each with its config block and its `Adapter`.
+"""Backend adapters: one package per backend kind, each with its config block and its `Adapter`.
 
-Adding a backend kind means one new module plus one line in `BackendConfigs` and `create_adapter`.
+Adding a backend kind means one new package plus one line in `BackendConfigs` and `create_adapter`.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 from adapters import mock, vllm, workers_ai
 from adapters.base import Adapter, HealthChecked, UpstreamResponse
 from adapters.config import BackendConfig, BreakerConfig
-from adapters.mock import MockConfig
-from adapters.vllm import VLLMConfig
-from adapters.workers_ai import WorkersAIConfig
+from adapters.mock.adapter import MockConfig
+from adapters.vllm.adapter import VLLMConfig
+from adapters.workers_ai.adapter import WorkersAIConfig
 
 BackendConfigs = WorkersAIConfig | VLLMConfig | MockConfig
 """The `backends:` entries, told apart by their `kind:` tag."""

@@ -16,10 +16,12 @@ from litestar.params import FromPath
 
 from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
-from gateway.asgi import Receive, Scope, Send, read_body, respond
-from gateway.auth import KeyPolicy, KeyRing, check_model
-from gateway.chat import ChatResult, chat_completion
-from gateway.completions import text_completion
+from gateway.api.chat import ChatResult, chat_completion
+from gateway.api.completions import text_completion
+from gateway.edge.asgi import Receive, Scope, Send, read_body, respond
+from gateway.edge.auth import KeyPolicy, KeyRing, check_model
+from gateway.edge.middleware import RequestMiddleware
+from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -28,16 +30,14 @@ from gateway.errors import (
     RequestTooLargeError,
     error_response,
 )
-from gateway.health import HealthProber
 from gateway.limits import RateLimits, create_rate_limits
-from gateway.logs import flush_periodically, get_logger
-from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.metrics import Metrics
-from gateway.middleware import RequestMiddleware
+from gateway.observability.logs import flush_periodically, get_logger
+from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
-from gateway.openapi import OPENAPI_PATH, build_openapi
-from gateway.routing import Router
-from gateway.tracing import Tracing, configure_tracing
+from gateway.routing.health import HealthProber
+from gateway.routing.router import Router
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.config import ConfigError, LoadedConfig, default_config_path, load_config
-from gateway.logs import configure_logging, get_logger
+from gateway.observability.logs import configure_logging, get_logger
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 SERVER_OPTIONS: dict[str, Any] = {
@@ -62,7 +62,7 @@ def _load_or_exit(path: str) -> LoadedConfig:
 def run_server(path: str, *, host: str | None, port: int | None, workers: int) -> int:
     import uvicorn
 
-    from gateway.server import BoundedHeadProtocol
+    from gateway.edge.server import BoundedHeadProtocol
 
     loaded = _load_or_exit(path)
     settings = loaded.settings
@@ -114,7 +114,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 def app_from_environment() -> object:
     """The factory worker processes call: config from `$GATEWAY_CONFIG`, already validated by the parent."""
     from gateway.app import create_app
-    from gateway.server import BoundedHeadProtocol
+    from gateway.edge.server import BoundedHeadProtocol
 
     settings = _load_or_exit(default_config_path()).settings
     configure_logging(settings.log_level, settings.log_format)

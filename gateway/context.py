@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.writer import AnswerStats
+    from gateway.translation.writer import AnswerStats
 
 
 class RequestInfo:

@@ -22,10 +22,10 @@ import msgspec
 from adapters.canonical import Event, Finish, TextDelta, Usage
 from gateway.app import create_app
 from gateway.config import ModelConfig, Settings, Target
-from gateway.logs import configure_logging
+from gateway.observability.logs import configure_logging
 from gateway.openai.requests import chat_request_decoder
-from gateway.translate import translate
-from gateway.writer import ResponseWriter
+from gateway.translation.translate import translate
+from gateway.translation.writer import ResponseWriter
 from tests.bench_limits import summary
 
 CONFIG: dict[str, Any] = {

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.limits import Limiter, MemoryLimiter, Scope
 from gateway.limits.redis import RedisLimiter
-from gateway.logs import configure_logging
+from gateway.observability.logs import configure_logging
 from tests.redis_server import RedisClusterServers, RedisServer
 
 KEY = "sk-bench-" + "0123456789abcdef" * 2

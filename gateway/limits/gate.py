@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from gateway.errors import RateLimitError, ServiceUnavailableError, TokenRateLimitError
 from gateway.ids import hex_id
 from gateway.limits.base import LimiterUnavailable, Ticket, format_duration
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from gateway.context import RequestInfo

@@ -163,7 +163,7 @@ def test_build_context_holds_what_is_copied_and_nothing_else() -> None:
         "pyproject.toml",
         "README.md",
         "gateway/app.py",
-        "adapters/vllm.py",
+        "adapters/vllm/adapter.py",
         "config/gateway.yaml",
     ):
         assert not ignore.excluded(inside), inside

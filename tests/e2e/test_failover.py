@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 
 from adapters import VLLMConfig, create_adapter
 from gateway.app import create_app
-from gateway.health import HealthProber
-from gateway.routing import BackendState
+from gateway.routing.health import HealthProber
+from gateway.routing.router import BackendState
 from tests.e2e.conftest import (
     CF_ACCOUNT,
     CF_TOKEN,

@@ -24,7 +24,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import negative_data_rejection, response_schema_conformance
 
-from gateway.openapi import OPENAPI_PATH
+from gateway.edge.openapi import OPENAPI_PATH
 from tests.gateway_process import GatewayProcess
 
 if TYPE_CHECKING:

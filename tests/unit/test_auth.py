@@ -7,8 +7,8 @@ import hashlib
 import msgspec
 import pytest
 
-from gateway.auth import KeyRing, check_model, mask
 from gateway.config import KeyConfig, ModelConfig
+from gateway.edge.auth import KeyRing, check_model, mask
 from gateway.errors import AuthenticationError, ModelNotFoundError
 
 MODELS = {

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.errors import UpstreamStatusError
-from adapters.workers_ai import upstream_body
-from gateway.chat import decode_chat_request
+from adapters.workers_ai.adapter import upstream_body
+from gateway.api.chat import decode_chat_request
 from gateway.config import HTTPLimits, ModelConfig, Target
 from gateway.errors import GatewayError
 from gateway.openai.limits import check_chat_request
-from gateway.translate import translate
+from gateway.translation.translate import translate
 from tests.emulators.workers_ai import DEFAULT_MODELS, WAModel, WorkersAIEmulator, schema_failure
 
 PROPERTY_SETTINGS = settings(

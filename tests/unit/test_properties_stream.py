@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.sse import SSEAnswer
-from adapters.vllm import chunk_events
-from adapters.workers_ai import StreamParser
-from gateway.chat import decode_chat_request
+from adapters.vllm.adapter import chunk_events
+from adapters.workers_ai.adapter import StreamParser
+from gateway.api.chat import decode_chat_request
 from gateway.config import ModelConfig, Target
-from gateway.translate import translate
-from gateway.writer import ResponseWriter
+from gateway.translation.translate import translate
+from gateway.translation.writer import ResponseWriter
 
 if TYPE_CHECKING:
     from adapters.canonical import Event

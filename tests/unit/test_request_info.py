@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
+from gateway.api.chat import chat_completion
+from gateway.api.completions import text_completion
 from gateway.app import Gateway
-from gateway.chat import chat_completion
-from gateway.completions import text_completion
 from gateway.config import Settings
 from gateway.context import RequestInfo
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,10 @@ import pytest
 from adapters import create_adapter
 from adapters.config import BreakerConfig
 from adapters.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
-from gateway.breaker import Breaker
 from gateway.config import Settings
-from gateway.routing import Failure, Route, Router, _routing_error
-from gateway.slots import Slots, acquire_any
+from gateway.routing.breaker import Breaker
+from gateway.routing.router import Failure, Route, Router, _routing_error
+from gateway.routing.slots import Slots, acquire_any
 from gateway.timers import Deadline
 
 

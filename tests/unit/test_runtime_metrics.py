@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.transport import H1Transport
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from tests.emulators.server import serve
 from tests.emulators.workers_ai import WorkersAIEmulator
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.canonical import TextDelta, ToolCallDelta
-from gateway.shaping import MAX_HELD_CHARS, ForcedCall, Shaper, StopFilter, recover_calls
+from gateway.translation.shaping import MAX_HELD_CHARS, ForcedCall, Shaper, StopFilter, recover_calls
 
 
 def cut(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

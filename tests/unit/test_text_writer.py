@@ -13,8 +13,8 @@ from adapters.canonical import Event, Finish, Indexed, PromptRequest, TextDelta,
 from adapters.errors import UpstreamProtocolError
 from gateway.config import ModelConfig, Target
 from gateway.openai.requests import completion_request_decoder
-from gateway.text_writer import TextWriter
-from gateway.translate import Translated, translate_completion
+from gateway.translation.text_writer import TextWriter
+from gateway.translation.translate import Translated, translate_completion
 
 pytestmark = pytest.mark.anyio
 

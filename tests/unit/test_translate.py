@@ -9,11 +9,11 @@ import msgspec
 import pytest
 
 from adapters.canonical import ChatRequest, ImagePart, NamedToolChoice, PromptRequest, TextPart
-from gateway.chat import decode_chat_request, decode_request
+from gateway.api.chat import decode_chat_request, decode_request
 from gateway.config import ModelConfig, Target
 from gateway.errors import InvalidRequestError
 from gateway.openai.requests import completion_request_decoder
-from gateway.translate import Translated, translate, translate_completion
+from gateway.translation.translate import Translated, translate, translate_completion
 
 MODEL = ModelConfig(targets=[Target(backend="b", model="m")], default_max_tokens=777)
 VISION = ModelConfig(targets=[Target(backend="b", model="m")], vision=True)

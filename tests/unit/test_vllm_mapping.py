@@ -28,7 +28,7 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.errors import UpstreamProtocolError, UpstreamStatusError
-from adapters.vllm import (
+from adapters.vllm.adapter import (
     answer_events,
     chunk_events,
     completion_body,

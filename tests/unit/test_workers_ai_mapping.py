@@ -26,7 +26,7 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.errors import UpstreamStatusError
-from adapters.workers_ai import StreamParser, prompt_body, result_events, status_error, upstream_body
+from adapters.workers_ai.adapter import StreamParser, prompt_body, result_events, status_error, upstream_body
 
 
 def parse_stream(lines: list[dict[str, Any]]) -> list[object]:

@@ -23,8 +23,8 @@ from adapters.canonical import (
 from adapters.errors import UpstreamProtocolError
 from gateway.config import ModelConfig, Target
 from gateway.openai.requests import chat_request_decoder
-from gateway.translate import Translated, translate
-from gateway.writer import ResponseWriter
+from gateway.translation.translate import Translated, translate
+from gateway.translation.writer import ResponseWriter
 
 pytestmark = pytest.mark.anyio
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.context import RequestInfo
 from gateway.ids import hex_id
-from gateway.logs import get_logger
-from gateway.metrics import route_of
+from gateway.observability.logs import get_logger
+from gateway.observability.metrics import route_of
 
 if TYPE_CHECKING:
-    from gateway.asgi import Message, Receive, Scope, Send
-    from gateway.metrics import Metrics
+    from gateway.edge.asgi import Message, Receive, Scope, Send
+    from gateway.observability.metrics import Metrics
 
 _USABLE_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 """Client ids are echoed in headers and logs: printable ASCII without spaces, at most 128 bytes."""

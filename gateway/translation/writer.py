@@ -36,7 +36,7 @@ from adapters.canonical import (
 from adapters.errors import UpstreamError
 from gateway.errors import GatewayError, in_band_error
 from gateway.ids import hex_id
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 from gateway.openai.responses import (
     AssistantMessageOut,
     ChatCompletion,
@@ -50,11 +50,11 @@ from gateway.openai.responses import (
     ToolCallOut,
     encoder,
 )
-from gateway.shaping import Shaper
+from gateway.translation.shaping import Shaper
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
-    from gateway.translate import Translated
+    from gateway.translation.translate import Translated
 
 _ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
 DONE: Final = b"data: [DONE]\n\n"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from adapters.config import BreakerConfig

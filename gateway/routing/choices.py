@@ -22,8 +22,8 @@ from adapters.canonical import Event, Indexed, PromptRequest
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
-    from gateway.routing import Answer, ResolvedModel, Router
-    from gateway.translate import Translated
+    from gateway.routing.router import Answer, ResolvedModel, Router
+    from gateway.translation.translate import Translated
 
 
 async def open_answer(

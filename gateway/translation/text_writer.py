@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Final
 
 from adapters.canonical import ChoiceEvent, Event, Finish, TextDelta, Usage
 from gateway.openai.responses import TextChoice, TextCompletion, TextUsage, encoder
-from gateway.writer import ChoiceState, ChoiceWriter, finish_reason
+from gateway.translation.writer import ChoiceState, ChoiceWriter, finish_reason
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
-    from gateway.translate import Translated
+    from gateway.translation.translate import Translated
 
 _TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 

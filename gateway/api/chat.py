@@ -21,24 +21,24 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import msgspec
 
-from gateway.auth import check_model
-from gateway.choices import open_answer
 from gateway.context import RequestInfo
+from gateway.edge.auth import check_model
 from gateway.errors import InvalidRequestError
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 from gateway.openai.limits import check_chat_request
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
-from gateway.translate import translate
-from gateway.writer import DONE, ResponseWriter
+from gateway.routing.choices import open_answer
+from gateway.translation.translate import translate
+from gateway.translation.writer import DONE, ResponseWriter
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
-    from gateway.auth import KeyPolicy
-    from gateway.choices import MultiAnswer
+    from gateway.edge.auth import KeyPolicy
     from gateway.limits import Grant, RateLimits
-    from gateway.routing import Answer, ResolvedModel, Router
-    from gateway.translate import Translated
-    from gateway.writer import Writer
+    from gateway.routing.choices import MultiAnswer
+    from gateway.routing.router import Answer, ResolvedModel, Router
+    from gateway.translation.translate import Translated
+    from gateway.translation.writer import Writer
 
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")

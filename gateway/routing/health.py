@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Final
 
 from adapters.base import HealthChecked
 from adapters.errors import UpstreamError, UpstreamProtocolError
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
-    from gateway.routing import BackendState
+    from gateway.routing.router import BackendState
 
 log = get_logger("gateway.health")
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Final, Literal
 from adapters.base import HealthChecked
 from adapters.canonical import PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
-from gateway.breaker import Breaker
 from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
-from gateway.logs import get_logger
-from gateway.slots import Slots, acquire_any
+from gateway.observability.logs import get_logger
+from gateway.routing.breaker import Breaker
+from gateway.routing.slots import Slots, acquire_any
 from gateway.timers import Deadline
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest, Event
     from gateway.config import ModelConfig, Settings
     from gateway.context import RequestInfo
-    from gateway.metrics import Metrics
-    from gateway.tracing import Tracing
-    from gateway.translate import Translated
+    from gateway.observability.metrics import Metrics
+    from gateway.observability.tracing import Tracing
+    from gateway.translation.translate import Translated
 
 _END: Final = object()
 MESSAGE_DETAIL_CHARS: Final = 300

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.auth import check_model
-from gateway.chat import decode_request, serve_translated
+from gateway.api.chat import decode_request, serve_translated
+from gateway.edge.auth import check_model
 from gateway.openai.limits import check_completion_request
 from gateway.openai.requests import completion_request_decoder
-from gateway.text_writer import TextWriter
-from gateway.translate import translate_completion
+from gateway.translation.text_writer import TextWriter
+from gateway.translation.translate import translate_completion
 
 if TYPE_CHECKING:
-    from gateway.auth import KeyPolicy
-    from gateway.chat import ChatResult
+    from gateway.api.chat import ChatResult
     from gateway.context import RequestInfo
+    from gateway.edge.auth import KeyPolicy
     from gateway.limits import RateLimits
-    from gateway.routing import Router
+    from gateway.routing.router import Router
 
 
 async def text_completion(

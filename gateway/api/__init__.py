@@ -1,0 +1,1 @@
+"""One module per API endpoint: decode the caller's wire shape, resolve the model, translate, serve."""

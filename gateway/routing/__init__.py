@@ -1,0 +1,1 @@
+"""Public model names → targets: the failover loop, circuit breakers, health probes and backend slots."""

@@ -1,0 +1,1 @@
+"""OpenAI requests → canonical requests, and canonical events → OpenAI answers (the writers)."""
