@@ -57,6 +57,7 @@ from adapters.http import (
     send,
     transport_errors,
 )
+from adapters.secret import reveal
 from adapters.sse import SSEAnswer
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class VLLMConfig(BackendConfig, tag="vllm", frozen=True, kw_only=True):
     """The OpenAI base URL of `vllm serve`, e.g. `http://gpu-1:8000/v1`."""
     api_key: str = ""
     """vLLM's `--api-key`, if it was started with one."""
+    secret_fields = ("api_key",)
 
     def required_values(self) -> dict[str, str]:
         return {"base_url": self.base_url}
@@ -343,7 +345,7 @@ class VLLMAdapter:
         self._secrets = [s for s in config.secrets() if s]
         headers = {"content-type": "application/json"}
         if config.api_key:
-            headers["authorization"] = f"Bearer {config.api_key}"
+            headers["authorization"] = f"Bearer {reveal(config.api_key)}"
         base_url = config.base_url.rstrip("/")
         self._client = build_client(
             timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file

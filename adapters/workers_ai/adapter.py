@@ -46,6 +46,7 @@ from adapters.http import (
     read_body,
     send,
 )
+from adapters.secret import reveal
 from adapters.sse import SSEAnswer
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True
     account_id: str
     api_token: str
     base_url: str = DEFAULT_BASE_URL
+    secret_fields = ("account_id", "api_token")
 
     def required_values(self) -> dict[str, str]:
         return {"account_id": self.account_id, "api_token": self.api_token, "base_url": self.base_url}
@@ -99,8 +101,9 @@ class WorkersAIAdapter:
         self.name = name
         self._config = config
         self._timeout_s = config.timeout_s
-        self._run_url = f"{config.base_url.rstrip('/')}/accounts/{config.account_id}/ai/run/"
-        self._headers = {"authorization": f"Bearer {config.api_token}", "content-type": "application/json"}
+        account, token = reveal(config.account_id), reveal(config.api_token)  # for the wire only
+        self._run_url = f"{config.base_url.rstrip('/')}/accounts/{account}/ai/run/"
+        self._headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
         self._endpoints: dict[str, Endpoint] = {}
         self._secrets = [s for s in config.secrets() if s]
         self._client = build_client(
