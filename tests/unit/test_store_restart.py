@@ -14,6 +14,7 @@ import os
 
 import pytest
 import structlog
+from redis.asyncio import Redis
 
 from gateway.context import RequestInfo
 from gateway.errors import RateLimitError, ServiceUnavailableError
@@ -34,8 +35,10 @@ def team(**limits: int) -> Scope:
 
 async def fill_pool(limiter: RedisLimiter, count: int) -> None:
     """Leave `count` connected connections idle in the client's pool, as a busy process would."""
-    pool = limiter._client.connection_pool  # type: ignore[union-attr]
-    held = [await pool.get_connection() for _ in range(count)]  # type: ignore[no-untyped-call]
+    client = limiter._client
+    assert isinstance(client, Redis)
+    pool = client.connection_pool
+    held = [await pool.get_connection() for _ in range(count)]
     for connection in held:
         await connection.send_command("PING")
         assert await connection.read_response() in (b"PONG", "PONG", True)
