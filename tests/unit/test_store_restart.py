@@ -38,7 +38,7 @@ async def fill_pool(limiter: RedisLimiter, count: int) -> None:
     client = limiter._client
     assert isinstance(client, Redis)
     pool = client.connection_pool
-    held = [await pool.get_connection() for _ in range(count)]
+    held = [await pool.get_connection() for _ in range(count)]  # type: ignore[no-untyped-call]
     for connection in held:
         await connection.send_command("PING")
         assert await connection.read_response() in (b"PONG", "PONG", True)
