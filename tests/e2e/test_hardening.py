@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import CF_TOKEN, cloudflare_backend
+from tests.e2e.test_disconnects import wait_for as wait_until
+from tests.e2e.test_input_limits import read_until_closed
 from tests.gateway_process import GatewayProcess
 
 if TYPE_CHECKING:
@@ -79,25 +80,8 @@ def head(path: str, rid: str, extra: str, version: str = "1.1") -> bytes:
     ).encode()
 
 
-def read_until_closed(sock: socket.socket) -> bytes:
-    received = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = HANG_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def wait_for(condition: Callable[[], bool]) -> bool:
+    return wait_until(condition, timeout=HANG_S)
 
 
 def logged(gateway: GatewayProcess, rids: list[str]) -> list[dict[str, Any]]:

@@ -33,6 +33,12 @@ def team(**limits: int) -> Scope:
     return Scope("key", "t-" + os.urandom(6).hex(), **limits)
 
 
+async def admit(gate: RateLimits, scope: Scope) -> object:
+    return await gate.admit(
+        scope, "m", prompt_tokens=1, max_tokens=1, explicit_max_tokens=True, info=RequestInfo()
+    )
+
+
 async def fill_pool(limiter: RedisLimiter, count: int) -> None:
     """Leave `count` connected connections idle in the client's pool, as a busy process would."""
     client = limiter._client
@@ -101,9 +107,7 @@ async def test_closed_mode_answers_no_503_after_a_restart() -> None:
         try:
             scope = team(rpm=10 * BURST)
             for _ in range(20):  # sequential traffic before the restart
-                await gate.admit(
-                    scope, "m", prompt_tokens=1, max_tokens=1, explicit_max_tokens=True, info=RequestInfo()
-                )
+                await admit(gate, scope)
             await fill_pool(limiter, POOLED)
             server.stop()
             server.start()
@@ -112,14 +116,7 @@ async def test_closed_mode_answers_no_503_after_a_restart() -> None:
                 for _ in range(turns):
                     await asyncio.sleep(0)
                 try:
-                    await gate.admit(
-                        scope,
-                        "m",
-                        prompt_tokens=1,
-                        max_tokens=1,
-                        explicit_max_tokens=True,
-                        info=RequestInfo(),
-                    )
+                    await admit(gate, scope)
                 except ServiceUnavailableError:
                     return "503"
                 return "admitted"
@@ -143,28 +140,17 @@ async def test_recovery_is_logged_when_the_first_answer_after_an_outage_is_a_429
         try:
             with structlog.testing.capture_logs() as logs:
                 server.stop()
-                grant = await gate.admit(
-                    scope, "m", prompt_tokens=1, max_tokens=1, explicit_max_tokens=True, info=RequestInfo()
-                )
+                grant = await admit(gate, scope)
                 assert grant is None  # open mode: served without limits
                 assert (gate.store_available, gate.store_outages) == (False, 1)
                 server.start()
                 assert (await other_replica.acquire(scope, tokens=0, ticket=None)).admitted
                 await asyncio.sleep(0.6)  # past the probe interval: the gate asks the store again
                 with pytest.raises(RateLimitError):
-                    await gate.admit(
-                        scope,
-                        "m",
-                        prompt_tokens=1,
-                        max_tokens=1,
-                        explicit_max_tokens=True,
-                        info=RequestInfo(),
-                    )
+                    await admit(gate, scope)
                 assert gate.store_available
                 server.stop()
-                await gate.admit(
-                    scope, "m", prompt_tokens=1, max_tokens=1, explicit_max_tokens=True, info=RequestInfo()
-                )
+                await admit(gate, scope)
                 server.start()
             events = [entry["event"] for entry in logs if entry["event"].startswith("rate_limit_store")]
             assert events == [
