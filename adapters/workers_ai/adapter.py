@@ -104,7 +104,10 @@ class WorkersAIAdapter:
         self._endpoints: dict[str, Endpoint] = {}
         self._secrets = [s for s in config.secrets() if s]
         self._client = build_client(
-            timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
+            timeout_s=config.timeout_s,
+            max_connections=config.max_concurrency,
+            ca_file=config.tls_ca_file,
+            proxy=config.proxy,
         )
 
     async def aclose(self) -> None:
