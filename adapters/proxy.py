@@ -43,6 +43,10 @@ _ENV_NAMES: Final = {
     "http": ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"),
 }
 _NO_PROXY_NAMES: Final = ("no_proxy", "NO_PROXY")
+ENVIRONMENT_VARIABLES: Final = frozenset(
+    name for names in (*_ENV_NAMES.values(), _NO_PROXY_NAMES) for name in names
+)
+"""Every variable read here (deploy files may set these without the config naming them)."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -315,6 +319,7 @@ def refusal(proxy: Proxy, status: int) -> httpx.ConnectError:
 
 __all__ = (
     "DIRECT",
+    "ENVIRONMENT_VARIABLES",
     "Proxy",
     "ProxyPolicy",
     "ProxyURLError",
