@@ -121,10 +121,12 @@ def transport_errors(backend: str, *, timeout_s: float, responded: bool = False)
     except UpstreamError:
         raise
     except httpx.ConnectTimeout as exc:
-        through = f" (through {exc})" if str(exc).startswith("proxy ") else ""
+        reason = str(exc)
         raise UpstreamTimeout(
             backend,
-            f"backend '{backend}' did not accept a connection within {CONNECT_TIMEOUT_S:g} s{through}",
+            f"backend '{backend}' not reached: {reason}"  # our transport's wording, without credentials
+            if reason.startswith("proxy ")
+            else f"backend '{backend}' did not accept a connection within {CONNECT_TIMEOUT_S:g} s",
             status_code=504,
             error_type="timeout",
             code="upstream_timeout",

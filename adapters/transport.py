@@ -416,7 +416,9 @@ class H1Transport(httpx.AsyncBaseTransport):
                 )
         except TimeoutError:
             if proxy is not None:
-                raise httpx.ConnectTimeout(f"proxy {proxy.where}: no tunnel within {limit_s} s") from None
+                raise httpx.ConnectTimeout(
+                    f"proxy {proxy.where} opened no tunnel within {limit_s:g} s"
+                ) from None
             raise httpx.ConnectTimeout(f"no connection within {limit_s} s") from None
         except httpx.ConnectError:
             raise

@@ -185,8 +185,26 @@ def test_hanging_proxy_times_out_and_fails_over(
         assert error.status_code == 504
         assert isinstance(error.body, dict)
         assert error.body.get("code") == "upstream_timeout"
-        assert f"proxy {proxy.where}: no tunnel within" in error.message
+        assert (
+            f"backend 'cloudflare' not reached: proxy {proxy.where} opened no tunnel within 1 s"
+            in error.message
+        )
         assert proxy.stats()["hung"] == 2
+
+
+def test_tls_inside_the_tunnel_still_verifies_the_certificate(
+    start_gateway: GatewayFactory,
+    tls_workers_ai: str,
+    ca_file: tuple[Path, Path, Path],
+    open_proxy: ProxyProcess,
+) -> None:
+    """Without the test CA, the upstream certificate fails verification inside the tunnel."""
+    config = proxied_config(tls_workers_ai, ca_file[0], proxy=open_proxy.url)
+    del config["backends"]["cloudflare"]["tls_ca_file"]
+    error = refused(start_gateway(config))
+    assert error.status_code == 502
+    assert "TLS certificate verification failed" in error.message
+    assert open_proxy.stats()["tunnels"] == 1
 
 
 def test_unreachable_proxy_is_a_connect_error(
