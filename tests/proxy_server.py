@@ -1,6 +1,6 @@
 """A small egress proxy as a real process, for the transport's proxy tests: CONNECT tunnels and forwarding.
 
-    python -m tests.proxy_server --port 3128 [--mode open|refuse|hang] [--status 403]
+    python -m tests.proxy_server --port 3128 [--mode open|refuse|hang|garbage] [--status 403]
                                  [--credentials user:password]
 
 - `open`: CONNECT `host:port` opens a TCP tunnel (bytes relayed both ways, so TLS runs end to end);
@@ -9,6 +9,7 @@
   Basic` gets 407 Proxy Authentication Required.
 - `refuse`: every CONNECT and forwarded request gets `--status` (403 unless told).
 - `hang`: reads the request and never answers.
+- `garbage`: answers with bytes that are not HTTP (as a wrong port, e.g. an SSH server, would).
 
 Requests in origin form to the proxy itself are its control surface: `GET /__proxy/stats` answers
 `{"tunnels": n, "forwarded": n, "refused": n, "hung": n, "targets": [...], "auth_failures": n}`.
@@ -75,6 +76,11 @@ class Proxy:
         if self.mode == "hang":
             self.stats["hung"] += 1
             self._hanging.append(writer)  # held open, never answered, until the process ends
+            return
+        if self.mode == "garbage":
+            self.stats["refused"] += 1
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\nProtocol mismatch.\r\n\r\n")
+            writer.close()
             return
         if self.mode == "refuse":
             self.stats["refused"] += 1
@@ -219,7 +225,7 @@ class ProxyProcess:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=["open", "refuse", "hang"], default="open")
+    parser.add_argument("--mode", choices=["open", "refuse", "hang", "garbage"], default="open")
     parser.add_argument("--status", type=int, default=403)
     parser.add_argument("--credentials")
     args = parser.parse_args()

@@ -207,6 +207,16 @@ def test_tls_inside_the_tunnel_still_verifies_the_certificate(
     assert open_proxy.stats()["tunnels"] == 1
 
 
+def test_a_proxy_answering_in_something_else_than_http_fails_over(
+    start_gateway: GatewayFactory, tls_workers_ai: str, ca_file: tuple[Path, Path, Path]
+) -> None:
+    with ProxyProcess(mode="garbage") as proxy:
+        url = start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url, fallback=True))
+        assert ask(url)[1] == "demo"
+        error = refused(start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url)))
+        assert f"proxy {proxy.where} answered CONNECT with something that is not HTTP" in error.message
+
+
 def test_unreachable_proxy_is_a_connect_error(
     start_gateway: GatewayFactory, tls_workers_ai: str, ca_file: tuple[Path, Path, Path]
 ) -> None:
