@@ -431,6 +431,9 @@ class H1Transport(httpx.AsyncBaseTransport):
         except ssl.SSLError as exc:
             raise httpx.ConnectError(f"TLS handshake failed ({exc.reason})") from exc
         except OSError as exc:
+            if proxy is not None and not tls:
+                reason = type(exc).__name__
+                raise httpx.ConnectError(f"proxy {proxy.where} is unreachable ({reason})") from exc
             raise httpx.ConnectError(str(exc)) from exc
         return connection
 
