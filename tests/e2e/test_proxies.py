@@ -162,34 +162,41 @@ def test_wrong_credentials_407_fail_over(
     assert "not-the-password" not in error.response.text
 
 
-def test_refusing_proxy_403_is_a_clear_error_and_fails_over(
-    start_gateway: GatewayFactory, tls_workers_ai: str, ca_file: tuple[Path, Path, Path]
+@pytest.mark.parametrize(
+    ("mode", "status", "code", "says"),
+    [
+        ("refuse", 502, "upstream_unreachable", "proxy {where} refused the tunnel (HTTP 403 Forbidden)"),
+        ("hang", 504, "upstream_timeout", "not reached: proxy {where} opened no tunnel within 1 s"),
+        (
+            "garbage",
+            502,
+            "upstream_unreachable",
+            "proxy {where} answered CONNECT with something that is not HTTP",
+        ),
+    ],
+)
+def test_a_failing_proxy_is_a_clear_error_and_fails_over(
+    start_gateway: GatewayFactory,
+    tls_workers_ai: str,
+    ca_file: tuple[Path, Path, Path],
+    mode: str,
+    status: int,
+    code: str,
+    says: str,
 ) -> None:
-    with ProxyProcess(mode="refuse", status=403) as proxy:
+    """A proxy that refuses (403), hangs, or does not speak HTTP: the next target answers; alone, the
+    backend's error names the proxy and what it did."""
+    with ProxyProcess(mode=mode, status=403) as proxy:
         url = start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url, fallback=True))
         assert ask(url)[1] == "demo"
-        alone = start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url))
-        error = refused(alone)
-        assert f"proxy {proxy.where} refused the tunnel (HTTP 403 Forbidden)" in error.message
-        assert proxy.stats()["refused"] == 2
-
-
-def test_hanging_proxy_times_out_and_fails_over(
-    start_gateway: GatewayFactory, tls_workers_ai: str, ca_file: tuple[Path, Path, Path]
-) -> None:
-    with ProxyProcess(mode="hang") as proxy:
-        url = start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url, fallback=True))
-        assert ask(url)[1] == "demo"
-        alone = start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url))
-        error = refused(alone)
-        assert error.status_code == 504
+        error = refused(start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url)))
+        assert error.status_code == status
         assert isinstance(error.body, dict)
-        assert error.body.get("code") == "upstream_timeout"
-        assert (
-            f"backend 'cloudflare' not reached: proxy {proxy.where} opened no tunnel within 1 s"
-            in error.message
-        )
-        assert proxy.stats()["hung"] == 2
+        assert error.body.get("code") == code
+        assert says.format(where=proxy.where) in error.message
+        stats = proxy.stats()
+        assert stats["hung" if mode == "hang" else "refused"] == 2
+        assert stats["tunnels"] == 0
 
 
 def test_tls_inside_the_tunnel_still_verifies_the_certificate(
@@ -205,16 +212,6 @@ def test_tls_inside_the_tunnel_still_verifies_the_certificate(
     assert error.status_code == 502
     assert "TLS certificate verification failed" in error.message
     assert open_proxy.stats()["tunnels"] == 1
-
-
-def test_a_proxy_answering_in_something_else_than_http_fails_over(
-    start_gateway: GatewayFactory, tls_workers_ai: str, ca_file: tuple[Path, Path, Path]
-) -> None:
-    with ProxyProcess(mode="garbage") as proxy:
-        url = start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url, fallback=True))
-        assert ask(url)[1] == "demo"
-        error = refused(start_gateway(proxied_config(tls_workers_ai, ca_file[0], proxy=proxy.url)))
-        assert f"proxy {proxy.where} answered CONNECT with something that is not HTTP" in error.message
 
 
 def test_unreachable_proxy_is_a_connect_error(
