@@ -33,6 +33,9 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
     tls_ca_file: str | None = None
     """PEM file of CA certificates to trust for an `https` base_url (default: certifi's public CAs),
     e.g. for a vLLM server behind a private CA."""
+    proxy: str | None = None
+    """Egress proxy for this backend: an `http://[user:password@]host:port` URL, or `none` for direct
+    connections. Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (adapters/proxy.py)."""
     when_unconfigured: str | None = None
     """Another backend to serve this one's targets when a required value (e.g. a credential) is empty.
 
@@ -45,7 +48,7 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
     """Fields holding credentials: wrapped in `Secret`, so they never print (`adapters.secret`)."""
 
     def __post_init__(self) -> None:
-        hide_secrets(self, *self.secret_fields)
+        hide_secrets(self, "proxy", *self.secret_fields)  # a proxy URL may hold a password
 
     def required_values(self) -> dict[str, str]:
         """Values that must not be empty, by field name."""

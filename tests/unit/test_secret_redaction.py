@@ -28,11 +28,18 @@ ACCOUNT = "acct-unit-secret-77c2"
 VLLM_KEY = "vllm-unit-secret-key-31be"
 CLIENT_KEY = "sk-gw-unit-secret-key-8f0c2a"
 REDIS_PASSWORD = "redis-unit-secret-pw-4d"
-SECRETS = (TOKEN, ACCOUNT, VLLM_KEY, CLIENT_KEY, REDIS_PASSWORD)
+AI_GATEWAY_TOKEN = "aig-unit-secret-token-6b"
+PROXY_PASSWORD = "proxy-unit-secret-pw-0e"
+SECRETS = (TOKEN, ACCOUNT, VLLM_KEY, CLIENT_KEY, REDIS_PASSWORD, AI_GATEWAY_TOKEN, PROXY_PASSWORD)
 CONFIG = f"""
 redis_url: redis://:{REDIS_PASSWORD}@127.0.0.1:6390/0
 backends:
-  cloudflare: {{kind: workers-ai, account_id: {ACCOUNT}, api_token: {TOKEN}}}
+  cloudflare:
+    kind: workers-ai
+    account_id: {ACCOUNT}
+    api_token: {TOKEN}
+    ai_gateway: {{gateway_id: gw, token: {AI_GATEWAY_TOKEN}}}
+    proxy: http://user:{PROXY_PASSWORD}@proxy.internal:3128
   gpu: {{kind: vllm, base_url: "http://127.0.0.1:1/v1", api_key: {VLLM_KEY}}}
 models:
   m: {{targets: [{{backend: cloudflare, model: "@cf/x"}}, {{backend: gpu, model: y}}]}}
