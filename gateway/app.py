@@ -18,6 +18,7 @@ from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
 from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
+from gateway.api.embeddings import create_embeddings
 from gateway.edge.asgi import Receive, Scope, Send, read_body, respond
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
 from gateway.edge.middleware import RequestMiddleware
@@ -193,6 +194,7 @@ def create_app(settings: Settings) -> Litestar:
 
     chat_completions = inference_route("/v1/chat/completions", "chat_completions", chat_completion)
     completions = inference_route("/v1/completions", "completions", text_completion)
+    embeddings = inference_route("/v1/embeddings", "embeddings", create_embeddings)
 
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -242,6 +244,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             chat_completions,
             completions,
+            embeddings,
             list_models,
             get_model,
             metrics_endpoint,

@@ -81,7 +81,7 @@ async def chat_completion(
     check_chat_request(payload, router.request_limits)
     info.stream = bool(payload.stream)
     info.user, info.metadata = payload.user, payload.metadata  # for the log line, never upstream
-    model = router.resolve(payload.model)
+    model = router.resolve(payload.model, "chat")
     check_model(key, payload.model, model.name)
     translated = translate(payload, public_model=model.name, model=model.config, native=model.native)
     return await serve_translated(

@@ -36,7 +36,7 @@ async def text_completion(
 ) -> ChatResult:
     payload = decode_request(completion_request_decoder, raw_body)
     check_completion_request(payload, router.request_limits)
-    model = router.resolve(payload.model)
+    model = router.resolve(payload.model, "chat")
     check_model(key, payload.model, model.name)
     translated = translate_completion(
         payload, public_model=model.name, model=model.config, native=model.native

@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
-from adapters.canonical import PromptRequest
+from adapters.canonical import EmbeddingRequest, PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
-from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
+from gateway.errors import InvalidRequestError, ModelNotFoundError, RoutingError, upstream_headers
 from gateway.observability.logs import get_logger
 from gateway.routing.breaker import Breaker
 from gateway.routing.slots import Slots, acquire_any
@@ -48,6 +48,10 @@ CONFIG_ERROR_CODES: Final = frozenset(
     {"model_not_found", "upstream_not_found", "upstream_credentials_rejected", "upstream_permission_denied"}
 )
 """Upstream answers that mean the gateway's config is wrong: logged as errors, not warnings."""
+
+ModelKind = Literal["chat", "embeddings"]
+ENDPOINTS: Final[dict[str, str]] = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
+"""Where each kind of model (`models.<name>.kind`) is served, for the wrong-endpoint error."""
 
 FailureKind = Literal["timeout", "busy", "failed"]
 """timeout: no answer in time; busy: rate limited, overloaded or deliberately skipped; failed: the rest."""
@@ -290,13 +294,23 @@ class Router:
             for alias in config.aliases:
                 self._models[alias] = resolved
 
-    def resolve(self, name: str) -> ResolvedModel:
+    def resolve(self, name: str, kind: ModelKind | None = None) -> ResolvedModel:
+        """The model called `name`; with `kind`, one of that kind (else a 400 naming its endpoint)."""
         try:
-            return self._models[name]
+            model = self._models[name]
         except KeyError:
             raise ModelNotFoundError(
                 f"The model `{name}` does not exist or you do not have access to it.", param="model"
             ) from None
+        if kind is not None and model.config.kind != kind:
+            served = model.config.kind
+            raise InvalidRequestError(
+                f"The model `{name}` is {'an embeddings' if served == 'embeddings' else 'a chat'} model "
+                f"and is not served on this endpoint: call it on {ENDPOINTS[served]}.",
+                param="model",
+                code="wrong_model_kind",
+            )
+        return model
 
     def public_names(self) -> list[str]:
         """Every public model name and alias, each once, in config order."""
@@ -432,7 +446,11 @@ class Router:
         timed_out = False
         try:
             try:
-                if isinstance(request, PromptRequest):
+                if isinstance(request, EmbeddingRequest):
+                    upstream = await route.adapter.embed(
+                        request, route.model, request_id=f"{request_id}-{attempt}"
+                    )
+                elif isinstance(request, PromptRequest):
                     upstream = await route.adapter.complete(
                         request, route.model, request_id=f"{request_id}-{attempt}"
                     )
