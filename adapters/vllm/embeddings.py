@@ -27,7 +27,8 @@ class VLLMEmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_o
 
     model: str
     input: list[str] | list[list[int]]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float"]
+    """Always sent (not left to vLLM's default): the answer is parsed as floats."""
     dimensions: int | UnsetType = UNSET
 
 
@@ -64,7 +65,9 @@ async def embed(
             param="pooling",
             client_fault=True,
         )
-    body = VLLMEmbeddingRequest(model=model, input=request.input, dimensions=request.dimensions)
+    body = VLLMEmbeddingRequest(
+        model=model, input=request.input, encoding_format="float", dimensions=request.dimensions
+    )
     raw = await adapter.post_embeddings(_encoder.encode(body), request_id=request_id)
     try:
         answer = _answer_decoder.decode(raw)

@@ -63,9 +63,7 @@ def estimate_tokens(text: str) -> int:
     return max(letters + others, floor) + SPECIAL_TOKENS
 
 
-def translate_embeddings(
-    body: EmbeddingCreateRequest, *, public_model: str
-) -> Translated[EmbeddingRequest]:
+def translate_embeddings(body: EmbeddingCreateRequest, *, public_model: str) -> Translated[EmbeddingRequest]:
     """The canonical request, with its token estimate; a 400 naming the input for what OpenAI refuses."""
     raw = body.input
     inputs: list[str] | list[list[int]]
