@@ -215,8 +215,14 @@ def create_app(settings: Settings) -> Litestar:
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
         return Response(body, media_type="application/json")
 
-    public_names = [name for n, model in settings.models.items() for name in (n, *model.aliases)]
-    openapi_document = build_openapi("LLM gateway", API_VERSION, public_names)
+    def public_names(kind: str) -> list[str]:
+        return [
+            name for n, model in settings.models.items() if model.kind == kind for name in (n, *model.aliases)
+        ]
+
+    openapi_document = build_openapi(
+        "LLM gateway", API_VERSION, public_names("chat"), public_names("embeddings")
+    )
 
     @get(OPENAPI_PATH, sync_to_thread=False)
     def openapi() -> Response[bytes]:

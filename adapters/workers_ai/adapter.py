@@ -123,7 +123,7 @@ class WorkersAIAdapter:
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
 
     async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
-        return await embeddings.embed(self, request, model)
+        return await embeddings.embed(self, request, model, max_concurrency=self._config.max_concurrency)
 
     def _endpoint(self, model: str) -> Endpoint:
         endpoint = self._endpoints.get(model)

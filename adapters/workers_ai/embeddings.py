@@ -60,7 +60,10 @@ _encoder: Final = msgspec.json.Encoder()
 _envelope_decoder: Final = msgspec.json.Decoder(EmbeddingEnvelope)
 
 
-async def embed(adapter: WorkersAIAdapter, request: EmbeddingRequest, model: str) -> UpstreamResponse:
+async def embed(
+    adapter: WorkersAIAdapter, request: EmbeddingRequest, model: str, *, max_concurrency: int | None
+) -> UpstreamResponse:
+    """`max_concurrency` is the backend's: its connection pool holds no more, so no more calls run at once."""
     backend = adapter.name
     texts = [item for item in request.input if isinstance(item, str)]
     if len(texts) != len(request.input):
@@ -74,7 +77,8 @@ async def embed(adapter: WorkersAIAdapter, request: EmbeddingRequest, model: str
     if len(batches) == 1:
         vectors = await _call(adapter, model, batches[0], request.pooling)
     else:
-        vectors = await _concurrently(adapter, model, batches, request.pooling)
+        parallel = min(MAX_PARALLEL_CALLS, max_concurrency or MAX_PARALLEL_CALLS)
+        vectors = await _concurrently(adapter, model, batches, request.pooling, parallel)
     if wanted is not None and vectors and len(vectors[0]) != wanted:
         raise _wrong_dimensions(backend, model, len(vectors[0]))
     events: list[Event] = [Embedding(index, vector) for index, vector in enumerate(vectors)]
@@ -82,10 +86,14 @@ async def embed(adapter: WorkersAIAdapter, request: EmbeddingRequest, model: str
 
 
 async def _concurrently(
-    adapter: WorkersAIAdapter, model: str, batches: list[list[str]], pooling: str | UnsetType
+    adapter: WorkersAIAdapter,
+    model: str,
+    batches: list[list[str]],
+    pooling: str | UnsetType,
+    parallel: int,
 ) -> list[list[float]]:
     """Every batch's vectors, in batch order; the first failure cancels the other calls and is raised."""
-    gate = asyncio.Semaphore(MAX_PARALLEL_CALLS)
+    gate = asyncio.Semaphore(parallel)
 
     async def one(batch: list[str]) -> list[list[float]]:
         async with gate:

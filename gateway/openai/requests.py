@@ -238,11 +238,14 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     raw: bool | None = None
 
 
+TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
 class EmbeddingCreateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`POST /v1/embeddings` (OpenAI's `CreateEmbeddingRequest`, `additionalProperties: false`)."""
 
     model: str
-    input: str | list[str | int | list[int]]
+    input: str | list[str | TokenId | list[TokenId]]
     """A string, a list of strings, a token-id array or a list of token-id arrays (mixing is refused
     by translation: msgspec unions take one array type only)."""
     encoding_format: Literal["float", "base64"] = "float"
