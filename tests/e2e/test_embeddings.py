@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -318,3 +319,27 @@ def test_token_limits_charge_embeddings_like_chat(
         if line.startswith("gateway_tokens_total") and 'model="bge-base"' in line and 'kind="prompt"' in line
     )
     assert float(prompt_line.rsplit(" ", 1)[1]) == 2 * estimate
+
+
+def test_a_hung_batch_call_times_out_and_the_request_fails_over_whole(
+    start_gateway: GatewayFactory,
+    workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
+    vllm_server: tuple[VLLMEmulator, ServerThread],
+    workers_ai: WorkersAIEmulator,
+    vllm: VLLMEmulator,
+) -> None:
+    config = gateway_config(workers_ai_server[1].url, vllm_server[1].url)
+    config["backends"]["cloudflare"]["timeout_s"] = 0.5
+    url = start_gateway(config)
+    texts = [f"chunk {i}" for i in range(250)]
+    workers_ai.faults.push("hang")  # one of the three calls never answers
+    with sdk_client(url) as client:
+        raw = client.embeddings.with_raw_response.create(model="bge-anywhere", input=texts)
+    assert raw.headers["x-gateway-backend"] == "gpu"
+    assert [item.index for item in raw.parse().data] == list(range(250))
+    hung = [r for r in workers_ai.requests if r.fault == "hang"]
+    assert len(hung) == 1
+    deadline = time.monotonic() + 10  # a hang guard: the emulator notices the disconnect on its own thread
+    while not hung[0].disconnected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hung[0].disconnected  # the gateway let go of the hung call
