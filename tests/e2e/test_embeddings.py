@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import openai
 import pytest
+import yaml
+from langchain_openai import OpenAIEmbeddings
+from pydantic import SecretStr
 
 from gateway.translation.embeddings import estimate_tokens
 from tests.e2e.conftest import (
@@ -27,8 +30,11 @@ from tests.e2e.conftest import (
     vllm_backend,
 )
 from tests.emulators.workers_ai import BGE_BASE, BGE_SMALL, QWEN3_EMBEDDING
+from tests.gateway_process import ROOT, GatewayProcess
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.emulators.server import ServerThread
     from tests.emulators.vllm import VLLMEmulator
     from tests.emulators.workers_ai import WorkersAIEmulator
@@ -343,3 +349,30 @@ def test_a_hung_batch_call_times_out_and_the_request_fails_over_whole(
     while not hung[0].disconnected and time.monotonic() < deadline:
         time.sleep(0.01)
     assert hung[0].disconnected  # the gateway let go of the hung call
+
+
+def test_langchain_embeds_documents_and_queries_against_the_default_config(tmp_path: Path) -> None:
+    """`make run` without credentials: the default config's `bge-base` is answered by the mock."""
+    config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    no_credentials = {"CLOUDFLARE_ACCOUNT_ID": "", "CLOUDFLARE_API_TOKEN": ""}
+    with GatewayProcess(config, tmp_path, env=no_credentials) as gateway:
+        # check_embedding_ctx_length=False sends the texts themselves (the default tokenizes them with
+        # tiktoken, whose encodings are downloaded at run time, and sends token ids).
+        embeddings = OpenAIEmbeddings(
+            model="bge-base",
+            base_url=f"{gateway.url}/v1",
+            api_key=SecretStr("sk-unused"),
+            check_embedding_ctx_length=False,
+            max_retries=0,
+        )
+        documents = embeddings.embed_documents(["first passage", "second passage", "first passage"])
+        query = embeddings.embed_query("first passage")
+        with sdk_client(gateway.url) as client:
+            client.embeddings.create(model="bge-base", input="who asked", user="alice")
+        logged = gateway.requests_logged(path="/v1/embeddings", user="alice")
+    assert len(logged) == 1  # `user` is recorded in the log line (and never sent upstream)
+    assert logged[0]["prompt_tokens"] == estimate_tokens("who asked")
+    assert logged[0]["completion_tokens"] == 0
+    assert [len(vector) for vector in documents] == [768, 768, 768]
+    assert documents[0] == documents[2] == query
+    assert documents[0] != documents[1]
