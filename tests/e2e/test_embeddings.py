@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from tests.emulators.workers_ai import WorkersAIEmulator
 
 TEAM_KEY = "sk-team-embeddings-2b7e61c04d9f"
+CHAT_ONLY_KEY = "sk-team-chat-only-7a1f3e9c55d2"
 TEXTS = ["The quick brown fox", "jumps over the lazy dog", "naïve café 日本語 🙂"]
 
 
@@ -71,14 +72,19 @@ def gateway_config(workers_ai_url: str, vllm_url: str, **settings: Any) -> dict[
 
 
 @pytest.fixture
-def url(
-    start_gateway: GatewayFactory,
+def upstreams(
     workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
     vllm_server: tuple[VLLMEmulator, ServerThread],
     workers_ai: WorkersAIEmulator,
     vllm: VLLMEmulator,
-) -> str:
-    return start_gateway(gateway_config(workers_ai_server[1].url, vllm_server[1].url))
+) -> tuple[str, str]:
+    """The URLs of the two emulators, reset for this test."""
+    return workers_ai_server[1].url, vllm_server[1].url
+
+
+@pytest.fixture
+def url(start_gateway: GatewayFactory, upstreams: tuple[str, str]) -> str:
+    return start_gateway(gateway_config(*upstreams))
 
 
 def runs(emulator: WorkersAIEmulator) -> list[Any]:
@@ -296,17 +302,16 @@ def test_the_mock_gives_the_same_unit_vector_for_the_same_input(url: str) -> Non
 
 
 def test_token_limits_charge_embeddings_like_chat(
-    start_gateway: GatewayFactory,
-    workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
-    vllm_server: tuple[VLLMEmulator, ServerThread],
-    workers_ai: WorkersAIEmulator,
+    start_gateway: GatewayFactory, upstreams: tuple[str, str], workers_ai: WorkersAIEmulator
 ) -> None:
     texts = ["retrieval augmented generation"] * 10
     estimate = sum(estimate_tokens(text) for text in texts)
     config = gateway_config(
-        workers_ai_server[1].url,
-        vllm_server[1].url,
-        keys=[{"id": "team-embeddings", "key": TEAM_KEY, "tpm": estimate * 2 + estimate // 2}],
+        *upstreams,
+        keys=[
+            {"id": "team-embeddings", "key": TEAM_KEY, "tpm": estimate * 2 + estimate // 2},
+            {"id": "team-chat-only", "key": CHAT_ONLY_KEY, "models": ["chat"]},
+        ],
     )
     url = start_gateway(config)
     with openai.OpenAI(base_url=f"{url}/v1", api_key=TEAM_KEY, max_retries=0, timeout=20) as client:
@@ -315,6 +320,11 @@ def test_token_limits_charge_embeddings_like_chat(
         with pytest.raises(openai.RateLimitError) as refused:
             client.embeddings.create(model="bge-base", input=texts)
         metrics = httpx.get(f"{url}/metrics", timeout=20).text
+    with (
+        openai.OpenAI(base_url=f"{url}/v1", api_key=CHAT_ONLY_KEY, max_retries=0, timeout=20) as other,
+        pytest.raises(openai.NotFoundError),  # the key's model allow-list applies as for chat
+    ):
+        other.embeddings.create(model="bge-base", input="hello")
     remaining = [int(r.headers["x-ratelimit-remaining-tokens"]) for r in (first, second)]
     assert remaining[0] - remaining[1] == estimate  # the first request was charged its estimate
     assert refused.value.body["type"] == "tokens"  # type: ignore[index]
@@ -328,13 +338,9 @@ def test_token_limits_charge_embeddings_like_chat(
 
 
 def test_a_hung_batch_call_times_out_and_the_request_fails_over_whole(
-    start_gateway: GatewayFactory,
-    workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
-    vllm_server: tuple[VLLMEmulator, ServerThread],
-    workers_ai: WorkersAIEmulator,
-    vllm: VLLMEmulator,
+    start_gateway: GatewayFactory, upstreams: tuple[str, str], workers_ai: WorkersAIEmulator
 ) -> None:
-    config = gateway_config(workers_ai_server[1].url, vllm_server[1].url)
+    config = gateway_config(*upstreams)
     config["backends"]["cloudflare"]["timeout_s"] = 0.5
     url = start_gateway(config)
     texts = [f"chunk {i}" for i in range(250)]
