@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from gateway.api.chat import decode_request, serve_translated
 from gateway.edge.auth import check_model
 from gateway.openai.requests import embedding_request_decoder
+from gateway.routing.router import require_kind
 from gateway.translation.embeddings import EmbeddingWriter, translate_embeddings
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ async def create_embeddings(
     info: RequestInfo | None = None,
 ) -> ChatResult:
     payload = decode_request(embedding_request_decoder, raw_body)
-    model = router.resolve(payload.model, "embeddings")
+    model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
+    require_kind(model, payload.model, "embeddings")
     translated = translate_embeddings(payload, public_model=model.name)
     if info is not None:
         info.user = payload.user  # for the log line, never upstream

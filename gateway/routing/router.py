@@ -294,23 +294,13 @@ class Router:
             for alias in config.aliases:
                 self._models[alias] = resolved
 
-    def resolve(self, name: str, kind: ModelKind | None = None) -> ResolvedModel:
-        """The model called `name`; with `kind`, one of that kind (else a 400 naming its endpoint)."""
+    def resolve(self, name: str) -> ResolvedModel:
         try:
-            model = self._models[name]
+            return self._models[name]
         except KeyError:
             raise ModelNotFoundError(
                 f"The model `{name}` does not exist or you do not have access to it.", param="model"
             ) from None
-        if kind is not None and model.config.kind != kind:
-            served = model.config.kind
-            raise InvalidRequestError(
-                f"The model `{name}` is {'an embeddings' if served == 'embeddings' else 'a chat'} model "
-                f"and is not served on this endpoint: call it on {ENDPOINTS[served]}.",
-                param="model",
-                code="wrong_model_kind",
-            )
-        return model
 
     def public_names(self) -> list[str]:
         """Every public model name and alias, each once, in config order."""
@@ -505,6 +495,19 @@ async def _close(upstream: UpstreamResponse | None, slots: Slots) -> None:
         slots.release()
 
 
+def require_kind(model: ResolvedModel, name: str, kind: ModelKind) -> None:
+    """A 400 naming the right endpoint unless `model` serves `kind` (checked after the key's allow-list,
+    so a key learns nothing of models it may not use)."""
+    served = model.config.kind
+    if served != kind:
+        raise InvalidRequestError(
+            f"The model `{name}` is {'an embeddings' if served == 'embeddings' else 'a chat'} model "
+            f"and is not served on this endpoint: call it on {ENDPOINTS[served]}.",
+            param="model",
+            code="wrong_model_kind",
+        )
+
+
 def _unavailable(route: Route, now: float) -> Failure | None:
     state = route.state
     if state.health_error is not None:
@@ -601,4 +604,4 @@ def _routing_error(model: ResolvedModel, failures: list[Failure], attempts: int)
     return RoutingError(message, status_code=status, error_type=error_type, code=code, headers=headers)
 
 
-__all__ = ("Answer", "BackendState", "Failure", "ResolvedModel", "Route", "Router")
+__all__ = ("Answer", "BackendState", "Failure", "ResolvedModel", "Route", "Router", "require_kind")

@@ -320,11 +320,11 @@ def test_token_limits_charge_embeddings_like_chat(
         with pytest.raises(openai.RateLimitError) as refused:
             client.embeddings.create(model="bge-base", input=texts)
         metrics = httpx.get(f"{url}/metrics", timeout=20).text
-    with (
-        openai.OpenAI(base_url=f"{url}/v1", api_key=CHAT_ONLY_KEY, max_retries=0, timeout=20) as other,
-        pytest.raises(openai.NotFoundError),  # the key's model allow-list applies as for chat
-    ):
-        other.embeddings.create(model="bge-base", input="hello")
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=CHAT_ONLY_KEY, max_retries=0, timeout=20) as other:
+        with pytest.raises(openai.NotFoundError):  # the key's model allow-list applies as for chat
+            other.embeddings.create(model="bge-base", input="hello")
+        with pytest.raises(openai.NotFoundError):  # before the kind check: nothing is told of the model
+            other.chat.completions.create(model="bge-base", messages=[{"role": "user", "content": "hi"}])
     remaining = [int(r.headers["x-ratelimit-remaining-tokens"]) for r in (first, second)]
     assert remaining[0] - remaining[1] == estimate  # the first request was charged its estimate
     assert refused.value.body["type"] == "tokens"  # type: ignore[index]
