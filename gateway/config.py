@@ -84,6 +84,9 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[Target]
     """Tried in order."""
+    kind: Literal["chat", "embeddings"] = "chat"
+    """What the model serves: `chat` (`/v1/chat/completions`, `/v1/completions`) or `embeddings`
+    (`/v1/embeddings`). Calling a model on the other kind's endpoint is a 400 naming the right one."""
     aliases: list[str] = msgspec.field(default_factory=list)
     """Extra public names for this model."""
     vision: bool = False
