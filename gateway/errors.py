@@ -175,7 +175,7 @@ def anthropic_error_response(
     if exc.code == "context_length_exceeded":
         message = prompt_too_long(message)
     detail = anthropic.ErrorDetail(anthropic.error_type(status), message)
-    body = anthropic.ErrorBody(detail, request_id=request_id or msgspec.UNSET)
+    body = anthropic.ErrorBody(type="error", error=detail, request_id=request_id or msgspec.UNSET)
     headers = exc.headers if isinstance(exc, GatewayError) else upstream_headers(exc)
     return status, anthropic.encoder.encode(body), anthropic.rate_limit_headers(headers)
 
@@ -190,9 +190,11 @@ def prompt_too_long(message: str) -> str:
     return f"prompt is too long: {message}"
 
 
-def in_band_error(exc: GatewayError | UpstreamError, surface: Surface = "openai") -> bytes:
+def in_band_error(
+    exc: GatewayError | UpstreamError, surface: Surface = "openai", *, request_id: str | None = None
+) -> bytes:
     """An SSE event carrying an error, for failures after the stream has begun."""
-    _, body, _ = error_response(exc, surface)
+    _, body, _ = error_response(exc, surface, request_id=request_id)
     if surface == "anthropic":
         return b"event: error\ndata: " + body + b"\n\n"
     return b"data: " + body + b"\n\n"

@@ -58,9 +58,9 @@ class ErrorDetail(msgspec.Struct):
     message: str
 
 
-class ErrorBody(msgspec.Struct, omit_defaults=True):
+class ErrorBody(msgspec.Struct, omit_defaults=True, kw_only=True):
+    type: Literal["error"]
     error: ErrorDetail
-    type: Literal["error"] = "error"
     request_id: str | UnsetType = UNSET
 
 

@@ -73,7 +73,7 @@ async def create_message(
         router,
         model,
         result.translated,
-        MessagesWriter(result.translated, thinking=result.thinking),
+        MessagesWriter(result.translated, thinking=result.thinking, request_id=request_id),
         request_id=request_id,
         key=key,
         limits=limits,

@@ -260,7 +260,7 @@ class _Content:
 class MessagesWriter:
     """The Messages surface's writer for `gateway.api.chat.serve_translated`."""
 
-    __slots__ = ("_id", "_ping_s", "_thinking", "stats", "translated")
+    __slots__ = ("_id", "_ping_s", "_request_id", "_thinking", "stats", "translated")
 
     final_event: bytes = MESSAGE_STOP
 
@@ -269,9 +269,11 @@ class MessagesWriter:
         translated: Translated[CanonicalRequest],
         *,
         thinking: bool,
+        request_id: str | None = None,
         ping_interval_s: float = PING_INTERVAL_S,
     ) -> None:
         self.translated = translated
+        self._request_id = request_id
         self.stats = AnswerStats()
         self._id = message_id()
         self._thinking = thinking
@@ -392,13 +394,13 @@ class MessagesWriter:
                     break  # the relay closes the upstream now
         except (UpstreamError, GatewayError) as exc:
             stats.error_code = exc.code or "upstream_error"
-            yield in_band_error(exc, "anthropic")
+            yield in_band_error(exc, "anthropic", request_id=self._request_id)
             return
         except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
             log.error("stream_failed", exc_info=exc)
             stats.error_code = "internal_error"
             failure = GatewayError("The gateway failed while relaying the answer.", code="internal_error")
-            yield in_band_error(failure, "anthropic")
+            yield in_band_error(failure, "anthropic", request_id=self._request_id)
             return
         finally:
             await pump.aclose()
