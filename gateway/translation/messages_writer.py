@@ -83,33 +83,56 @@ def tool_use_id() -> str:
 def json_closers(text: str) -> str:
     """The characters that complete a JSON object cut short (`{"a": "b` → `"}`), "" when it is whole.
 
-    Only used when `text` does not parse: a call cut by `max_tokens` mid-argument.
+    Only used when `text` does not parse: a call cut by `max_tokens` mid-argument. A cut key gets a
+    null value, a cut literal or number is finished, a dangling `,` gets a placeholder member.
     """
     stack: list[str] = []
-    in_string = escaped = False
+    in_string = escaped = is_key = key_done = False
+    unicode_left = 0
+    last = ""  # the last significant character outside strings
     for char in text:
         if in_string:
-            if escaped:
+            if unicode_left:
+                unicode_left -= 1
+            elif escaped:
                 escaped = False
+                if char == "u":
+                    unicode_left = 4
             elif char == "\\":
                 escaped = True
             elif char == '"':
                 in_string = False
-        elif char == '"':
+                key_done = is_key
+            continue
+        if char.isspace():
+            continue
+        if char == '"':
             in_string = True
+            is_key = bool(stack) and stack[-1] == "}" and last in "{,"
         elif char in "{[":
             stack.append("}" if char == "{" else "]")
         elif char in "}]" and stack:
             stack.pop()
-    tail = ""
+        elif char == ":":
+            key_done = False
+        last = char
     if in_string:
-        tail += "\\" if escaped else ""
-        tail += '"'
-    stripped = (text + tail).rstrip()
-    if stripped.endswith(":"):
-        tail += "null"
+        tail = "0" * unicode_left + ("\\" if escaped else "") + '"'
+        return tail + (":null" if is_key else "") + "".join(reversed(stack))
+    if key_done:
+        return ":null" + "".join(reversed(stack))
+    stripped = text.rstrip()
+    tail = ""
+    word = stripped[len(stripped.rstrip("aeflnrstu")) :]
+    literal = next((lit for lit in ("true", "false", "null") if word and lit.startswith(word)), None)
+    if literal is not None and not stripped[: -len(word)].endswith(tuple("0123456789.")):
+        tail = literal[len(word) :]
+    elif stripped.endswith((".", "-", "+", "e", "E")):
+        tail = "0"
+    elif stripped.endswith(":"):
+        tail = "null"
     elif stripped.endswith(","):
-        tail += '"_":null' if stack and stack[-1] == "}" else "null"
+        tail = '"_":null' if stack and stack[-1] == "}" else "null"
     return tail + "".join(reversed(stack))
 
 
