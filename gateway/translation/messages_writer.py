@@ -87,22 +87,29 @@ def json_closers(text: str) -> str:
     null value, a cut literal or number is finished, a dangling `,` gets a placeholder member.
     """
     stack: list[str] = []
-    in_string = escaped = is_key = key_done = False
-    unicode_left = 0
+    in_string = escaped = is_key = key_done = high = False
+    hex_digits: str | None = None  # inside a `\uXXXX` escape: the digits so far
     last = ""  # the last significant character outside strings
     for char in text:
         if in_string:
-            if unicode_left:
-                unicode_left -= 1
-            elif escaped:
+            if hex_digits is not None:
+                hex_digits += char
+                if len(hex_digits) == 4:
+                    high = 0xD800 <= int(hex_digits, 16) <= 0xDBFF
+                    hex_digits = None
+                continue
+            if escaped:
                 escaped = False
                 if char == "u":
-                    unicode_left = 4
+                    hex_digits = ""
+                    continue
             elif char == "\\":
                 escaped = True
+                continue
             elif char == '"':
                 in_string = False
                 key_done = is_key
+            high = False
             continue
         if char.isspace():
             continue
@@ -117,7 +124,19 @@ def json_closers(text: str) -> str:
             key_done = False
         last = char
     if in_string:
-        tail = "0" * unicode_left + ("\\" if escaped else "") + '"'
+        tail = ""
+        if hex_digits is not None:  # finish the escape; after a high surrogate, as its low half
+            low = hex_digits + "dc00"[len(hex_digits) :]
+            if high and 0xDC00 <= int(low, 16) <= 0xDFFF:
+                tail, high = low[len(hex_digits) :], False
+            else:
+                tail = "0" * (4 - len(hex_digits))
+                high = 0xD800 <= int(hex_digits + tail, 16) <= 0xDBFF
+        if high:  # a high surrogate needs its low half
+            tail += "udc00" if escaped else "\\udc00"
+        elif escaped:
+            tail += "\\"
+        tail += '"'
         return tail + (":null" if is_key else "") + "".join(reversed(stack))
     if key_done:
         return ":null" + "".join(reversed(stack))

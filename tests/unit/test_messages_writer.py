@@ -316,3 +316,13 @@ def test_any_cut_of_an_object_is_completed_to_an_object(
     text = json.dumps(value, ensure_ascii=ascii_only)
     cut = text[: data.draw(st.integers(1, len(text)))]
     assert isinstance(json.loads(cut + json_closers(cut)), dict)
+
+
+@pytest.mark.parametrize(
+    "cut", ['{"a": "\\ud83d', '{"a": "\\ud83d\\', '{"a": "\\ud8', '{"a": "\\ud83d\\ude', '{"a": "\\u00']
+)
+def test_json_closers_never_leave_half_a_surrogate_pair(cut: str) -> None:
+    closed = cut + json_closers(cut)
+    assert isinstance(json.loads(closed), dict)
+    closed.encode().decode()
+    json.loads(closed)["a"].encode("utf-8")  # raises on a lone surrogate
