@@ -471,26 +471,30 @@ def _usage_out(usage: Usage) -> UsageOut:
 
 
 _DONE: Final = object()
+"""Ends the pump's buffer: the upstream's events are over (or it failed)."""
 
 
 class _Pump:
     """Reads the upstream's events in a task of its own, so the stream can send `ping` while it waits.
 
-    Iterating yields the events, and None each time `ping_s` passed without one. At most
-    `BUFFERED_EVENTS` are read ahead; an upstream failure is raised where its event would have been.
-    A timer is armed only when the buffer is empty (the consumer would wait), never per buffered event.
+    Iterating yields the events, and None when `ping_s` passed without one. At most `BUFFERED_EVENTS`
+    are read ahead; an upstream failure is raised where its event would have been. One repeating
+    timer per stream checks for silence: nothing is scheduled per event.
     """
 
-    __slots__ = ("_buffer", "_failure", "_loop", "_ping_s", "_room", "_task", "_waiter")
+    __slots__ = ("_buffer", "_failure", "_last", "_loop", "_ping_s", "_room", "_task", "_timer", "_waiter")
 
     def __init__(self, events: AsyncIterator[Event], ping_s: float) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._buffer: deque[object] = deque()
         self._failure: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._ping_s = ping_s
-        self._task = self._loop.create_task(self._run(events))
+        self._last = loop.time()
+        """When the stream last had something to send (an event or a ping)."""
+        self._task = loop.create_task(self._run(events))
+        self._timer = loop.call_later(ping_s / 2, self._tick)
 
     async def _run(self, events: AsyncIterator[Event]) -> None:
         buffer = self._buffer
@@ -512,6 +516,14 @@ class _Pump:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _tick(self) -> None:
+        """Every half interval: a waiting stream that has been silent for `ping_s` gets its ping."""
+        loop = self._loop
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and loop.time() - self._last >= self._ping_s:
+            waiter.set_result(None)
+        self._timer = loop.call_later(self._ping_s / 2, self._tick)
+
     def __aiter__(self) -> _Pump:
         return self
 
@@ -519,12 +531,11 @@ class _Pump:
         buffer = self._buffer
         if not buffer:
             waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(self._ping_s, _ping_due, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
+            self._last = self._loop.time()
             if not buffer:
                 return None  # the ping is due
         item = buffer.popleft()
@@ -541,16 +552,12 @@ class _Pump:
 
     async def aclose(self) -> None:
         """Stop reading (the client left, a stop sequence ended the answer, or it is over)."""
+        self._timer.cancel()
         task = self._task
         if not task.done():
             task.cancel()
             with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _ping_due(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 __all__ = (
