@@ -110,6 +110,8 @@ async def count_tokens(
 
 
 def _check_limits(payload: MessagesRequest | CountTokensRequest, limits: HTTPLimits) -> None:
+    if not payload.messages:
+        raise InvalidRequestError("messages: at least one message is required", param="messages")
     check_length(len(payload.messages), limits.max_messages, "messages")
     for i, tool in enumerate(payload.tools or []):
         check_depth(tool.input_schema, limits.max_schema_depth, f"tools.{i}.input_schema")

@@ -7,12 +7,15 @@ parsers (its stream accumulator and partial-JSON tool input) judge every answer.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.e2e.conftest import (
     VLLM_MODEL,
@@ -614,3 +617,141 @@ def test_a_claude_code_like_session(
     text = answer.content[1]
     assert text.type == "text"
     assert "line 1\nline 2" in text.text
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot(
+    start_gateway: GatewayFactory,
+    workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
+    vllm_server: tuple[VLLMEmulator, ServerThread],
+    vllm: VLLMEmulator,
+) -> None:
+    config = keyed(workers_ai_server[1].url, max_concurrency=1, tpm=100_000)
+    config["backends"]["vllm"] = vllm_backend(vllm_server[1].url)
+    config["models"]["vllm-llama"] = {"targets": [{"backend": "vllm", "model": VLLM_MODEL}]}
+    url = start_gateway(config)
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    request: Any = {
+        "model": "vllm-llama",
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": [
+            {"role": "user", "content": "Tell a long story [[emu:words=400]] [[emu:fault=slow:0.02]]"}
+        ],
+    }
+    deltas = 0
+    with httpx.stream("POST", f"{url}/v1/messages", json=request, headers=headers, timeout=20) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            deltas += line == "event: content_block_delta"
+            if deltas == 5:
+                break
+    [upstream] = [r for r in vllm.requests if r.method == "POST"]
+    deadline = time.monotonic() + 5
+    while not upstream.disconnected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstream.disconnected, "the upstream call was not closed"
+    assert not upstream.finished
+    follow: Any = {**request, "stream": False, "messages": USER}
+    again = httpx.post(f"{url}/v1/messages", json=follow, headers=headers, timeout=20)
+    assert again.status_code == 200, again.text  # max_concurrency 1: the slot was given back
+
+
+json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=6)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+block = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(
+                [
+                    "text",
+                    "image",
+                    "tool_use",
+                    "tool_result",
+                    "thinking",
+                    "document",
+                    "search_result",
+                    "redacted_thinking",
+                    "other",
+                ]
+            )
+        },
+        optional={
+            "text": json_value,
+            "id": json_value,
+            "name": json_value,
+            "input": json_value,
+            "tool_use_id": json_value,
+            "content": json_value,
+            "source": json_value,
+            "thinking": json_value,
+            "citations": json_value,
+            "data": json_value,
+        },
+    ),
+    json_value,
+)
+message_param = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "tool"]),
+        "content": st.one_of(st.text(max_size=10), st.lists(block, max_size=3)),
+    }
+)
+messages_body = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["mock-model", "nope", 3]),
+        "max_tokens": st.sampled_from([1, 50, 0, -1, "x"]),
+        "messages": st.lists(message_param, max_size=3),
+    },
+    optional={
+        "system": st.one_of(st.text(max_size=5), st.lists(block, max_size=2)),
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"name": json_value}, optional={"input_schema": json_value, "type": json_value}
+            ),
+            max_size=2,
+        ),
+        "tool_choice": st.one_of(
+            json_value,
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["auto", "any", "tool", "none", "x"])}, optional={"name": json_value}
+            ),
+        ),
+        "thinking": st.one_of(
+            json_value,
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["enabled", "adaptive", "disabled"])},
+                optional={"budget_tokens": st.integers(0, 3000)},
+            ),
+        ),
+        "stop_sequences": json_value,
+        "stream": st.booleans(),
+        "output_config": json_value,
+        "metadata": json_value,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(body=messages_body, path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]))
+def test_any_body_gets_an_answer_or_an_anthropic_4xx(
+    gateway_url: str, body: dict[str, Any], path: str
+) -> None:
+    headers = {"anthropic-version": "2023-06-01", "x-api-key": "any"}
+    if path.endswith("count_tokens"):
+        body = {
+            k: v for k, v in body.items() if k not in ("max_tokens", "stream", "stop_sequences", "metadata")
+        }
+    answer = httpx.post(f"{gateway_url}{path}", json=body, headers=headers, timeout=20)
+    assert answer.status_code < 500, answer.text
+    if answer.status_code != 200:
+        payload = answer.json()
+        assert payload["type"] == "error"
+        assert payload["error"]["type"] in {"invalid_request_error", "not_found_error"}
+        assert payload["error"]["message"]
+    elif answer.headers["content-type"].startswith("text/event-stream"):
+        assert answer.text.endswith('event: message_stop\ndata: {"type":"message_stop"}\n\n')
