@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from gateway.context import RequestInfo
     from gateway.edge.auth import KeyPolicy
     from gateway.limits import RateLimits
-    from gateway.routing.router import Router
-    from gateway.translation.messages import ApiVersion
+    from gateway.routing.router import ResolvedModel, Router
+    from gateway.translation.messages import ApiVersion, MessagesTranslation
 
 _INDEX: Final = re.compile(r"\[(\d+)\]")
 
@@ -62,10 +62,7 @@ async def create_message(
     info: RequestInfo | None = None,
 ) -> ChatResult:
     payload: MessagesRequest = decode_request(messages_request_decoder, raw_body, anthropic_validation_error)
-    _check_limits(payload, router.request_limits)
-    model = router.resolve(payload.model)
-    check_model(key, payload.model, model.name)
-    result = translate_messages(payload, version=version, public_model=model.name, model=model.config)
+    model, result = _translate(router, payload, version, key)
     if info is not None:
         info.stream = bool(payload.stream)
         info.user = result.user  # for the log line, never upstream
@@ -99,14 +96,21 @@ async def count_tokens(
     payload: CountTokensRequest = decode_request(
         count_tokens_request_decoder, raw_body, anthropic_validation_error
     )
-    _check_limits(payload, router.request_limits)
-    model = router.resolve(payload.model)
-    check_model(key, payload.model, model.name)
-    result = translate_messages(payload, version=version, public_model=model.name, model=model.config)
+    model, result = _translate(router, payload, version, key)
     if info is not None:
         info.model = model.name
     body = encoder.encode(TokenCount(result.translated.prompt_estimate))
     return ChatResult({"request-id": request_id}, body=body)
+
+
+def _translate(
+    router: Router, payload: MessagesRequest | CountTokensRequest, version: ApiVersion, key: KeyPolicy | None
+) -> tuple[ResolvedModel, MessagesTranslation]:
+    """Size limits, the model (as the key may use it), and the canonical request."""
+    _check_limits(payload, router.request_limits)
+    model = router.resolve(payload.model)
+    check_model(key, payload.model, model.name)
+    return model, translate_messages(payload, version=version, public_model=model.name, model=model.config)
 
 
 def _check_limits(payload: MessagesRequest | CountTokensRequest, limits: HTTPLimits) -> None:

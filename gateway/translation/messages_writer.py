@@ -190,22 +190,19 @@ class _Content:
 
     def text(self, text: str) -> list[bytes]:
         self.chars += len(text)
-        out = self._begin("text") if self.open is None or self.open.kind != "text" else []
-        assert self.open is not None
-        self.open.parts.append(text)
-        if self.stream:
-            out.append(_DELTA + self._index_json + _TEXT + encoder.encode(text) + _END)
-        return out
+        return self._append("text", _TEXT, text)
 
     def reasoning(self, text: str) -> list[bytes]:
         self.chars += len(text)
-        if not self._thinking:
-            return []
-        out = self._begin("thinking") if self.open is None or self.open.kind != "thinking" else []
+        return self._append("thinking", _THINKING, text) if self._thinking else []
+
+    def _append(self, kind: str, delta: bytes, text: str) -> list[bytes]:
+        """Text or thinking: to the open block of that kind, else to a new one."""
+        out = self._begin(kind) if self.open is None or self.open.kind != kind else []
         assert self.open is not None
         self.open.parts.append(text)
         if self.stream:
-            out.append(_DELTA + self._index_json + _THINKING + encoder.encode(text) + _END)
+            out.append(_DELTA + self._index_json + delta + encoder.encode(text) + _END)
         return out
 
     def tool(self, delta: ToolCallDelta) -> list[bytes]:

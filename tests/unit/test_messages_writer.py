@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.canonical import ChatRequest, Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
@@ -27,13 +27,8 @@ from gateway.config import ModelConfig, Target
 from gateway.errors import InvalidRequestError, UnsupportedParameterError, prompt_too_long
 from gateway.translation.messages import translate_messages
 from gateway.translation.messages_writer import PING, MessagesWriter, json_closers
+from tests.unit.test_properties_stream import PROPERTY_SETTINGS
 
-PROPERTY_SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: CI failures reproduce
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 MODEL = ModelConfig(targets=[Target(backend="b", model="m")])
 
 
