@@ -24,7 +24,13 @@ from gateway.anthropic.responses import rate_limit_headers
 from gateway.api.chat import decode_request
 from gateway.api.messages import anthropic_validation_error, api_version
 from gateway.config import ModelConfig, Target
-from gateway.errors import InvalidRequestError, UnsupportedParameterError, prompt_too_long
+from gateway.errors import (
+    InvalidRequestError,
+    UnsupportedParameterError,
+    anthropic_error_response,
+    prompt_too_long,
+    surface_of,
+)
 from gateway.translation.messages import translate_messages
 from gateway.translation.messages_writer import PING, MessagesWriter, json_closers
 from tests.unit.test_properties_stream import PROPERTY_SETTINGS
@@ -321,3 +327,33 @@ def test_json_closers_never_leave_half_a_surrogate_pair(cut: str) -> None:
     assert isinstance(json.loads(closed), dict)
     closed.encode().decode()
     json.loads(closed)["a"].encode("utf-8")  # raises on a lone surrogate
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (405, "invalid_request_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (500, "api_error"),
+        (502, "api_error"),
+        (503, "overloaded_error"),
+        (504, "timeout_error"),
+    ],
+)
+def test_each_status_has_anthropics_error_type(status: int, kind: str) -> None:
+    error = UpstreamStatusError("b", "it failed", status_code=status, retry_after=2.4)
+    code, body, headers = anthropic_error_response(error, "req_9")
+    assert code == status
+    assert json.loads(body) == {
+        "type": "error",
+        "error": {"type": kind, "message": "it failed"},
+        "request_id": "req_9",
+    }
+    assert headers == {"retry-after": "2"}
+    assert surface_of("/v1/messages") == surface_of("/v1/messages/count_tokens") == "anthropic"
+    assert surface_of("/v1/chat/completions") == surface_of("/v1/messagesx") == "openai"
