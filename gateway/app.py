@@ -352,7 +352,7 @@ def _render(
     request: Request[Any, Any, Any], exc: GatewayError | UpstreamError, status: int | None = None
 ) -> Response[bytes]:
     """The error in the envelope of the route's clients (OpenAI's, or Anthropic's on /v1/messages)."""
-    surface = surface_of(request.url.path)
+    surface = surface_of(request.scope["path"])
     info = request.scope["state"].get("request_info")
     request_id = info.request_id if info is not None else None
     code, body, headers = error_response(exc, surface, request_id=request_id)
