@@ -154,6 +154,8 @@ class EmbeddingWriter:
     """`Embedding` events → OpenAI's `CreateEmbeddingResponse` body (a whole answer, never a stream)."""
 
     __slots__ = ("base64", "stats", "translated")
+    final_event: bytes = b""
+    """Never sent: an embeddings answer is never a stream."""
 
     def __init__(self, translated: Translated[EmbeddingRequest], *, base64: bool) -> None:
         self.translated: Translated[CanonicalRequest] = translated

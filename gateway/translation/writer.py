@@ -89,6 +89,9 @@ class Writer(Protocol):
 
     translated: Translated[CanonicalRequest]
     stats: AnswerStats
+    final_event: bytes
+    """The last event of a complete stream (`stream` yields this very object): the answer's usage is
+    settled before it is sent, so the client's next request sees the charge."""
 
     def stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]: ...
 
@@ -105,7 +108,7 @@ class _ToolCall:
         self.pending: list[str] = []  # argument pieces that arrived before the call's name
 
 
-class _ToolCalls:
+class ToolCalls:
     """Maps upstream tool indexes onto dense, ordered ones and remembers what was announced."""
 
     __slots__ = ("_by_upstream", "_single", "calls")
@@ -214,6 +217,7 @@ class ChoiceWriter:
 
     object_json: bytes = b""
     """`","object":<the chunks' object>,"created":`, JSON (set by each framing)."""
+    final_event: bytes = DONE
 
     def __init__(self, translated: Translated[CanonicalRequest], completion_id: str) -> None:
         self.translated = translated
@@ -362,7 +366,7 @@ class _ChatChoice(ChoiceState):
         self._eager = eager
         self._legacy = translated.legacy_functions
         self._max_tokens = translated.request.max_tokens
-        self.tools = _ToolCalls(single=translated.single_tool_call)
+        self.tools = ToolCalls(single=translated.single_tool_call)
         self.started = False
         self.texts: list[str] = []
         self.reasoning: list[str] = []
@@ -535,7 +539,7 @@ class ResponseWriter(ChoiceWriter):
         """One choice and none of the gateway's own rules: the per-token hot path, kept minimal."""
         translated = self.translated
         stats = self.stats
-        tools = _ToolCalls(single=translated.single_tool_call)
+        tools = ToolCalls(single=translated.single_tool_call)
         legacy = translated.legacy_functions
         prefix = self._prefix
         finish: str | None = None
@@ -628,7 +632,7 @@ class ResponseWriter(ChoiceWriter):
         """One choice and none of the gateway's own rules: a straight pass over the events."""
         translated = self.translated
         stats = self.stats
-        tools = _ToolCalls(single=translated.single_tool_call)
+        tools = ToolCalls(single=translated.single_tool_call)
         texts: list[str] = []
         reasoning: list[str] = []
         finish: str | None = None
@@ -716,6 +720,7 @@ __all__ = (
     "ChoiceState",
     "ChoiceWriter",
     "ResponseWriter",
+    "ToolCalls",
     "Writer",
     "completion_id",
     "estimated_usage",
