@@ -1,10 +1,16 @@
 """The canonical request and the canonical event stream.
 
-The gateway turns every OpenAI chat request into a `ChatRequest` modelled on the Workers AI *Messages*
-schema, and every legacy completions request into a `PromptRequest` modelled on its *Prompt* schema
-(both plus a few extensions every backend can express); every adapter turns its upstream's answer into
-the same small set of events. The gateway's writer owns all OpenAI framing, so adapters
-never build OpenAI chunks themselves.
+The gateway turns every OpenAI chat request into a `ChatRequest` and every legacy completions request
+into a `PromptRequest`: backend-neutral requests (messages, tools, sampling) that each backend's
+`request.py` narrows to its own upstream body. What only some backends understand travels apart, in
+`Extensions`, and a backend refuses those it does not know. Every adapter turns its upstream's answer
+into the same small set of events. The gateway's writer owns all OpenAI framing, so adapters never
+build OpenAI chunks themselves.
+
+Operations: each canonical request type names the `Adapter` method that serves it (`open_on`), so the
+router opens any request the same way. A new surface either maps onto an existing request type
+(Responses and Anthropic Messages onto `ChatRequest`) or adds one request type with its `open_on` and
+one method on every adapter (embeddings: `EmbeddingRequest` → `Adapter.embed`).
 
 Events are yielded by `UpstreamResponse.events()`. A failure is raised (an `UpstreamError`), never
 yielded, so `async for` loops end only on a complete answer.
@@ -12,10 +18,14 @@ yielded, so `async for` loops end only on a complete answer.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+if TYPE_CHECKING:
+    from adapters.base import Adapter, UpstreamResponse
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -89,8 +99,34 @@ class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
     """A bare JSON Schema (Workers AI's form), not OpenAI's {name, schema, strict} envelope."""
 
 
+class Extensions(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """Request fields only some backends understand; a backend refuses (400) any it does not."""
+
+    lora: str | UnsetType = UNSET
+    """Workers AI: the fine-tune (LoRA adapter) to apply."""
+    raw: bool | UnsetType = UNSET
+    """Workers AI: send the prompt as it is, without the model's chat template."""
+
+    def names(self) -> list[str]:
+        """The extensions that are set."""
+        return [name for name in self.__struct_fields__ if getattr(self, name) is not UNSET]
+
+
+NO_EXTENSIONS: Final = Extensions()
+"""Shared by every request that sets none (nearly all): `extensions is NO_EXTENSIONS` is the fast test."""
+
+
+def extensions(*, lora: str | None = None, raw: bool | None = None) -> Extensions:
+    """The extensions a client asked for (None: not asked)."""
+    if lora is None and raw is None:
+        return NO_EXTENSIONS
+    return Extensions(lora=UNSET if lora is None else lora, raw=UNSET if raw is None else raw)
+
+
 class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
-    """A chat request in the Workers AI Messages shape; unset fields are never sent upstream."""
+    """A chat request; unset fields are never sent upstream."""
+
+    operation: ClassVar[str] = "chat"
 
     messages: list[Message]
     max_tokens: int
@@ -109,16 +145,21 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     response_format: ResponseFormat | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     reasoning_effort: str | UnsetType = UNSET
-    lora: str | UnsetType = UNSET
-    raw: bool | UnsetType = UNSET
     n: int | UnsetType = UNSET
     """Set only for backends that generate several choices themselves (vLLM); see `Indexed`."""
     logit_bias: dict[str, float] | UnsetType = UNSET
     """Set only when every target of the model honours it (vLLM)."""
+    extensions: Extensions = NO_EXTENSIONS
+
+    def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
+        """Ask `adapter` for the answer: the one place that names the operation serving this type."""
+        return adapter.chat(self, model, request_id=request_id)
 
 
 class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
-    """A text completion in the Workers AI Prompt shape; unset fields are never sent upstream."""
+    """A text completion (a prompt to continue); unset fields are never sent upstream."""
+
+    operation: ClassVar[str] = "complete"
 
     prompt: str | list[str]
     """One prompt; a list only for backends that take several at once (`n` set, vLLM)."""
@@ -132,14 +173,17 @@ class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=Tru
     frequency_penalty: float | UnsetType = UNSET
     presence_penalty: float | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
-    lora: str | UnsetType = UNSET
-    raw: bool | UnsetType = UNSET
     n: int | UnsetType = UNSET
     """As for `ChatRequest.n`: choices are numbered prompt index * n + sample index."""
     logit_bias: dict[str, float] | UnsetType = UNSET
+    extensions: Extensions = NO_EXTENSIONS
+
+    def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
+        return adapter.complete(self, model, request_id=request_id)
 
 
 CanonicalRequest = ChatRequest | PromptRequest
+"""Every request type an adapter serves, one per operation."""
 
 
 # Events. Small frozen Structs without GC tracking: one is built per upstream token.
@@ -187,11 +231,13 @@ ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
 Event = ChoiceEvent | Indexed
 
 __all__ = (
+    "NO_EXTENSIONS",
     "CanonicalRequest",
     "ChatRequest",
     "ChoiceEvent",
     "ContentPart",
     "Event",
+    "Extensions",
     "Finish",
     "FinishReason",
     "FunctionCall",
@@ -213,4 +259,5 @@ __all__ = (
     "ToolCallDelta",
     "ToolChoice",
     "Usage",
+    "extensions",
 )

@@ -21,7 +21,7 @@ import yaml
 from msgspec import Meta
 
 from adapters import BackendConfigs
-from adapters.mock.adapter import MockConfig
+from adapters.mock import MockConfig
 
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
 DEFAULT_MAX_TOKENS: Final = 4096

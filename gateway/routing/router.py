@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
-from adapters.canonical import PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
 from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
 from gateway.observability.logs import get_logger
@@ -432,14 +431,10 @@ class Router:
         timed_out = False
         try:
             try:
-                if isinstance(request, PromptRequest):
-                    upstream = await route.adapter.complete(
-                        request, route.model, request_id=f"{request_id}-{attempt}"
-                    )
-                else:
-                    upstream = await route.adapter.chat(
-                        request, route.model, request_id=f"{request_id}-{attempt}"
-                    )
+                # The request names its operation (chat, complete, ...): no branch here per surface.
+                upstream = await request.open_on(
+                    route.adapter, route.model, request_id=f"{request_id}-{attempt}"
+                )
                 iterator = upstream.events()
                 if request.stream:
                     first = await anext(iterator, _END)

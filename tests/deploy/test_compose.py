@@ -12,7 +12,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-from adapters.vllm.adapter import VLLMConfig
+from adapters.vllm import VLLMConfig
 from gateway.config import parse_config
 from tests.deploy.helpers import (
     DEPLOY,
