@@ -58,7 +58,6 @@ class Pipeline(Protocol):
         router: Router,
         raw_body: bytes,
         *,
-        request_id: str,
         key: KeyPolicy | None,
         limits: RateLimits | None,
         info: RequestInfo,
@@ -181,7 +180,6 @@ def create_app(settings: Settings) -> Litestar:
                 return pipeline(
                     gateway.router,
                     body,
-                    request_id=info.request_id,
                     key=key,
                     limits=gateway.limits,
                     info=info,

@@ -178,7 +178,6 @@ class Answer:
     __slots__ = (
         "_first",
         "_iterator",
-        "_request_id",
         "_slots",
         "_upstream",
         "attempts",
@@ -192,7 +191,6 @@ class Answer:
         upstream: UpstreamResponse | None,
         *,
         attempts: int,
-        request_id: str = "",
         collected: list[Event] | None = None,
         first: object = _END,
         iterator: AsyncIterator[Event] | None = None,
@@ -206,7 +204,6 @@ class Answer:
         self._first = first
         self._iterator = iterator
         self._slots = slots
-        self._request_id = request_id
 
     @property
     def backend(self) -> str:
@@ -226,7 +223,6 @@ class Answer:
             route = self.route
             log.warning(
                 "stream_failed_after_first_byte",
-                request_id=self._request_id,
                 backend=route.backend,
                 upstream_model=route.model,
                 code=exc.code,
@@ -315,14 +311,15 @@ class Router:
         translated: Translated[CanonicalRequest],
         model: ResolvedModel,
         *,
-        request_id: str,
-        info: RequestInfo | None = None,
+        info: RequestInfo,
+        record: bool = True,
     ) -> Answer:
         """The first target's answer that begins well; raises `RoutingError` when there is none.
 
         A client fault ends the request at once (another target would refuse it too): its error is
-        raised as the client's answer.
+        raised as the client's answer. `record`: note the attempts and the answering target in `info`.
         """
+        request_id = info.request_id
         now = monotonic()
         deadline = now + model.timeout_s
         failures: list[Failure] = []
@@ -343,7 +340,7 @@ class Router:
             attempts += 1
             outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
-                self._record(outcome, model, failures, attempts, info)
+                self._record(outcome, model, failures, attempts, info if record else None)
                 return outcome
             failures.append(outcome)
             now = monotonic()
@@ -363,10 +360,10 @@ class Router:
             attempts += 1
             outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
-                self._record(outcome, model, failures, attempts, info)
+                self._record(outcome, model, failures, attempts, info if record else None)
                 return outcome
             failures.append(outcome)
-        self._record(None, model, failures, attempts, info)
+        self._record(None, model, failures, attempts, info if record else None)
         raise _routing_error(model, failures, attempts)
 
     def _record(
@@ -377,7 +374,7 @@ class Router:
         attempts: int,
         info: RequestInfo | None,
     ) -> None:
-        """Note the outcome for the request's log line and the failover metrics."""
+        """Note the outcome for the request's log line (unless `info` is None) and the failover metrics."""
         if info is not None:
             info.attempts = attempts
             info.failovers = len(failures)
@@ -451,7 +448,7 @@ class Router:
                 route.breaker.released(probe)
                 raise _from_upstream(exc, attempt) from exc
             route.breaker.failed(monotonic(), probe)
-            _log_failure(route, exc, request_id=request_id, model=model.name, attempt=attempt)
+            _log_failure(route, exc, attempt=attempt)
             return Failure.of(route, exc)
         except BaseException as exc:
             await _close(upstream, slots)
@@ -467,7 +464,6 @@ class Router:
             route,
             upstream,
             attempts=attempt,
-            request_id=request_id,
             first=first,
             iterator=iterator,
             slots=slots,
@@ -520,10 +516,9 @@ def _full(route: Route) -> Failure:
     )
 
 
-def _log_failure(route: Route, exc: UpstreamError, *, request_id: str, model: str, attempt: int) -> None:
+def _log_failure(route: Route, exc: UpstreamError, *, attempt: int) -> None:
+    # The request's id and model come with every line logged for it (gateway.context).
     fields = {
-        "request_id": request_id,
-        "model": model,
         "backend": route.backend,
         "upstream_model": route.model,
         "attempt": attempt,
