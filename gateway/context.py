@@ -17,7 +17,7 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.translation.writer import AnswerStats
+    from gateway.translation.framing import AnswerStats
 
 
 class RequestInfo:

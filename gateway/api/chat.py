@@ -27,8 +27,9 @@ from gateway.observability.logs import get_logger
 from gateway.openai.limits import check_chat_request
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.routing.choices import open_answer
+from gateway.translation.framing import DONE
 from gateway.translation.translate import translate
-from gateway.translation.writer import DONE, ResponseWriter
+from gateway.translation.writer import ResponseWriter
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from gateway.limits import Grant, RateLimits
     from gateway.routing.choices import MultiAnswer
     from gateway.routing.router import Answer, ResolvedModel, Router
+    from gateway.translation.framing import Writer
     from gateway.translation.translate import Translated
-    from gateway.translation.writer import Writer
 
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
