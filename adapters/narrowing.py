@@ -40,16 +40,21 @@ def refused(backend: str, message: str, *, code: str, param: str) -> UpstreamSta
     )
 
 
+EXTENSION_OWNERS: Final = {"lora": "Workers AI", "raw": "Workers AI"}
+"""The backend kind each canonical extension comes from, for the refusal's message."""
+
+
 def refuse_extensions(extensions: Extensions, *, backend: str, kind: str, understood: frozenset[str]) -> None:
     """Refuse every extension set on the request that this backend kind does not understand."""
     for name in extensions.names():
         if name not in understood:
             raise refused(
                 backend,
-                f"'{name}' is a Workers AI extension that backend '{backend}' ({kind}) does not support.",
+                f"'{name}' is a {EXTENSION_OWNERS.get(name, 'backend')} extension that backend "
+                f"'{backend}' ({kind}) does not support.",
                 code="unsupported_parameter",
                 param=name,
             )
 
 
-__all__ = ("REASONING_EFFORT", "reasoning_effort", "refuse_extensions", "refused")
+__all__ = ("EXTENSION_OWNERS", "REASONING_EFFORT", "reasoning_effort", "refuse_extensions", "refused")
