@@ -99,6 +99,20 @@ class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
     """A bare JSON Schema (Workers AI's form), not OpenAI's {name, schema, strict} envelope."""
 
 
+class Sampling(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """The sampling values every backend takes (each narrows them to its own ranges); unset: not sent.
+
+    The canonical requests and the backends' upstream bodies all have these fields."""
+
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    repetition_penalty: float | UnsetType = UNSET
+    frequency_penalty: float | UnsetType = UNSET
+    presence_penalty: float | UnsetType = UNSET
+
+
 class Extensions(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     """Request fields only some backends understand; a backend refuses (400) any it does not."""
 
@@ -123,7 +137,7 @@ def extensions(*, lora: str | None = None, raw: bool | None = None) -> Extension
     return Extensions(lora=UNSET if lora is None else lora, raw=UNSET if raw is None else raw)
 
 
-class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """A chat request; unset fields are never sent upstream."""
 
     operation: ClassVar[str] = "chat"
@@ -135,13 +149,6 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: ToolChoice | UnsetType = UNSET
     parallel_tool_calls: bool | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     response_format: ResponseFormat | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     reasoning_effort: str | UnsetType = UNSET
@@ -156,7 +163,7 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
         return adapter.chat(self, model, request_id=request_id)
 
 
-class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class PromptRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """A text completion (a prompt to continue); unset fields are never sent upstream."""
 
     operation: ClassVar[str] = "complete"
@@ -165,13 +172,6 @@ class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=Tru
     """One prompt; a list only for backends that take several at once (`n` set, vLLM)."""
     max_tokens: int
     stream: bool = False
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     n: int | UnsetType = UNSET
     """As for `ChatRequest.n`: choices are numbered prompt index * n + sample index."""
@@ -252,6 +252,7 @@ __all__ = (
     "ReasoningDelta",
     "ResponseFormat",
     "Role",
+    "Sampling",
     "TextDelta",
     "TextPart",
     "Tool",

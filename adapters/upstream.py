@@ -143,6 +143,81 @@ class ErrorTable:
         )
 
 
+def when(
+    rule: Rule,
+    *,
+    status: Iterable[int] | None = None,
+    codes: Iterable[int] | None = None,
+    types: Iterable[str] | None = None,
+    pattern: str | None = None,
+    text: str | None = None,
+) -> Rule:
+    """`rule`'s outcome under these conditions (a backend's row built from a common outcome below),
+    with the backend's own `text` if given. `pattern` is searched case-insensitively."""
+    return msgspec.structs.replace(
+        rule,
+        status=frozenset(status) if status is not None else None,
+        codes=frozenset(codes) if codes is not None else None,
+        types=frozenset(types) if types is not None else None,
+        pattern=re.compile(pattern, re.IGNORECASE) if pattern is not None else None,
+        text=rule.text if text is None else text,
+    )
+
+
+# Outcomes more than one backend's table uses; each backend says when (`when`).
+CREDENTIALS_REJECTED: Final = Rule(
+    status_code=401,
+    mirror=frozenset({401, 403}),
+    error_type="authentication_error",
+    code="upstream_credentials_rejected",
+    text="the gateway's upstream credentials were rejected by {where}{detail}",
+)
+MODEL_NOT_FOUND: Final = Rule(
+    status_code=404,
+    error_type="invalid_request_error",
+    code="model_not_found",
+    text="{where} does not serve the configured upstream model{detail}",
+)
+NO_SUCH_ROUTE: Final = Rule(
+    status_code=502,
+    error_type="upstream_error",
+    code="upstream_not_found",
+    text="{where} has no such route{detail}",
+)
+RATE_LIMITED: Final = Rule(
+    status_code=429,
+    error_type="rate_limit_exceeded",
+    code="rate_limit_exceeded",
+    text="{where} is rate limited{detail}",
+    retry=True,
+)
+TIMED_OUT: Final = Rule(
+    status_code=504, error_type="timeout", code="upstream_timeout", text="{where} timed out{detail}"
+)
+TOO_LARGE: Final = Rule(
+    status_code=413,
+    error_type="invalid_request_error",
+    code="request_too_large",
+    text="{where} found the request too large{detail}",
+    client_fault=True,
+)
+REJECTED: Final = Rule(
+    status_code=400,
+    error_type="invalid_request_error",
+    code=None,
+    text="{where} rejected the request{detail}",
+    client_fault=True,
+)
+FAILED: Final = Rule(
+    status_code=502,
+    error_type="upstream_error",
+    code="upstream_error",
+    text="{where} failed with HTTP {status}{detail}",
+    retry=True,
+)
+"""The last row of every table: any other status."""
+
+
 def _plain_param(param: str | None) -> str | None:
     """An upstream's field name (`temperature`, vLLM's `body.temperature`) when it is a plain name."""
     if param is None:
@@ -227,4 +302,21 @@ class Upstream:
         return self._errors.error(self.name, status, fault, retry_after, input_param=input_param)
 
 
-__all__ = ("MAX_MESSAGE_CHARS", "ErrorTable", "Fault", "ParseAnswer", "ParseEvent", "Rule", "Upstream")
+__all__ = (
+    "CREDENTIALS_REJECTED",
+    "FAILED",
+    "MAX_MESSAGE_CHARS",
+    "MODEL_NOT_FOUND",
+    "NO_SUCH_ROUTE",
+    "RATE_LIMITED",
+    "REJECTED",
+    "TIMED_OUT",
+    "TOO_LARGE",
+    "ErrorTable",
+    "Fault",
+    "ParseAnswer",
+    "ParseEvent",
+    "Rule",
+    "Upstream",
+    "when",
+)

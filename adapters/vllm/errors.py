@@ -6,72 +6,54 @@ with an integer `code` (the HTTP status, never OpenAI's string code), and FastAP
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import msgspec
 
-from adapters.upstream import ErrorTable, Fault, Rule
-
-_CONTEXT_LENGTH: Final = re.compile(
-    r"maximum context length|context length is only|exceeds model's maximum context length", re.IGNORECASE
+from adapters.upstream import (
+    CREDENTIALS_REJECTED,
+    FAILED,
+    MODEL_NOT_FOUND,
+    NO_SUCH_ROUTE,
+    RATE_LIMITED,
+    REJECTED,
+    TIMED_OUT,
+    TOO_LARGE,
+    ErrorTable,
+    Fault,
+    Rule,
+    when,
 )
-_MODEL_NOT_FOUND: Final = re.compile(r"model .* does not exist", re.IGNORECASE)
-_encoder: Final = msgspec.json.Encoder()
 
-_MODEL_MISSING: Final = Rule(
-    status=frozenset({404}),
-    types=frozenset({"NotFoundError"}),
-    status_code=404,
-    error_type="invalid_request_error",
-    code="model_not_found",
-    text="{where} does not serve the configured upstream model{detail}",
+_encoder: Final = msgspec.json.Encoder()
+_CONTEXT_LENGTH: Final = (
+    "maximum context length|context length is only|exceeds model's maximum context length"
 )
 
 ERRORS: Final = ErrorTable(
     [
-        Rule(
-            status=frozenset({400, 413, 422}),
+        when(
+            Rule(
+                status_code=400,
+                error_type="invalid_request_error",
+                code="context_length_exceeded",
+                text="{message}",
+                param="input",
+                client_fault=True,
+            ),
+            status={400, 413, 422},
             pattern=_CONTEXT_LENGTH,
-            status_code=400,
-            error_type="invalid_request_error",
-            code="context_length_exceeded",
-            text="{message}",
-            param="input",
-            client_fault=True,
         ),
-        Rule(
-            status=frozenset({401, 403}),
-            status_code=401,
-            mirror=frozenset({401, 403}),
-            error_type="authentication_error",
-            code="upstream_credentials_rejected",
-            text="the gateway's upstream credentials were rejected by {where}{detail}",
-        ),
-        _MODEL_MISSING,
-        msgspec.structs.replace(_MODEL_MISSING, types=None, pattern=_MODEL_NOT_FOUND),
-        Rule(
-            status=frozenset({404}),
-            status_code=502,
-            error_type="upstream_error",
-            code="upstream_not_found",
+        when(CREDENTIALS_REJECTED, status={401, 403}),
+        when(MODEL_NOT_FOUND, status={404}, types={"NotFoundError"}),
+        when(MODEL_NOT_FOUND, status={404}, pattern="model .* does not exist"),
+        when(
+            NO_SUCH_ROUTE,
+            status={404},
             text="{where} has no such route (is base_url the server's /v1 URL?){detail}",
         ),
-        Rule(
-            status=frozenset({429}),
-            status_code=429,
-            error_type="rate_limit_exceeded",
-            code="rate_limit_exceeded",
-            text="{where} is rate limited{detail}",
-            retry=True,
-        ),
-        Rule(
-            status=frozenset({408, 504}),
-            status_code=504,
-            error_type="timeout",
-            code="upstream_timeout",
-            text="{where} timed out{detail}",
-        ),
+        when(RATE_LIMITED, status={429}),
+        when(TIMED_OUT, status={408, 504}),
         Rule(
             status=frozenset({503}),
             status_code=503,
@@ -80,30 +62,9 @@ ERRORS: Final = ErrorTable(
             text="{where} is overloaded{detail}",
             retry=True,
         ),
-        Rule(
-            status=frozenset({413}),
-            status_code=413,
-            error_type="invalid_request_error",
-            code="request_too_large",
-            text="{where} found the request too large{detail}",
-            client_fault=True,
-        ),
-        Rule(
-            status=frozenset({400, 422}),
-            status_code=400,
-            error_type="invalid_request_error",
-            code=None,
-            text="{where} rejected the request{detail}",
-            param="upstream",
-            client_fault=True,
-        ),
-        Rule(
-            status_code=502,
-            error_type="upstream_error",
-            code="upstream_error",
-            text="{where} failed with HTTP {status}{detail}",
-            retry=True,
-        ),
+        when(TOO_LARGE, status={413}),
+        msgspec.structs.replace(when(REJECTED, status={400, 422}), param="upstream"),
+        FAILED,
     ],
     # vLLM appends the exception's empty cause to its messages.
     tidy=lambda message: message.removesuffix(" None").strip(),

@@ -16,7 +16,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from adapters.canonical import ChatRequest, Message, PromptRequest, Tool, ToolChoice
+from adapters.canonical import ChatRequest, Message, PromptRequest, Sampling, Tool, ToolChoice
 from adapters.narrowing import reasoning_effort, refuse_extensions
 
 TOP_P_MIN: Final = 1e-6
@@ -42,7 +42,7 @@ class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
     json_schema: JSONSchemaEnvelope | UnsetType = UNSET
 
 
-class VLLMRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class VLLMRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """The body of `POST /v1/chat/completions`; unset fields are never sent."""
 
     model: str
@@ -53,13 +53,6 @@ class VLLMRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: ToolChoice | UnsetType = UNSET
     parallel_tool_calls: bool | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     response_format: ResponseFormat | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     reasoning_effort: str | UnsetType = UNSET
@@ -67,7 +60,7 @@ class VLLMRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     logit_bias: dict[str, float] | UnsetType = UNSET
 
 
-class VLLMCompletionRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class VLLMCompletionRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """The body of `POST /v1/completions`; unset fields are never sent."""
 
     model: str
@@ -76,13 +69,6 @@ class VLLMCompletionRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_
     stream: bool = False
     stream_options: StreamOptions | UnsetType = UNSET
     n: int | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     logit_bias: dict[str, float] | UnsetType = UNSET
 

@@ -3,12 +3,24 @@ table of Cloudflare codes and HTTP statuses in OpenAI's terms."""
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import msgspec
 
-from adapters.upstream import ErrorTable, Fault, Rule
+from adapters.upstream import (
+    CREDENTIALS_REJECTED,
+    FAILED,
+    MODEL_NOT_FOUND,
+    NO_SUCH_ROUTE,
+    RATE_LIMITED,
+    REJECTED,
+    TIMED_OUT,
+    TOO_LARGE,
+    ErrorTable,
+    Fault,
+    Rule,
+    when,
+)
 
 QUOTA_CODES: Final = frozenset({3036, 4006})
 CAPACITY_CODES: Final = frozenset({3040, 3021})
@@ -18,7 +30,6 @@ TIMEOUT_CODES: Final = frozenset({3007, 3008})
 AUTH_CODES: Final = frozenset({10000})
 
 _QUOTA: Final = Rule(
-    codes=QUOTA_CODES,
     status_code=429,
     error_type="insufficient_quota",
     code="insufficient_quota",
@@ -26,95 +37,40 @@ _QUOTA: Final = Rule(
     quota=True,
     retry=True,
 )
-_RATE_LIMITED: Final = Rule(
-    codes=CAPACITY_CODES,
-    status_code=429,
-    error_type="rate_limit_exceeded",
-    code="rate_limit_exceeded",
-    text="{where} is rate limited or out of capacity{detail}",
-    retry=True,
-)
-_CREDENTIALS: Final = Rule(
-    codes=AUTH_CODES,
-    status_code=401,
-    mirror=frozenset({401, 403}),
-    error_type="authentication_error",
-    code="upstream_credentials_rejected",
-    text="the gateway's upstream credentials were rejected by {where}{detail}",
-)
 _PERMISSION: Final = Rule(
-    codes=PERMISSION_CODES,
     status_code=403,
     error_type="permission_error",
     code="upstream_permission_denied",
     text="{where} refused access to the model{detail}",
 )
-_TIMEOUT: Final = Rule(
-    codes=TIMEOUT_CODES,
-    status_code=504,
-    error_type="timeout",
-    code="upstream_timeout",
-    text="{where} timed out{detail}",
-)
-
-
-def _or_status(rule: Rule, status: int) -> Rule:
-    """The same outcome for an HTTP status without (or with another) Cloudflare code."""
-    return msgspec.structs.replace(rule, codes=None, status=frozenset({status}))
-
+_OUT_OF_CAPACITY: Final = "{where} is rate limited or out of capacity{detail}"
 
 ERRORS: Final = ErrorTable(
     [
-        _QUOTA,
-        msgspec.structs.replace(
-            _QUOTA, codes=None, pattern=re.compile("daily free allocation", re.IGNORECASE)
-        ),
-        _RATE_LIMITED,
-        _or_status(_RATE_LIMITED, 429),
-        Rule(
+        when(_QUOTA, codes=QUOTA_CODES),
+        when(_QUOTA, pattern="daily free allocation"),
+        when(RATE_LIMITED, codes=CAPACITY_CODES, text=_OUT_OF_CAPACITY),
+        when(RATE_LIMITED, status={429}, text=_OUT_OF_CAPACITY),
+        when(
+            MODEL_NOT_FOUND,
             codes=UNKNOWN_MODEL_CODES,
-            status_code=404,
-            error_type="invalid_request_error",
-            code="model_not_found",
             text="{where} does not know the configured upstream model{detail}",
         ),
-        _CREDENTIALS,
-        _or_status(_CREDENTIALS, 401),
-        _PERMISSION,
-        _or_status(_PERMISSION, 403),
-        _TIMEOUT,
-        _or_status(_TIMEOUT, 408),
-        Rule(
-            # The route itself was not found (code 7003: a wrong account id or base_url): a config error.
-            status=frozenset({404}),
-            status_code=502,
-            error_type="upstream_error",
-            code="upstream_not_found",
+        when(CREDENTIALS_REJECTED, codes=AUTH_CODES),
+        when(CREDENTIALS_REJECTED, status={401}),
+        when(_PERMISSION, codes=PERMISSION_CODES),
+        when(_PERMISSION, status={403}),
+        when(TIMED_OUT, codes=TIMEOUT_CODES),
+        when(TIMED_OUT, status={408}),
+        # The route itself was not found (code 7003: a wrong account id or base_url): a config error.
+        when(
+            NO_SUCH_ROUTE,
+            status={404},
             text="{where} has no such route (check account_id and base_url){detail}",
         ),
-        Rule(
-            status=frozenset({413}),
-            status_code=413,
-            error_type="invalid_request_error",
-            code="request_too_large",
-            text="{where} found the request too large{detail}",
-            client_fault=True,
-        ),
-        Rule(
-            status=frozenset(range(400, 500)),
-            status_code=400,
-            error_type="invalid_request_error",
-            code=None,
-            text="{where} rejected the request{detail}",
-            client_fault=True,
-        ),
-        Rule(
-            status_code=502,
-            error_type="upstream_error",
-            code="upstream_error",
-            text="{where} failed with HTTP {status}{detail}",
-            retry=True,
-        ),
+        when(TOO_LARGE, status={413}),
+        when(REJECTED, status=range(400, 500)),
+        FAILED,
     ],
     code_label="Workers AI error",
 )

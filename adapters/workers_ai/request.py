@@ -22,6 +22,7 @@ from adapters.canonical import (
     NamedToolChoice,
     PromptRequest,
     ResponseFormat,
+    Sampling,
     Tool,
     ToolChoice,
 )
@@ -44,7 +45,7 @@ _TOOL_CALL_ID: Final = re.compile(r"[a-zA-Z0-9]{9}")
 """Workers AI's vision schema requires `tool_call_id` to match this (unanchored): 9 alphanumerics in a row."""
 
 
-class WorkersAIChat(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class WorkersAIChat(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """The body of a Messages-schema call; unset fields are never sent."""
 
     messages: list[Message]
@@ -53,32 +54,18 @@ class WorkersAIChat(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=Tru
     stream: bool = False
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: ToolChoice | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     response_format: ResponseFormat | UnsetType = UNSET
     reasoning_effort: str | UnsetType = UNSET
     lora: str | UnsetType = UNSET
     raw: bool | UnsetType = UNSET
 
 
-class WorkersAIPrompt(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class WorkersAIPrompt(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """The body of a Prompt-schema call; unset fields are never sent."""
 
     prompt: str
     max_tokens: int
     stream: bool = False
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     lora: str | UnsetType = UNSET
     raw: bool | UnsetType = UNSET
 

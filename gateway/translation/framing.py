@@ -78,6 +78,19 @@ def finish_reason(
     return reason
 
 
+def stream_failure(stats: AnswerStats, exc: Exception) -> bytes:
+    """The in-band error event that ends a stream which failed after its first byte.
+
+    An upstream or gateway error is sent as it is; anything else is a bug, logged, and still ends
+    the stream visibly (never as a silent stop)."""
+    if isinstance(exc, UpstreamError | GatewayError):
+        stats.error_code = exc.code or "upstream_error"
+        return in_band_error(exc)
+    log.error("stream_failed", exc_info=exc)
+    stats.error_code = "internal_error"
+    return in_band_error(GatewayError("The gateway failed while relaying the answer.", code="internal_error"))
+
+
 def estimated_usage(prompt_tokens: int, chars: int) -> Usage:
     """For an answer whose upstream reported nothing (or that a stop sequence ended early)."""
     return Usage(prompt_tokens, math.ceil(chars / 4))
@@ -205,16 +218,8 @@ class ChoiceWriter:
                         break  # every choice has ended: the relay closes the upstream now
                     if close_choice is not None:
                         await close_choice(choice.index)
-        except (UpstreamError, GatewayError) as exc:
-            stats.error_code = exc.code or "upstream_error"
-            yield in_band_error(exc)
-            return
-        except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
-            log.error("stream_failed", exc_info=exc)
-            stats.error_code = "internal_error"
-            yield in_band_error(
-                GatewayError("The gateway failed while relaying the answer.", code="internal_error")
-            )
+        except Exception as exc:  # noqa: BLE001 - every failure ends the stream in-band (stream_failure)
+            yield stream_failure(stats, exc)
             return
         single = self._usage if count == 1 else None
         for choice in choices:
@@ -280,4 +285,5 @@ __all__ = (
     "Writer",
     "estimated_usage",
     "finish_reason",
+    "stream_failure",
 )

@@ -21,8 +21,6 @@ from adapters.canonical import (
     ToolCallDelta,
     Usage,
 )
-from adapters.errors import UpstreamError
-from gateway.errors import GatewayError, in_band_error
 from gateway.ids import hex_id
 from gateway.observability.logs import get_logger
 from gateway.openai.responses import (
@@ -44,6 +42,7 @@ from gateway.translation.framing import (
     ChoiceWriter,
     estimated_usage,
     finish_reason,
+    stream_failure,
 )
 
 if TYPE_CHECKING:
@@ -339,16 +338,8 @@ class ResponseWriter(ChoiceWriter):
                     stats.usage = event
                 elif type(event) is Finish:
                     finish = event.reason
-        except (UpstreamError, GatewayError) as exc:
-            stats.error_code = exc.code or "upstream_error"
-            yield in_band_error(exc)
-            return
-        except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
-            log.error("stream_failed", exc_info=exc)
-            stats.error_code = "internal_error"
-            yield in_band_error(
-                GatewayError("The gateway failed while relaying the answer.", code="internal_error")
-            )
+        except Exception as exc:  # noqa: BLE001 - every failure ends the stream in-band (stream_failure)
+            yield stream_failure(stats, exc)
             return
         if not started:
             yield prefix + _ROLE_DELTA + _CHOICE_TAIL
