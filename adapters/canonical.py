@@ -1,16 +1,16 @@
 """The canonical request and the canonical event stream.
 
-The gateway turns every OpenAI chat request into a `ChatRequest` and every legacy completions request
-into a `PromptRequest`: backend-neutral requests (messages, tools, sampling) that each backend's
-`request.py` narrows to its own upstream body. What only some backends understand travels apart, in
-`Extensions`, and a backend refuses those it does not know. Every adapter turns its upstream's answer
-into the same small set of events. The gateway's writer owns all OpenAI framing, so adapters never
-build OpenAI chunks themselves.
+The gateway turns every OpenAI chat request into a `ChatRequest`, every legacy completions request
+into a `PromptRequest` and every embeddings request into an `EmbeddingRequest`: backend-neutral
+requests that each backend's `request.py` narrows to its own upstream body. What only some backends
+understand travels apart, in `Extensions`, and a backend refuses those it does not know. Every
+adapter turns its upstream's answer into the same small set of events. The gateway's writer owns all
+OpenAI framing, so adapters never build OpenAI chunks themselves.
 
 Operations: each canonical request type names the `Adapter` method that serves it (`open_on`), so the
 router opens any request the same way. A new surface either maps onto an existing request type
 (Responses and Anthropic Messages onto `ChatRequest`) or adds one request type with its `open_on` and
-one method on every adapter (embeddings: `EmbeddingRequest` → `Adapter.embed`).
+one method on every adapter (as embeddings did: `EmbeddingRequest` → `Adapter.embed`).
 
 Events are yielded by `UpstreamResponse.events()`. A failure is raised (an `UpstreamError`), never
 yielded, so `async for` loops end only on a complete answer.
@@ -182,7 +182,31 @@ class PromptRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
         return adapter.complete(self, model, request_id=request_id)
 
 
-CanonicalRequest = ChatRequest | PromptRequest
+class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """An embeddings request: one vector per input, in input order; unset fields are never sent upstream."""
+
+    operation: ClassVar[str] = "embed"
+
+    input: list[str] | list[list[int]]
+    """Texts, or token-id arrays (only backends that take tokens, vLLM, accept those)."""
+    dimensions: int | UnsetType = UNSET
+    """Fewer dimensions than the model's own, for models that can shorten their vectors."""
+    pooling: Literal["mean", "cls"] | UnsetType = UNSET
+    """Workers AI's bge extension: how token vectors become one vector."""
+
+    stream: ClassVar[bool] = False
+    """Embeddings always come back whole."""
+    max_tokens: ClassVar[int] = 0
+    """Nothing is generated: rate limits reserve the input's tokens only."""
+    n: ClassVar[UnsetType] = UNSET
+    seed: ClassVar[UnsetType] = UNSET
+    """One answer per request: the choice fields of the other requests are always unset."""
+
+    def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
+        return adapter.embed(self, model, request_id=request_id)
+
+
+CanonicalRequest = ChatRequest | PromptRequest | EmbeddingRequest
 """Every request type an adapter serves, one per operation."""
 
 
@@ -227,7 +251,15 @@ class Indexed(msgspec.Struct, frozen=True, gc=False):
     event: ChoiceEvent
 
 
-ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+class Embedding(msgspec.Struct, frozen=True, gc=False):
+    """The vector of input `index` of an `EmbeddingRequest` (an answer also carries a `Usage`)."""
+
+    index: int
+    vector: list[float]
+    """float32 values (as Python floats): packing them as float32 loses nothing."""
+
+
+ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | Embedding
 Event = ChoiceEvent | Indexed
 
 __all__ = (
@@ -236,6 +268,8 @@ __all__ = (
     "ChatRequest",
     "ChoiceEvent",
     "ContentPart",
+    "Embedding",
+    "EmbeddingRequest",
     "Event",
     "Extensions",
     "Finish",

@@ -19,7 +19,15 @@ import msgspec
 
 from adapters.base import CollectedAnswer
 from adapters.errors import UpstreamStatusError
-from adapters.http import MAX_ERROR_BODY, MAX_RESPONSE_BODY, build_client, parse_retry_after, read_body, send
+from adapters.http import (
+    MAX_ERROR_BODY,
+    MAX_RESPONSE_BODY,
+    build_client,
+    fetch_whole,
+    parse_retry_after,
+    read_body,
+    send,
+)
 from adapters.sse import SSEAnswer
 
 if TYPE_CHECKING:
@@ -248,7 +256,10 @@ class Upstream:
         self.name = name
         self.timeout_s = config.timeout_s
         self.client = build_client(
-            timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
+            timeout_s=config.timeout_s,
+            max_connections=config.max_concurrency,
+            ca_file=config.tls_ca_file,
+            proxy=config.proxy,
         )
         self._secrets = [secret for secret in config.secrets() if secret]
         self._errors = errors
@@ -291,6 +302,17 @@ class Upstream:
             raise
         await response.aclose()
         return CollectedAnswer(parse_answer(raw))
+
+    async def fetch(self, request: httpx.Request, *, input_param: str = "messages") -> bytes:
+        """Send `request`; the whole body of a success (a non-streamed operation: embeddings), else the
+        error table's error for its status."""
+
+        def error(status: int, raw: bytes, headers: httpx.Headers) -> UpstreamStatusError:
+            return self.status_error(status, raw, headers, input_param=input_param)
+
+        return await fetch_whole(
+            self.client, request, backend=self.name, timeout_s=self.timeout_s, status_error=error
+        )
 
     def status_error(
         self, status: int, raw: bytes, headers: httpx.Headers | None = None, *, input_param: str = "messages"

@@ -1,8 +1,8 @@
 """vLLM's OpenAI-compatible server (`POST {base_url}/chat/completions`, `POST {base_url}/completions`,
-`GET {root}/health`): the adapter, built from the kit (`adapters.upstream`).
+`POST {base_url}/embeddings`, `GET {root}/health`): the adapter, built from the kit (`adapters.upstream`).
 
 Request narrowing is in `request.py`, answer parsing and vLLM's quirks in `answers.py`, its error
-table in `errors.py`, its config block in `config.py`.
+table in `errors.py`, its config block in `config.py`, embeddings in `embeddings.py`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from msgspec import UNSET
 from adapters.errors import UpstreamStatusError
 from adapters.http import Endpoint, build_client, transport_errors
 from adapters.upstream import Upstream
-from adapters.vllm import answers
+from adapters.vllm import answers, embeddings
 from adapters.vllm.errors import ERRORS, parse_error_body
 from adapters.vllm.request import completion_body, upstream_body
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
-    from adapters.canonical import ChatRequest, Event, PromptRequest
+    from adapters.canonical import ChatRequest, EmbeddingRequest, Event, PromptRequest
+    from adapters.errors import UpstreamError
     from adapters.upstream import ParseAnswer, ParseEvent
     from adapters.vllm.config import VLLMConfig
 
@@ -46,10 +47,11 @@ class VLLMAdapter:
         base_url = config.base_url.rstrip("/")
         self._chat = Endpoint(f"{base_url}/chat/completions", headers)
         self._completions = Endpoint(f"{base_url}/completions", headers)
+        self._embeddings = Endpoint(f"{base_url}/embeddings", headers)
         # Probes get their own small pool: a backend at max_concurrency must still answer its health check.
         self._probe_timeout_s = min(PROBE_TIMEOUT_S, config.timeout_s)
         self._probe = build_client(
-            timeout_s=self._probe_timeout_s, max_connections=1, ca_file=config.tls_ca_file
+            timeout_s=self._probe_timeout_s, max_connections=1, ca_file=config.tls_ca_file, proxy=config.proxy
         )
         self._health = Endpoint(f"{base_url.removesuffix('/v1')}/health", {})
         # The parsers of each answer kind, bound to this backend's name once.
@@ -77,6 +79,19 @@ class VLLMAdapter:
         parsers = self._text_one if single else self._text_many
         return await self._call(self._completions, body, request.stream, request_id, parsers, "prompt")
 
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return await embeddings.embed(self, request, model, request_id=request_id)
+
+    async def post_embeddings(self, body: bytes, *, request_id: str) -> bytes:
+        """POST to `/embeddings`; the whole answer of a success, else its mapped error."""
+        return await self._upstream.fetch(
+            self._embeddings.post(body, _request_id(request_id)), input_param="input"
+        )
+
+    def failed_answer(self, raw: bytes) -> UpstreamError:
+        """The error of a 200 answer that is an error object."""
+        return answers.in_band_error(raw, self.name)
+
     async def _call(
         self,
         endpoint: Endpoint,
@@ -86,8 +101,7 @@ class VLLMAdapter:
         parsers: _Parsers,
         input_param: str = "messages",
     ) -> UpstreamResponse:
-        # vLLM makes X-Request-Id its engine request id: clients may reuse theirs, so add a random part.
-        http_request = endpoint.post(body, {"x-request-id": f"{request_id}-{getrandbits(32):08x}"})
+        http_request = endpoint.post(body, _request_id(request_id))
         parse_event, parse_answer = parsers
         return await self._upstream.call(
             http_request,
@@ -112,6 +126,11 @@ class VLLMAdapter:
 
     def redact(self, text: str) -> str:
         return self._upstream.redact(text)
+
+
+def _request_id(request_id: str) -> dict[str, str]:
+    # vLLM makes X-Request-Id its engine request id: clients may reuse theirs, so add a random part.
+    return {"x-request-id": f"{request_id}-{getrandbits(32):08x}"}
 
 
 def _with_backend(parse: answers.Parse, backend: str, payload: bytes) -> list[Event]:

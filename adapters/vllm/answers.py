@@ -115,14 +115,14 @@ def _text_events(body: BodyView, backend: str, *, indexed: bool) -> list[Event]:
 def _chunk(payload: bytes, backend: str) -> BodyView:
     chunk = _decode(payload, backend, "stream event")
     if chunk.error is not None or chunk.object == "error":
-        raise _in_band_error(payload, backend)
+        raise in_band_error(payload, backend)
     return chunk
 
 
 def _answer_body(raw: bytes, backend: str) -> BodyView:
     body = _decode(raw, backend, "answer")
     if body.error is not None or body.object == "error":
-        raise _in_band_error(raw, backend)
+        raise in_band_error(raw, backend)
     if not body.choices:
         raise UpstreamProtocolError(
             backend, f"backend '{backend}' sent an answer without choices", code="upstream_malformed"
@@ -143,7 +143,7 @@ def _decode(raw: bytes, backend: str, what: str) -> BodyView:
         ) from exc
 
 
-def _in_band_error(raw: bytes, backend: str) -> UpstreamError:
+def in_band_error(raw: bytes, backend: str) -> UpstreamError:
     """An error object where an answer or chunk was expected (vLLM's in-stream failures)."""
     fault = parse_error_body(raw)
     message = fault.message
@@ -158,6 +158,7 @@ __all__ = (
     "Parse",
     "answer_events",
     "chunk_events",
+    "in_band_error",
     "multi_answer_events",
     "multi_chunk_events",
     "multi_text_answer_events",

@@ -8,8 +8,8 @@ adapter.py   `WorkersAIAdapter`: the calls, through the shared kit (`adapters.up
 """
 
 from adapters.workers_ai.adapter import WorkersAIAdapter, create
-from adapters.workers_ai.config import WorkersAIConfig
+from adapters.workers_ai.config import AIGatewayConfig, WorkersAIConfig
 
 Config = WorkersAIConfig
 
-__all__ = ("Config", "WorkersAIAdapter", "WorkersAIConfig", "create")
+__all__ = ("AIGatewayConfig", "Config", "WorkersAIAdapter", "WorkersAIConfig", "create")

@@ -2,7 +2,8 @@
 from the kit (`adapters.upstream`).
 
 Request narrowing is in `request.py`, answer parsing (three `result` shapes, two stream formats) in
-`answers.py`, the table of Cloudflare codes in `errors.py`, the config block in `config.py`.
+`answers.py`, the table of Cloudflare codes in `errors.py`, the config block (and Cloudflare AI Gateway)
+in `config.py`, embeddings in `embeddings.py`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import msgspec
 
 from adapters.http import Endpoint
 from adapters.upstream import Upstream
+from adapters.workers_ai import embeddings
 from adapters.workers_ai.answers import StreamParser, envelope_result, result_events
 from adapters.workers_ai.errors import ERRORS, parse_error_body
 from adapters.workers_ai.request import prompt_body, upstream_body
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
-    from adapters.canonical import ChatRequest, Event, PromptRequest
+    from adapters.canonical import ChatRequest, EmbeddingRequest, Event, PromptRequest
+    from adapters.errors import UpstreamStatusError
     from adapters.workers_ai.config import WorkersAIConfig
 
 _encoder: Final = msgspec.json.Encoder()
@@ -31,9 +34,10 @@ class WorkersAIAdapter:
 
     def __init__(self, name: str, config: WorkersAIConfig) -> None:
         self.name = name
+        self._config = config
         self._upstream = Upstream(name, config, errors=ERRORS, parse_error=parse_error_body)
-        self._run_url = f"{config.base_url.rstrip('/')}/accounts/{config.account_id}/ai/run/"
-        self._headers = {"authorization": f"Bearer {config.api_token}", "content-type": "application/json"}
+        self._run_url = config.run_url()
+        self._headers = config.headers()
         self._endpoints: dict[str, Endpoint] = {}
 
     async def aclose(self) -> None:
@@ -49,19 +53,35 @@ class WorkersAIAdapter:
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
 
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return await embeddings.embed(self, request, model, max_concurrency=self._config.max_concurrency)
+
+    def _endpoint(self, model: str) -> Endpoint:
+        endpoint = self._endpoints.get(model)
+        if endpoint is None:
+            # Model names come from the config only, so this cache is bounded by the config.
+            endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
+        return endpoint
+
     async def _run(self, model: str, body: bytes) -> UpstreamResponse:
         """POST one body to the model's route; both input schemas answer in the same shapes.
 
         An SSE answer is streamed whatever was asked; a JSON body is read whole: asked for, or sent by
         models that ignore `stream` (gpt-oss, some Kimi builds).
         """
-        endpoint = self._endpoints.get(model)
-        if endpoint is None:
-            # Model names come from the config only, so this cache is bounded by the config.
-            endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
         return await self._upstream.call(
-            endpoint.post(body), parse_event=StreamParser(self.name).parse, parse_answer=self._answer_events
+            self._endpoint(model).post(body),
+            parse_event=StreamParser(self.name).parse,
+            parse_answer=self._answer_events,
         )
+
+    async def post_whole(self, model: str, body: bytes) -> bytes:
+        """POST one body to the model's route; the whole answer of a success, else its mapped error."""
+        return await self._upstream.fetch(self._endpoint(model).post(body))
+
+    def failed_answer(self, raw: bytes) -> UpstreamStatusError:
+        """The error of a 200 answer whose envelope says `success: false`."""
+        return self._upstream.status_error(502, raw)
 
     def redact(self, text: str) -> str:
         return self._upstream.redact(text)
@@ -69,7 +89,7 @@ class WorkersAIAdapter:
     def _answer_events(self, raw: bytes) -> list[Event]:
         result = envelope_result(raw, self.name)
         if result is None:
-            raise self._upstream.status_error(502, raw)
+            raise self.failed_answer(raw)
         return list(result_events(result, self.name))
 
 

@@ -91,6 +91,11 @@ def parse_error_body(raw: bytes) -> Fault:
             code = code if isinstance(code, int) and not isinstance(code, bool) else None
             return Fault(str(first.get("message", "")), code=code)
         error = body.get("error")
+        if isinstance(error, list) and error and isinstance(error[0], dict):  # AI Gateway's own errors
+            first = error[0]
+            code = first.get("code")
+            code = code if isinstance(code, int) and not isinstance(code, bool) else None
+            return Fault(str(first.get("message", "")), code=code)
         if isinstance(error, dict):
             return Fault(str(error.get("message", "")))
         if isinstance(error, str):
