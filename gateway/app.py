@@ -63,7 +63,6 @@ class Pipeline(Protocol):
         router: Router,
         raw_body: bytes,
         *,
-        request_id: str,
         key: KeyPolicy | None,
         limits: RateLimits | None,
         info: RequestInfo,
@@ -78,7 +77,6 @@ class MessagesPipeline(Protocol):
         router: Router,
         raw_body: bytes,
         *,
-        request_id: str,
         version: ApiVersion,
         key: KeyPolicy | None,
         limits: RateLimits | None,
@@ -221,7 +219,6 @@ def create_app(settings: Settings) -> Litestar:
                 return run(
                     gateway.router,
                     body,
-                    request_id=info.request_id,
                     key=key,
                     limits=gateway.limits,
                     info=info,

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import msgspec
 
-from gateway.context import RequestInfo
 from gateway.edge.auth import check_model
 from gateway.errors import InvalidRequestError
 from gateway.observability.logs import get_logger
@@ -35,12 +34,13 @@ from gateway.translation.writer import ResponseWriter
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
+    from gateway.context import RequestInfo
     from gateway.edge.auth import KeyPolicy
     from gateway.limits import Grant, RateLimits
     from gateway.routing.choices import MultiAnswer
     from gateway.routing.router import Answer, ResolvedModel, Router
+    from gateway.translation.framing import Writer
     from gateway.translation.translate import Translated
-    from gateway.translation.writer import Writer
 
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
@@ -72,13 +72,10 @@ async def chat_completion(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
+    info: RequestInfo,
     key: KeyPolicy | None = None,
     limits: RateLimits | None = None,
-    info: RequestInfo | None = None,
 ) -> ChatResult:
-    if info is None:
-        info = RequestInfo(request_id)
     payload = decode_chat_request(raw_body)
     check_chat_request(payload, router.request_limits)
     info.stream = bool(payload.stream)
@@ -92,7 +89,6 @@ async def chat_completion(
         model,
         translated,
         ResponseWriter(translated),
-        request_id=request_id,
         key=key,
         limits=limits,
         info=info,
@@ -106,15 +102,12 @@ async def serve_translated(
     translated: Translated[CanonicalRequest],
     writer: Writer,
     *,
-    request_id: str,
+    info: RequestInfo,
     key: KeyPolicy | None,
     limits: RateLimits | None,
-    info: RequestInfo | None,
     explicit_max_tokens: bool,
 ) -> ChatResult:
     """limit → route → write → settle, for a translated request of any endpoint."""
-    if info is None:
-        info = RequestInfo(request_id)
     info.model = model.name
     info.stream = translated.request.stream
     info.prompt_estimate = translated.prompt_estimate
@@ -122,7 +115,6 @@ async def serve_translated(
     if translated.dropped:
         log.info(
             "unsupported_parameters_dropped",
-            request_id=request_id,
             model=model.name,
             params=list(translated.dropped),
         )
@@ -140,11 +132,9 @@ async def serve_translated(
     began = monotonic()
     try:
         if translated.n == 1:
-            answer: Answer | MultiAnswer = await router.open(
-                translated, model, request_id=request_id, info=info
-            )
+            answer: Answer | MultiAnswer = await router.open(translated, model, info=info)
         else:
-            answer = await open_answer(router, translated, model, request_id=request_id)
+            answer = await open_answer(router, translated, model, info=info)
             info.backend, info.attempts = answer.backend, answer.attempts
         info.upstream_s = monotonic() - began
     except BaseException:

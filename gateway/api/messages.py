@@ -19,6 +19,7 @@ from gateway.api.chat import ChatResult, decode_request, serve_translated, valid
 from gateway.edge.auth import check_model
 from gateway.errors import InvalidRequestError
 from gateway.openai.limits import check_depth, check_length
+from gateway.routing.router import require_kind
 from gateway.translation.messages import API_VERSIONS, translate_messages
 from gateway.translation.messages_writer import MessagesWriter
 
@@ -55,30 +56,27 @@ async def create_message(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
+    info: RequestInfo,
     version: ApiVersion,
     key: KeyPolicy | None = None,
     limits: RateLimits | None = None,
-    info: RequestInfo | None = None,
 ) -> ChatResult:
     payload: MessagesRequest = decode_request(messages_request_decoder, raw_body, anthropic_validation_error)
     model, result = _translate(router, payload, version, key)
-    if info is not None:
-        info.stream = bool(payload.stream)
-        info.user = result.user  # for the log line, never upstream
+    info.stream = bool(payload.stream)
+    info.user = result.user  # for the log line, never upstream
     answer = await serve_translated(
         router,
         model,
         result.translated,
-        MessagesWriter(result.translated, thinking=result.thinking, request_id=request_id),
-        request_id=request_id,
+        MessagesWriter(result.translated, thinking=result.thinking, request_id=info.request_id),
         key=key,
         limits=limits,
         info=info,
         explicit_max_tokens=True,
     )
     answer.headers = rate_limit_headers(answer.headers)
-    answer.headers["request-id"] = request_id
+    answer.headers["request-id"] = info.request_id
     return answer
 
 
@@ -86,21 +84,19 @@ async def count_tokens(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
+    info: RequestInfo,
     version: ApiVersion,
     key: KeyPolicy | None = None,
     limits: RateLimits | None = None,
-    info: RequestInfo | None = None,
 ) -> ChatResult:
     """The prompt's size as the limiter estimates it (about 4 characters a token, see docs/messages.md)."""
     payload: CountTokensRequest = decode_request(
         count_tokens_request_decoder, raw_body, anthropic_validation_error
     )
     model, result = _translate(router, payload, version, key)
-    if info is not None:
-        info.model = model.name
+    info.model = model.name
     body = encoder.encode(TokenCount(result.translated.prompt_estimate))
-    return ChatResult({"request-id": request_id}, body=body)
+    return ChatResult({"request-id": info.request_id}, body=body)
 
 
 def _translate(
@@ -110,6 +106,7 @@ def _translate(
     _check_limits(payload, router.request_limits)
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
+    require_kind(model, payload.model, "chat")
     return model, translate_messages(payload, version=version, public_model=model.name, model=model.config)
 
 

@@ -24,8 +24,8 @@ from msgspec import UNSET
 from adapters.canonical import Embedding, EmbeddingRequest, Usage
 from gateway.errors import InvalidRequestError
 from gateway.openai.responses import EmbeddingList, EmbeddingObject, EmbeddingUsage, encoder
+from gateway.translation.framing import AnswerStats
 from gateway.translation.translate import Translated
-from gateway.translation.writer import AnswerStats
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest, Event

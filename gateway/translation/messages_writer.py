@@ -43,8 +43,9 @@ from gateway.anthropic.responses import (
 from gateway.errors import GatewayError, in_band_error
 from gateway.ids import hex_id
 from gateway.observability.logs import get_logger
+from gateway.translation.framing import AnswerStats, estimated_usage, finish_reason
 from gateway.translation.shaping import Shaper
-from gateway.translation.writer import AnswerStats, ToolCalls, estimated_usage, finish_reason
+from gateway.translation.writer import ToolCalls
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest, ChoiceEvent

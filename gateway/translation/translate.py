@@ -36,6 +36,7 @@ from adapters.canonical import (
     Tool,
     ToolCall,
     ToolChoice,
+    extensions,
 )
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.openai.requests import (
@@ -138,8 +139,7 @@ def translate(
         response_format=UNSET if "response_format" in dropped else _response_format(body),
         stop=_stop(body.stop) or UNSET,
         reasoning_effort=_opt(body.reasoning_effort),
-        lora=_opt(body.lora),
-        raw=_opt(body.raw),
+        extensions=extensions(lora=body.lora, raw=body.raw),
         n=n if n > 1 and _native_n(n, body.temperature, native) else UNSET,
         logit_bias=UNSET if body.logit_bias is None or "logit_bias" not in native else body.logit_bias,
     )
@@ -201,8 +201,7 @@ def translate_completion(
         frequency_penalty=_opt(body.frequency_penalty),
         presence_penalty=_opt(body.presence_penalty),
         stop=_stop(body.stop) or UNSET,
-        lora=_opt(body.lora),
-        raw=_opt(body.raw),
+        extensions=extensions(lora=body.lora, raw=body.raw),
         n=samples if native_n else UNSET,
         logit_bias=_opt(body.logit_bias) if "logit_bias" in native and "logit_bias" not in dropped else UNSET,
     )
