@@ -22,7 +22,7 @@ from msgspec import Meta
 
 from adapters import BackendConfigs
 from adapters import proxy as proxies
-from adapters.mock.adapter import MockConfig
+from adapters.mock import MockConfig
 from adapters.secret import hide_secrets
 
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"

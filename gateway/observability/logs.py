@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from adapters.secret import MASK, Secret
+from gateway.context import add_request_fields
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -103,6 +104,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_request_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

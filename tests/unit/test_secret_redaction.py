@@ -17,8 +17,8 @@ import msgspec
 import pytest
 
 from adapters.secret import MASK, Secret, reveal
-from adapters.vllm.adapter import VLLMConfig
-from adapters.workers_ai.adapter import WorkersAIConfig
+from adapters.vllm.config import VLLMConfig
+from adapters.workers_ai.config import WorkersAIConfig
 from gateway.config import parse_config
 from gateway.observability.logs import _json
 
