@@ -81,8 +81,10 @@ _MODEL_NOT_FOUND: Final = re.compile(r"model .* does not exist", re.IGNORECASE)
 
 
 class VLLMConfig(BackendConfig, tag="vllm", frozen=True, kw_only=True):
+    """`vllm serve`'s OpenAI server; its `GET /health` (server root) is probed in the background."""
+
     base_url: str
-    """The OpenAI base URL of `vllm serve`, e.g. `http://gpu-1:8000/v1`."""
+    """The OpenAI base URL of `vllm serve`, with `/v1`, e.g. `http://gpu-1:8000/v1`; required."""
     api_key: str = ""
     """vLLM's `--api-key`, if it was started with one."""
 

@@ -77,9 +77,14 @@ AUTH_CODE: Final = 10000
 
 
 class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True):
+    """Cloudflare Workers AI's REST API (`POST {base_url}/accounts/{account_id}/ai/run/{model}`)."""
+
     account_id: str
+    """The Cloudflare account id (usually `${CLOUDFLARE_ACCOUNT_ID}`); required, never logged."""
     api_token: str
+    """An API token with Workers AI permission (usually `${CLOUDFLARE_API_TOKEN}`); required, never logged."""
     base_url: str = DEFAULT_BASE_URL
+    """Cloudflare's API root; AI Gateway users and tests point it elsewhere."""
 
     def required_values(self) -> dict[str, str]:
         return {"account_id": self.account_id, "api_token": self.api_token, "base_url": self.base_url}
