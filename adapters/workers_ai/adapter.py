@@ -84,7 +84,7 @@ class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True
     api_token: str
     """An API token with Workers AI permission (usually `${CLOUDFLARE_API_TOKEN}`); required, never logged."""
     base_url: str = DEFAULT_BASE_URL
-    """Cloudflare's API root; AI Gateway users and tests point it elsewhere."""
+    """Cloudflare's API root (must not be empty); AI Gateway users and tests point it elsewhere."""
 
     def required_values(self) -> dict[str, str]:
         return {"account_id": self.account_id, "api_token": self.api_token, "base_url": self.base_url}
