@@ -288,26 +288,22 @@ def _type_text(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[str, tu
                 return "mapping of names to [backends](#backends-name) (each with a `kind`)"
             return f"mapping of names to {_type_text(extra, defs, anchors)}"
         return "mapping"
-    words = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean"}
-    return words.get(str(kind), str(kind)) + bounds
+    return f"{kind}{bounds}"
+
+
+_BOUND_WORDS: Final = (
+    ("minimum", "≥ {}"),
+    ("exclusiveMinimum", "> {}"),
+    ("maximum", "≤ {}"),
+    ("exclusiveMaximum", "< {}"),
+    ("minLength", "at least {} characters"),
+    ("minItems", "at least {} items"),
+    ("pattern", "matching `{}`"),
+)
 
 
 def _bounds(prop: dict[str, Any]) -> str:
-    parts = []
-    if "minimum" in prop:
-        parts.append(f"≥ {prop['minimum']}")
-    if "exclusiveMinimum" in prop:
-        parts.append(f"> {prop['exclusiveMinimum']}")
-    if "maximum" in prop:
-        parts.append(f"≤ {prop['maximum']}")
-    if "exclusiveMaximum" in prop:
-        parts.append(f"< {prop['exclusiveMaximum']}")
-    if "minLength" in prop:
-        parts.append(f"at least {prop['minLength']} characters")
-    if "minItems" in prop:
-        parts.append(f"at least {prop['minItems']} items")
-    if "pattern" in prop:
-        parts.append(f"matching `{prop['pattern']}`")
+    parts = [words.format(prop[keyword]) for keyword, words in _BOUND_WORDS if keyword in prop]
     return (", " + ", ".join(parts)) if parts else ""
 
 

@@ -101,26 +101,19 @@ def test_a_backend_kind_is_checked_by_its_own_block() -> None:
     assert _schema_errors("backends: {g: {kind: mock, base_url: x}}\nmodels: {}\n")  # not a mock key
 
 
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
+    )
+
+
 def test_the_cli_writes_the_committed_schema(tmp_path: Path) -> None:
     out = tmp_path / "schema.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "config-schema", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("gateway", "config-schema", "--output", str(out))
     assert (result.returncode, result.stderr) == (0, "")
     assert out.read_text(encoding="utf-8") == SCHEMA_PATH.read_text(encoding="utf-8")
-    printed = subprocess.run(
-        [sys.executable, "-m", "gateway", "config-schema"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=True,
-    )
+    printed = run_module("gateway", "config-schema")
+    assert printed.returncode == 0
     schema: dict[str, Any] = json.loads(printed.stdout)
     assert schema["$ref"] == "#/$defs/Settings"
 
@@ -138,12 +131,5 @@ def test_the_generator_check_mode_reports_a_stale_page(tmp_path: Path) -> None:
 
 
 def test_the_generator_check_mode_passes_on_the_repository() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.config_reference", "--check"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("gateway.config_reference", "--check")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
