@@ -142,8 +142,8 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     key: str | None = None
     """The secret itself (usually `${VAR}`), or ..."""
     key_sha256: str | None = None
-    """... its SHA-256 as 64 hex digits (`printf %s "$KEY" | sha256sum`), so the config need not hold
-    the secret. Exactly one of `key` and `key_sha256`; every key distinct."""
+    """... its SHA-256 as 64 hex digits (`printf %s "$KEY"` piped into `sha256sum`), so the config
+    need not hold the secret. Exactly one of `key` and `key_sha256`; every key distinct."""
     rpm: int | None = None
     """Requests per minute; at least 1, or leave it out for no limit."""
     tpm: int | None = None

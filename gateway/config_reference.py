@@ -323,6 +323,8 @@ def _default_text(key: str, prop: dict[str, Any], required: set[str]) -> str:
 
 
 def _cell(text: str) -> str:
+    # Renderers disagree on a `|` inside a code span in a table (GitHub wants it escaped, Python-Markdown
+    # shows the backslash): docstrings avoid them, and a bare one is escaped.
     return _one_line(text).replace("|", "\\|")
 
 
