@@ -263,54 +263,104 @@ def _join(path: str, key: str) -> str:
 
 
 def _validate(raw: Any, problems: list[str], unset: dict[str, list[str]]) -> Settings | None:
+    """Settings from the interpolated YAML, or None when its shape is wrong; problems go to `problems`.
+
+    A value refused by a bound that words its own problem (`Meta(extra={"problem": ...})`, on fields
+    with a default) is reported and left out, so the checks across values still run and the file's
+    problems are listed together, as when those bounds were checked by hand.
+    """
     if not isinstance(raw, dict):
         problems.append("the top level must be a mapping of keys (listen, backends, models, ...)")
         return None
     if isinstance(raw.get("log_level"), str):
         raw = {**raw, "log_level": raw["log_level"].lower()}
     fields = {field.encode_name: field for field in msgspec.structs.fields(Settings)}
+    shaped = True
     for key in raw:
         if key not in fields:
             problems.append(f"{key}: unknown key (known keys: {', '.join(sorted(fields))})")
+            shaped = False
+    clean: dict[str, Any] = {}
     for key, field in fields.items():
         if key not in raw:
             if field.required:
                 problems.append(f"{key}: missing required section")
+                shaped = False
             continue
         value = raw[key]
         if key in ("backends", "models"):
             if not isinstance(value, dict) or not value:
                 problems.append(f"{key}: must be a non-empty mapping of names to definitions")
+                shaped = False
                 continue
             entry_type = BackendConfigs if key == "backends" else ModelConfig
-            for name, entry in value.items():
-                _convert(entry, entry_type, f"{key}.{name}", problems, unset)
+            entries = {
+                name: _convert(e, entry_type, f"{key}.{name}", problems, unset) for name, e in value.items()
+            }
+            shaped &= all(entry is not _MISSHAPEN for entry in entries.values())
+            clean[key] = entries
         elif key == "keys":
             if not isinstance(value, list) or not value:
                 problems.append("keys: must be a non-empty list of keys (remove the section to run open)")
+                shaped = False
                 continue
-            for i, entry in enumerate(value):
-                _convert(entry, KeyConfig, f"keys[{i}]", problems, unset)
+            items = [
+                _convert(entry, KeyConfig, f"keys[{i}]", problems, unset) for i, entry in enumerate(value)
+            ]
+            shaped &= all(item is not _MISSHAPEN for item in items)
+            clean[key] = items
         else:
-            _convert(value, field.type, key, problems, unset)
-    if problems:
+            converted = _convert(value, field.type, key, problems, unset)
+            shaped &= converted is not _MISSHAPEN
+            if converted is not _LEFT_OUT:
+                clean[key] = converted
+    if not shaped:
         return None
-    settings = msgspec.convert(raw, Settings, strict=False)
+    settings = msgspec.convert(clean, Settings, strict=False)
     _check_references(settings, problems, unset)
     _check_keys_and_limits(settings, problems, unset)
     return settings
 
 
+_MISSHAPEN: Final = object()
+"""`_convert`'s answer for a value of the wrong shape (type, unknown or missing key, other bounds)."""
+_LEFT_OUT: Final = object()
+"""`_convert`'s answer for a whole value refused by a worded bound: leave it out, the default applies."""
+
+
 def _convert(value: Any, type_: Any, path: str, problems: list[str], unset: dict[str, list[str]]) -> Any:
-    try:
-        return msgspec.convert(value, type_, strict=False)
-    except msgspec.ValidationError as exc:
-        message, where = _split_msgspec_error(str(exc))
-        if _REFUSED_VALUE.match(message):
-            message = _declared_problem(type_, where) or message
-        full = _join(path, where) if where else path
-        problems.append(f"{full}: {message}{_unset_hint(full, unset)}")
-        return None
+    """`value` checked against `type_`: the raw value to build the settings from, less the values refused
+    by worded bounds (each reported), or `_MISSHAPEN` (reported too)."""
+    while True:
+        try:
+            msgspec.convert(value, type_, strict=False)
+            return value
+        except msgspec.ValidationError as exc:
+            message, where = _split_msgspec_error(str(exc))
+            declared = _declared_problem(type_, where) if _REFUSED_VALUE.match(message) else None
+            full = _join(path, where) if where else path
+            problems.append(f"{full}: {declared or message}{_unset_hint(full, unset)}")
+            if declared is None:
+                return _MISSHAPEN
+            if not where:
+                return _LEFT_OUT
+            value = _without(value, _PATH_STEP.findall(where))
+            if value is _MISSHAPEN:
+                return _MISSHAPEN
+
+
+def _without(value: Any, steps: list[str]) -> Any:
+    """A copy of `value` without the mapping key at the end of `steps`, or `_MISSHAPEN` if there is none."""
+    head, rest = steps[0], steps[1:]
+    if isinstance(value, dict) and head in value:
+        if not rest:
+            return {key: item for key, item in value.items() if key != head}
+        inner = _without(value[head], rest)
+        return _MISSHAPEN if inner is _MISSHAPEN else {**value, head: inner}
+    if isinstance(value, list) and head.isdigit() and int(head) < len(value) and rest:
+        inner = _without(value[int(head)], rest)
+        return _MISSHAPEN if inner is _MISSHAPEN else [*value[: int(head)], inner, *value[int(head) + 1 :]]
+    return _MISSHAPEN
 
 
 def _split_msgspec_error(text: str) -> tuple[str, str]:
