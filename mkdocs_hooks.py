@@ -3,12 +3,18 @@
 - An entry in `PLANNED` whose file does not exist yet is dropped from the nav (instead of failing the
   strict build); it appears where the nav puts it as soon as the page lands.
 - A page under docs/ that the nav does not list is added under "More", so a new page is never orphaned.
+- A relative link from a page to a repository file outside docs/ (`[guide](../deploy/README.md)`, which
+  works on a code host) is shown on the site as the file's path, since the site has no copy of it; one
+  to a file that does not exist is left alone, so the strict build still fails on it.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+
+_LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s#:]+)(#[^)\s]*)?\)")
 
 PLANNED = frozenset(
     {
@@ -54,3 +60,19 @@ def _files(entries: list[Any]) -> list[str]:
         value = next(iter(entry.values())) if isinstance(entry, dict) else entry
         found.extend(_files(value) if isinstance(value, list) else [value])
     return found
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    docs = Path(config["docs_dir"]).resolve()
+    here = (docs / page.file.src_uri).parent
+    repo = docs.parent
+
+    def outside(match: re.Match[str]) -> str:
+        text, target = match.group(1), match.group(2)
+        path = (here / target).resolve()
+        if path.is_relative_to(docs) or not path.is_relative_to(repo) or not path.exists():
+            return match.group(0)
+        name = path.relative_to(repo).as_posix()
+        return text if name in text else f"{text} (`{name}`)"
+
+    return _LINK.sub(outside, markdown)

@@ -225,6 +225,12 @@ def _sections(schema: dict[str, Any]) -> list[_Section]:
             for child_ref, suffix in _refs(defs[first_ref]["properties"][key]):
                 child = f"{path}.{key}{suffix}"
                 walk(child_ref, child, _slug(child), child)
+        for _, ref in members:
+            for key, prop in defs[ref]["properties"].items():
+                if key not in common:
+                    for child_ref, suffix in _refs(prop):
+                        child = f"{path}.{key}{suffix}"
+                        walk(child_ref, child, _slug(child), child)
 
     walk(schema["$ref"].rsplit("/", 1)[1], "", "top-level", "Top level")
     return sections
