@@ -6,7 +6,7 @@ This is the one place where httpx exceptions become `UpstreamError`s.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -220,6 +220,29 @@ async def read_body(response: httpx.Response, *, backend: str, timeout_s: float,
     return b"".join(chunks)
 
 
+async def fetch_whole(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    backend: str,
+    timeout_s: float,
+    status_error: Callable[[int, bytes, httpx.Headers], UpstreamError],
+) -> bytes:
+    """Send, and return the whole body of a successful answer (at most `MAX_RESPONSE_BODY` bytes).
+
+    An error status raises `status_error(status, error body, headers)`; the connection is released
+    either way.
+    """
+    response = await send(client, request, backend=backend, timeout_s=timeout_s)
+    try:
+        if response.status_code >= 400:
+            raw = await read_body(response, backend=backend, timeout_s=timeout_s, limit=MAX_ERROR_BODY)
+            raise status_error(response.status_code, raw, response.headers)
+        return await read_body(response, backend=backend, timeout_s=timeout_s, limit=MAX_RESPONSE_BODY)
+    finally:
+        await response.aclose()
+
+
 async def iter_body(response: httpx.Response, *, backend: str, timeout_s: float) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, with transport failures translated."""
     iterator = response.aiter_bytes()
@@ -255,6 +278,7 @@ __all__ = (
     "Endpoint",
     "UpstreamClient",
     "build_client",
+    "fetch_whole",
     "iter_body",
     "parse_retry_after",
     "read_body",

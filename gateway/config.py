@@ -105,6 +105,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     targets: list[Target]
     """Tried in order, at least one; what fails over and what does not is in the operations guide."""
+    kind: Literal["chat", "embeddings"] = "chat"
+    """What the model serves: `chat` (`/v1/chat/completions`, `/v1/completions`) or `embeddings`
+    (`/v1/embeddings`). Calling a model on the other kind's endpoint is a 400 naming the right one."""
     aliases: list[str] = msgspec.field(default_factory=list)
     """Extra public names for this model (e.g. `gpt-4o-mini` for clients that cannot change the name)."""
     vision: bool = False

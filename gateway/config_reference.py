@@ -210,7 +210,7 @@ def _sections(schema: dict[str, Any]) -> list[_Section]:
             )
         )
         for tag, ref in members:
-            own = tuple(k for k in defs[ref]["properties"] if k not in common)
+            own = tuple(k for k in defs[ref]["properties"] if k not in common and k != "kind")
             seen.add(ref)
             sections.append(
                 _Section(
@@ -354,7 +354,7 @@ def reference_page() -> str:
         rows = [
             (key, prop)
             for key, prop in definition["properties"].items()
-            if key != "kind" and (section.only is None or key in section.only)
+            if section.only is None or key in section.only
         ]
         if not rows:
             out.append("\nNo keys of its own.\n")

@@ -27,6 +27,7 @@ import msgspec
 from adapters.base import CollectedAnswer
 from adapters.canonical import (
     ChatRequest,
+    EmbeddingRequest,
     Event,
     Finish,
     FinishReason,
@@ -47,11 +48,13 @@ from adapters.http import (
     MAX_RESPONSE_BODY,
     Endpoint,
     build_client,
+    fetch_whole,
     parse_retry_after,
     read_body,
     send,
 )
 from adapters.sse import SSEAnswer
+from adapters.workers_ai import embeddings
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
@@ -174,12 +177,31 @@ class WorkersAIAdapter:
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
 
-    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
-        """POST one body to the model's route; both input schemas answer in the same shapes."""
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return await embeddings.embed(self, request, model, max_concurrency=self._config.max_concurrency)
+
+    def _endpoint(self, model: str) -> Endpoint:
         endpoint = self._endpoints.get(model)
         if endpoint is None:
             # Model names come from the config only, so this cache is bounded by the config.
             endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
+        return endpoint
+
+    async def post_whole(self, model: str, body: bytes) -> bytes:
+        """POST one body to the model's route; the whole answer of a success, else its mapped error."""
+        request = self._endpoint(model).post(body)
+        timeout_s, status_error = self._timeout_s, self._status_error
+        return await fetch_whole(
+            self._client, request, backend=self.name, timeout_s=timeout_s, status_error=status_error
+        )
+
+    def failed_answer(self, raw: bytes) -> UpstreamStatusError:
+        """The error of a 200 answer whose envelope says `success: false`."""
+        return self._status_error(502, raw, httpx.Headers())
+
+    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
+        """POST one body to the model's route; both input schemas answer in the same shapes."""
+        endpoint = self._endpoint(model)
         response = await send(self._client, endpoint.post(body), backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:
@@ -223,7 +245,7 @@ class WorkersAIAdapter:
                 self.name, f"backend '{self.name}' sent an answer without a result", code="upstream_malformed"
             )
         if envelope.get("success") is False or (envelope.get("errors") and envelope.get("result") is None):
-            raise self._status_error(502, raw, httpx.Headers())
+            raise self.failed_answer(raw)
         if "result" not in envelope:
             raise UpstreamProtocolError(
                 self.name, f"backend '{self.name}' sent an answer without a result", code="upstream_malformed"

@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
-from gateway.openai.responses import ChatCompletion, ErrorBody, ModelList, TextCompletion
+from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingCreateRequest
+from gateway.openai.responses import ChatCompletion, EmbeddingList, ErrorBody, ModelList, TextCompletion
 
 OPENAPI_PATH: Final = "/schema/openapi.json"
 _REF: Final = "#/components/schemas/{name}"
@@ -33,20 +33,19 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return responses
 
 
-def _inference(summary: str, request: str, answer: str, chunk_doc: str) -> dict[str, Any]:
+def _inference(summary: str, request: str, answer: str, chunk_doc: str | None) -> dict[str, Any]:
+    """One inference operation; `chunk_doc` describes its stream (None: it never streams)."""
+    ok: dict[str, Any] = {"description": "The whole answer", "content": _json(answer)}
+    if chunk_doc is not None:
+        ok["description"] += f", or with `stream: true` {chunk_doc}"
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
     return {
         "post": {
             "summary": summary,
             "operationId": request[0].lower() + request[1:],
             "requestBody": {"required": True, "content": _json(request)},
             "responses": {
-                "200": {
-                    "description": f"The whole answer, or with `stream: true` {chunk_doc}",
-                    "content": {
-                        **_json(answer),
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
+                "200": ok,
                 **_errors(400, 401, 403, 404, 408, 413, 429, 502, 503, 504),
             },
         }
@@ -60,17 +59,33 @@ def _any_value(type_: Any) -> dict[str, Any]:
     raise NotImplementedError(type_)
 
 
-def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes:
-    """The document, encoded; `models` are the public model names (and aliases) the gateway serves."""
-    (_, _, _, _, _, _), components = msgspec.json.schema_components(
-        (ChatCompletionRequest, CompletionRequest, ChatCompletion, TextCompletion, ModelList, ErrorBody),
+def build_openapi(
+    title: str, version: str, models: Sequence[str] = (), embedding_models: Sequence[str] = ()
+) -> bytes:
+    """The document, encoded; `models` are the public chat model names (and aliases) the gateway
+    serves, `embedding_models` those of kind `embeddings`."""
+    _, components = msgspec.json.schema_components(
+        (
+            ChatCompletionRequest,
+            CompletionRequest,
+            EmbeddingCreateRequest,
+            ChatCompletion,
+            TextCompletion,
+            EmbeddingList,
+            ModelList,
+            ErrorBody,
+        ),
         ref_template=_REF,
         schema_hook=_any_value,
     )
-    if models:
-        # Only configured names are served (others get a 404): say so, so clients and fuzzers know.
-        for request in ("ChatCompletionRequest", "CompletionRequest"):
-            components[request]["properties"]["model"] = {"type": "string", "enum": list(models)}
+    # Only configured names are served (others get a 404): say so, so clients and fuzzers know.
+    for request, names in (
+        ("ChatCompletionRequest", models),
+        ("CompletionRequest", models),
+        ("EmbeddingCreateRequest", embedding_models),
+    ):
+        if names:
+            components[request]["properties"]["model"] = {"type": "string", "enum": list(names)}
     model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
     plain_ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
     document = {
@@ -88,6 +103,9 @@ def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes
                 "CompletionRequest",
                 "TextCompletion",
                 "`text_completion` server-sent events ending in `data: [DONE]`",
+            ),
+            "/v1/embeddings": _inference(
+                "Create embeddings", "EmbeddingCreateRequest", "EmbeddingList", chunk_doc=None
             ),
             "/v1/models": {
                 "get": {

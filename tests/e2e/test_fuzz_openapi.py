@@ -35,12 +35,14 @@ CONFIG: dict[str, Any] = {
     "models": {
         "mock-model": {"targets": [{"backend": "demo", "model": "mock"}], "aliases": ["gpt-4o-mini"]},
         "mock-lenient": {"targets": [{"backend": "demo", "model": "mock"}], "drop_unsupported": True},
+        "mock-embeddings": {"kind": "embeddings", "targets": [{"backend": "demo", "model": "bge-small"}]},
     },
 }
 EXAMPLES: dict[str, int] = {
     # Per operation and generation mode: about 2,000 requests in all.
     "POST /v1/chat/completions": 550,
     "POST /v1/completions": 450,
+    "POST /v1/embeddings": 150,
     "GET /v1/models/{model_id}": 60,
     "GET /v1/models": 20,
     "GET /healthz": 10,
@@ -87,6 +89,9 @@ def test_the_document_describes_the_inference_bodies(gateway: GatewayProcess) ->
     assert request["properties"]["model"]["enum"] == ["mock-model", "gpt-4o-mini", "mock-lenient"]
     assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert "/v1/completions" in document["paths"]
+    embeddings = document["components"]["schemas"]["EmbeddingCreateRequest"]
+    assert embeddings["properties"]["model"]["enum"] == ["mock-embeddings"]
+    assert set(embeddings["required"]) == {"model", "input"}
     assert "/v1/models" in document["paths"]
 
 

@@ -33,7 +33,9 @@ from .common import (
     build_answer,
     conversation_from_messages,
     conversation_from_prompt,
+    count_prompt_tokens,
     dumps,
+    embedding_vector,
     json_reply,
     last_user_text,
     new_hex,
@@ -323,6 +325,43 @@ DEFAULT_MODELS: Final[tuple[WAModel, ...]] = (
     WAModel(LLAMA_VISION, "legacy", legacy_schema((0, 2), vision=True), vision=True, context_window=128000),
 )
 
+
+@dataclass(frozen=True)
+class WAEmbeddingModel:
+    """An embedding model on `/ai/run` (contract §3.2): `{text: str | str[]}` → `{shape, data}`."""
+
+    name: str
+    dimensions: int
+    batch_limit: int = 100
+    max_tokens: int = 512
+    """Longer texts (counted as ceil(characters / 4)) are refused with 5006."""
+    pooling: bool = True
+    """bge v1.5: `pooling` (`mean` | `cls`) is accepted and echoed in the result."""
+
+    def schema(self) -> dict[str, Any]:
+        text = {"type": "string", "minLength": 1}
+        properties: dict[str, Any] = {
+            "text": {"oneOf": [text, {"type": "array", "items": text, "maxItems": self.batch_limit}]}
+        }
+        if self.pooling:
+            properties["pooling"] = {"type": "string", "enum": ["mean", "cls"]}
+        return {"type": "object", "properties": properties, "required": ["text"]}
+
+
+BGE_SMALL: Final = "@cf/baai/bge-small-en-v1.5"
+BGE_BASE: Final = "@cf/baai/bge-base-en-v1.5"
+BGE_LARGE: Final = "@cf/baai/bge-large-en-v1.5"
+BGE_M3: Final = "@cf/baai/bge-m3"
+QWEN3_EMBEDDING: Final = "@cf/qwen/qwen3-embedding-0.6b"
+
+DEFAULT_EMBEDDING_MODELS: Final[tuple[WAEmbeddingModel, ...]] = (
+    WAEmbeddingModel(BGE_SMALL, 384),
+    WAEmbeddingModel(BGE_BASE, 768),
+    WAEmbeddingModel(BGE_LARGE, 1024),
+    WAEmbeddingModel(BGE_M3, 1024, max_tokens=8192, pooling=False),
+    WAEmbeddingModel(QWEN3_EMBEDDING, 1024, batch_limit=32, max_tokens=8192, pooling=False),
+)
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
@@ -538,6 +577,7 @@ class WorkersAIEmulator(EmulatorBase):
         account_id: str = "acct-123",
         api_token: str = "cf-test-token",
         models: tuple[WAModel, ...] = DEFAULT_MODELS,
+        embedding_models: tuple[WAEmbeddingModel, ...] = DEFAULT_EMBEDDING_MODELS,
         *,
         ai_gateway_id: str | None = None,
         ai_gateway_token: str | None = None,
@@ -552,6 +592,14 @@ class WorkersAIEmulator(EmulatorBase):
         self.api_token = api_token
         self.models: dict[str, WAModel] = {m.name: m for m in models}
         self._validators: dict[str, Draft202012Validator] = {m.name: m.validator() for m in models}
+        self.embedding_models: dict[str, WAEmbeddingModel] = {m.name: m for m in embedding_models}
+        for embedding in embedding_models:
+            self._validators[embedding.name] = Draft202012Validator(embedding.schema())
+
+    def embedding_for(self, model: str, text: str, pooling: str = "mean") -> list[float]:
+        """The vector this emulator answers for `text` (what a test compares the client's with)."""
+        spec = self.embedding_models[model]
+        return embedding_vector(model, text, spec.dimensions, pooling if spec.pooling else "")
 
     def base_url(self, server_url: str) -> str:
         """`server_url` + ``/client/v4/accounts/{account_id}/ai/run/`` (append the model name)."""
@@ -605,6 +653,10 @@ class WorkersAIEmulator(EmulatorBase):
         if account != self.account_id or conn.record.method != "POST":
             await self.send_reply(conn, route_error(f"/client/v4/accounts/{account}/ai/run"))
             return
+        embedding = self.embedding_models.get(model_name)
+        if embedding is not None:
+            await self._embeddings(conn, embedding)
+            return
         model = self.models.get(model_name)
         if model is None:
             await self.send_reply(conn, cf_error(400, 5007, f"No such model {model_name} or task"))
@@ -637,6 +689,54 @@ class WorkersAIEmulator(EmulatorBase):
         await self.send_reply(
             conn, reply, fault if isinstance(reply, StreamReply) or reply.status == 200 else None
         )
+
+    async def _embeddings(self, conn: Connection, model: WAEmbeddingModel) -> None:
+        """`{text}` → `{shape: [n, dim], data, pooling?}`; faults as for the other models (README)."""
+        body = conn.record.body
+        text = body.get("text") if isinstance(body, dict) else None
+        texts = [text] if isinstance(text, str) else [t for t in text or [] if isinstance(t, str)]
+        try:
+            fault = self.take_fault(conn.record, " ".join(texts))
+        except BadDirective as exc:
+            await self.bad_directive(conn, exc)
+            return
+        if await self.prelude(conn, fault):
+            return
+        if fault is not None and fault.kind == "status":
+            await self.send_reply(conn, self._status_reply(fault, model.name))
+            return
+        raw = conn.record.raw_body
+        if not raw.strip():
+            await self.send_reply(conn, cf_error(400, 3003, CF_MESSAGES[3003]))
+            return
+        if body is None:
+            await self.send_reply(conn, bad_input("Invalid JSON in request body"))
+            return
+        failure = schema_failure(self._validators[model.name], body)
+        if failure is not None:
+            await self.send_reply(conn, bad_input(failure))
+            return
+        for index, item in enumerate(texts):
+            tokens = count_prompt_tokens([item])
+            if tokens > model.max_tokens:
+                detail = f"input {index} has {tokens} tokens, more than the model's {model.max_tokens}"
+                await self.send_reply(conn, bad_input(detail))
+                return
+        pooling = str(body.get("pooling", "mean")) if model.pooling else ""
+        result: dict[str, Any] = {
+            "shape": [len(texts), model.dimensions],
+            "data": [embedding_vector(model.name, item, model.dimensions, pooling) for item in texts],
+        }
+        if model.pooling:
+            result["pooling"] = pooling
+        kind = fault.kind if fault is not None else None
+        if kind == "malformed":
+            await self.send_reply(conn, JsonReply(200, b'{"result": {"shape": [1, 3], "data": [[0.1,'))
+            return
+        reply = json_reply(200, _envelope(result))
+        if kind == "invalid-utf8":
+            reply = JsonReply(200, reply.body.replace(b'"data"', b'"d\xff\xfeta"', 1))
+        await self.send_reply(conn, reply, fault)
 
     async def _models_search(self, conn: Connection, account: str) -> None:
         if not self._authorized(conn):
