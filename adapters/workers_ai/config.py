@@ -38,9 +38,14 @@ class AIGatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 
 
 class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True):
+    """Cloudflare Workers AI's REST API (`POST {base_url}/accounts/{account_id}/ai/run/{model}`)."""
+
     account_id: str
+    """The Cloudflare account id (usually `${CLOUDFLARE_ACCOUNT_ID}`); required, never logged."""
     api_token: str
+    """An API token with Workers AI permission (usually `${CLOUDFLARE_API_TOKEN}`); required, never logged."""
     base_url: str = DEFAULT_BASE_URL
+    """Cloudflare's API root (must not be empty); tests point it at an emulator."""
     ai_gateway: AIGatewayConfig | None = None
     """Route through Cloudflare AI Gateway instead of `base_url` (then leave `base_url` out)."""
     secret_fields = ("account_id", "api_token")
