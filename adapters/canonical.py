@@ -12,10 +12,13 @@ yielded, so `async for` loops end only on a complete answer.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+SESSION_HEADER: Final = "x-session-affinity"
+"""Where backends send `ChatRequest.session_affinity` (Workers AI's prompt-caching header)."""
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -115,6 +118,9 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     """Set only for backends that generate several choices themselves (vLLM); see `Indexed`."""
     logit_bias: dict[str, float] | UnsetType = UNSET
     """Set only when every target of the model honours it (vLLM)."""
+    session_affinity: str | UnsetType = UNSET
+    """OpenAI's `prompt_cache_key`, a header-safe token: backends send it as the `x-session-affinity`
+    header (Workers AI routes a session to one replica for prefix-cache hits), never in a body."""
 
 
 class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
@@ -187,6 +193,7 @@ ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
 Event = ChoiceEvent | Indexed
 
 __all__ = (
+    "SESSION_HEADER",
     "CanonicalRequest",
     "ChatRequest",
     "ChoiceEvent",

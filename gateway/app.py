@@ -20,7 +20,7 @@ from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
 from gateway.edge.asgi import Receive, Scope, Send, read_body, respond
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
-from gateway.edge.middleware import RequestMiddleware
+from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
     GatewayError,
@@ -260,7 +260,8 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,
     )
     # Outside routing and exception handling, so every response (404s and errors too) is covered.
-    app.asgi_handler = RequestMiddleware(app.asgi_handler, metrics)  # type: ignore[assignment]
+    bare = bare_segments(route.path for route in app.routes)
+    app.asgi_handler = RequestMiddleware(app.asgi_handler, metrics, bare)  # type: ignore[assignment]
     return app
 
 
@@ -310,14 +311,14 @@ def _render(exc: GatewayError | UpstreamError) -> Response[bytes]:
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, GatewayError | UpstreamError)
-    _note_error(request, exc.code or exc.error_type)
+    _note_error(request, exc)
     return _render(exc)
 
 
-def _note_error(request: Request[Any, Any, Any], code: str) -> None:
-    info = request.scope["state"].get("request_info")
+def _note_error(request: Request[Any, Any, Any], exc: GatewayError | UpstreamError) -> None:
+    info: RequestInfo | None = request.scope["state"].get("request_info")
     if info is not None:
-        info.error_code = code
+        info.refused(exc.error_type, exc.code, exc.param)
 
 
 def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -328,19 +329,23 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
         error = NotFoundError(f"Invalid URL ({where})")
     elif exc.status_code == 405:
         error = NotFoundError(f"Invalid method for URL ({where})")
+        _note_error(request, error)
         return Response(error_response(error)[1], status_code=405, media_type="application/json")
     elif exc.status_code == 413:
         error = RequestTooLargeError("The request body is too large.")
     else:
         error = InvalidRequestError(str(exc.detail))
+        _note_error(request, error)
         return Response(error_response(error)[1], status_code=exc.status_code, media_type="application/json")
-    _note_error(request, error.code or error.error_type)
+    _note_error(request, error)
     return _render(error)
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
-    _note_error(request, "internal_error")
+    info: RequestInfo | None = request.scope["state"].get("request_info")
+    if info is not None:
+        info.refused("server_error", "internal_error")
     return _render(GatewayError("The gateway hit an internal error while handling the request."))
 
 

@@ -30,6 +30,7 @@ from msgspec import UNSET, UnsetType
 
 from adapters.base import CollectedAnswer
 from adapters.canonical import (
+    SESSION_HEADER,
     ChatRequest,
     ChoiceEvent,
     Event,
@@ -363,10 +364,14 @@ class VLLMAdapter:
 
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(upstream_body(request, model, backend=self.name))
+        # vLLM ignores the header; a router in front of it can pin the session to one replica with it.
+        affinity = None if request.session_affinity is UNSET else request.session_affinity
         if request.n is UNSET:
-            return await self._run(self._chat, body, request.stream, request_id, chunk_events, answer_events)
+            parse_chunk, parse_answer = chunk_events, answer_events
+        else:
+            parse_chunk, parse_answer = multi_chunk_events, multi_answer_events
         return await self._run(
-            self._chat, body, request.stream, request_id, multi_chunk_events, multi_answer_events
+            self._chat, body, request.stream, request_id, parse_chunk, parse_answer, affinity=affinity
         )
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
@@ -388,10 +393,14 @@ class VLLMAdapter:
         parse_chunk: Parse,
         parse_answer: Parse,
         input_param: str = "messages",
+        *,
+        affinity: str | None = None,
     ) -> UpstreamResponse:
         # vLLM makes X-Request-Id its engine request id: clients may reuse theirs, so add a random part.
-        suffix = f"{getrandbits(32):08x}"
-        http_request = endpoint.post(body, {"x-request-id": f"{request_id}-{suffix}"})
+        headers = {"x-request-id": f"{request_id}-{getrandbits(32):08x}"}
+        if affinity is not None:
+            headers[SESSION_HEADER] = affinity
+        http_request = endpoint.post(body, headers)
         response = await send(self._client, http_request, backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:

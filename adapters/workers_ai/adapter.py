@@ -21,6 +21,7 @@ import msgspec
 
 from adapters.base import CollectedAnswer
 from adapters.canonical import (
+    SESSION_HEADER,
     ChatRequest,
     Event,
     Finish,
@@ -114,18 +115,21 @@ class WorkersAIAdapter:
         # JSON mode does not stream on Workers AI: ask for the whole answer and replay it as events.
         stream = request.stream and request.response_format is msgspec.UNSET
         body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
-        return await self._run(model, body)
+        affinity = request.session_affinity
+        return await self._run(model, body, None if affinity is msgspec.UNSET else {SESSION_HEADER: affinity})
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
 
-    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
+    async def _run(self, model: str, body: bytes, headers: dict[str, str] | None = None) -> UpstreamResponse:
         """POST one body to the model's route; both input schemas answer in the same shapes."""
         endpoint = self._endpoints.get(model)
         if endpoint is None:
             # Model names come from the config only, so this cache is bounded by the config.
             endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
-        response = await send(self._client, endpoint.post(body), backend=self.name, timeout_s=self._timeout_s)
+        response = await send(
+            self._client, endpoint.post(body, headers), backend=self.name, timeout_s=self._timeout_s
+        )
         try:
             if response.status_code >= 400:
                 raw = await read_body(
@@ -346,6 +350,7 @@ def upstream_body(request: ChatRequest, *, stream: bool, backend: str = "workers
     changes["parallel_tool_calls"] = unset
     changes["n"] = unset
     changes["logit_bias"] = unset
+    changes["session_affinity"] = unset  # a header (`SESSION_HEADER`), not a schema field
     return msgspec.structs.replace(request, **changes)
 
 

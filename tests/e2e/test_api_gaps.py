@@ -202,7 +202,6 @@ REFUSED: list[Any] = [
     pytest.param({"logprobs": False, "top_logprobs": 2}, "top_logprobs", id="top_logprobs"),
     pytest.param({"logit_bias": {"1234": -100}}, "logit_bias", id="logit_bias"),
     pytest.param({"modalities": ["text", "audio"]}, "modalities", id="audio-output"),
-    pytest.param({"prediction": {"type": "content", "content": "x"}}, "prediction", id="prediction"),
     pytest.param({"web_search_options": {}}, "web_search_options", id="web_search_options"),
     pytest.param({"response_format": {"type": "json_object"}}, "response_format", id="no-json-mode"),
     pytest.param(
