@@ -455,7 +455,9 @@ def test_accepted_parameters_change_nothing_upstream() -> None:
         pytest.param({"prompt_cache_options": {"mode": "sometimes"}}, "prompt_cache_options.mode", id="mode"),
         pytest.param({"moderation": {"policy": {}}}, "moderation.model", id="moderation-without-model"),
         pytest.param({"service_tier": "cheapest"}, "service_tier", id="service_tier"),
-        pytest.param({"prediction": {"type": "guess", "content": "x"}}, "prediction.type", id="prediction-type"),
+        pytest.param(
+            {"prediction": {"type": "guess", "content": "x"}}, "prediction.type", id="prediction-type"
+        ),
         pytest.param({"modalities": ["video"]}, "modalities[0]", id="modalities"),
     ],
 )
