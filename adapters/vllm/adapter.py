@@ -347,14 +347,17 @@ class VLLMAdapter:
             headers["authorization"] = f"Bearer {config.api_key}"
         base_url = config.base_url.rstrip("/")
         self._client = build_client(
-            timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
+            timeout_s=config.timeout_s,
+            max_connections=config.max_concurrency,
+            ca_file=config.tls_ca_file,
+            proxy=config.proxy,
         )
         self._chat = Endpoint(f"{base_url}/chat/completions", headers)
         self._completions = Endpoint(f"{base_url}/completions", headers)
         # Probes get their own small pool: a backend at max_concurrency must still answer its health check.
         self._probe_timeout_s = min(PROBE_TIMEOUT_S, config.timeout_s)
         self._probe = build_client(
-            timeout_s=self._probe_timeout_s, max_connections=1, ca_file=config.tls_ca_file
+            timeout_s=self._probe_timeout_s, max_connections=1, ca_file=config.tls_ca_file, proxy=config.proxy
         )
         self._health = Endpoint(f"{base_url.removesuffix('/v1')}/health", {})
 

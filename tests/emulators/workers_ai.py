@@ -395,6 +395,15 @@ def route_error(target: str) -> JsonReply:
     )
 
 
+def _ai_gateway_error(code: int, message: str) -> dict[str, Any]:
+    """AI Gateway's own error body (its `error` list, unlike the v4 API's `errors`)."""
+    return {"success": False, "result": [], "messages": [], "error": [{"code": code, "message": message}]}
+
+
+def _retried_by_ai_gateway(fault: Fault | None) -> bool:
+    return fault is not None and fault.kind == "status" and (fault.status == 429 or fault.status >= 500)
+
+
 def bad_input(detail: str) -> JsonReply:
     return cf_error(400, 5006, f"AiError: Bad input: Error: {detail}")
 
@@ -467,6 +476,10 @@ def schema_failure(validator: Draft202012Validator, body: Any) -> str | None:
 
 _RUN_RE: Final = re.compile(r"^/client/v4/accounts/([^/]+)/ai/run/(.+)$")
 _SEARCH_RE: Final = re.compile(r"^/client/v4/accounts/([^/]+)/ai/models/search$")
+_AI_GATEWAY_RE: Final = re.compile(r"^/v1/([^/]+)/([^/]+)/workers-ai/(.+)$")
+"""Cloudflare AI Gateway's Workers AI route: /v1/{account_id}/{gateway_id}/workers-ai/{model}."""
+AI_GATEWAY_MAX_ATTEMPTS: Final = 5
+"""AI Gateway's documented ceiling for `cf-aig-max-attempts`."""
 _SSE_HEADERS: Final[Headers] = [(b"content-type", b"text/event-stream")]
 _JSON_MARKER: Final = "\u2063EMU-INVALID-UTF8\u2063"
 
@@ -508,7 +521,15 @@ def _tool_call_as_text(answer: Answer, form: str) -> None:
 
 
 class WorkersAIEmulator(EmulatorBase):
-    """Emulates ``api.cloudflare.com/client/v4/accounts/{account_id}/ai/run/{model}``."""
+    """Emulates ``api.cloudflare.com/client/v4/accounts/{account_id}/ai/run/{model}``.
+
+    With `ai_gateway_id`, it also serves Cloudflare AI Gateway's form of the same route,
+    ``/v1/{account_id}/{gateway_id}/workers-ai/{model}``: `cf-aig-authorization` is checked against
+    `ai_gateway_token` (when set; 401 with AI Gateway's error 2009 otherwise), and a failed attempt
+    (429 or 5xx, from a fault) is retried inside the emulated gateway up to `cf-aig-max-attempts`
+    times, or `ai_gateway_max_attempts` (the gateway's own retry policy) without that header. Each AI
+    Gateway request's attempt count is appended to `ai_gateway_attempts`.
+    """
 
     fault_kinds: ClassVar[frozenset[str]] = COMMON_FAULT_KINDS | {"json-body"}
 
@@ -517,8 +538,16 @@ class WorkersAIEmulator(EmulatorBase):
         account_id: str = "acct-123",
         api_token: str = "cf-test-token",
         models: tuple[WAModel, ...] = DEFAULT_MODELS,
+        *,
+        ai_gateway_id: str | None = None,
+        ai_gateway_token: str | None = None,
+        ai_gateway_max_attempts: int = 1,
     ) -> None:
         super().__init__()
+        self.ai_gateway_id = ai_gateway_id
+        self.ai_gateway_token = ai_gateway_token
+        self.ai_gateway_max_attempts = ai_gateway_max_attempts
+        self.ai_gateway_attempts: list[int] = []
         self.account_id = account_id
         self.api_token = api_token
         self.models: dict[str, WAModel] = {m.name: m for m in models}
@@ -534,9 +563,34 @@ class WorkersAIEmulator(EmulatorBase):
         scheme, _, token = conn.record.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and token.strip() == self.api_token
 
+    def reset(self) -> None:
+        super().reset()
+        self.ai_gateway_attempts.clear()
+
+    def _ai_gateway_refusal(self, conn: Connection, gateway_id: str) -> JsonReply | None:
+        if gateway_id != self.ai_gateway_id:
+            return json_reply(404, _ai_gateway_error(2001, "Gateway not found"))
+        if self.ai_gateway_token is not None:
+            presented = conn.record.headers.get("cf-aig-authorization", "")
+            if presented != f"Bearer {self.ai_gateway_token}":
+                return json_reply(401, _ai_gateway_error(2009, "Unauthorized"))
+        return None
+
+    def _ai_gateway_attempts(self, conn: Connection) -> int:
+        value = conn.record.headers.get("cf-aig-max-attempts")
+        attempts = int(value) if value is not None and value.isdigit() else self.ai_gateway_max_attempts
+        return max(1, min(attempts, AI_GATEWAY_MAX_ATTEMPTS))
+
     async def dispatch(self, conn: Connection) -> None:
         path = conn.record.path
         match = _RUN_RE.match(path)
+        gateway = _AI_GATEWAY_RE.match(path) if match is None and self.ai_gateway_id is not None else None
+        if gateway is not None:
+            refusal = self._ai_gateway_refusal(conn, gateway.group(2))
+            if refusal is not None:
+                await self.send_reply(conn, refusal)
+                return
+            match = gateway
         if match is None:
             search = _SEARCH_RE.match(path)
             if search is not None and conn.record.method == "GET":
@@ -544,7 +598,7 @@ class WorkersAIEmulator(EmulatorBase):
                 return
             await self.send_reply(conn, route_error(path))
             return
-        account, model_name = match.group(1), match.group(2)
+        account, model_name = match.group(1), match.group(match.lastindex or 2)
         if not self._authorized(conn):
             await self.send_reply(conn, cf_error(403, 10000, "Authentication error", full=False))
             return
@@ -565,6 +619,12 @@ class WorkersAIEmulator(EmulatorBase):
                 directive_text = body["input"]
         try:
             fault = self.take_fault(conn.record, directive_text)
+            if gateway is not None:
+                attempts, allowed = 1, self._ai_gateway_attempts(conn)
+                while attempts < allowed and _retried_by_ai_gateway(fault):
+                    attempts += 1  # the gateway calls the model again; the client sees only the last try
+                    fault = self.take_fault(conn.record, directive_text)
+                self.ai_gateway_attempts.append(attempts)
         except BadDirective as exc:
             await self.bad_directive(conn, exc)
             return
