@@ -27,6 +27,9 @@ from msgspec import UNSET, UnsetType
 if TYPE_CHECKING:
     from adapters.base import Adapter, UpstreamResponse
 
+SESSION_HEADER: Final = "x-session-affinity"
+"""Where backends send `ChatRequest.session_affinity` (Workers AI's prompt-caching header)."""
+
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
@@ -156,6 +159,9 @@ class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """Set only for backends that generate several choices themselves (vLLM); see `Indexed`."""
     logit_bias: dict[str, float] | UnsetType = UNSET
     """Set only when every target of the model honours it (vLLM)."""
+    session_affinity: str | UnsetType = UNSET
+    """OpenAI's `prompt_cache_key`, a header-safe token: backends send it as the `x-session-affinity`
+    header (Workers AI routes a session to one replica for prefix-cache hits), never in a body."""
     extensions: Extensions = NO_EXTENSIONS
 
     def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
@@ -264,6 +270,7 @@ Event = ChoiceEvent | Indexed
 
 __all__ = (
     "NO_EXTENSIONS",
+    "SESSION_HEADER",
     "CanonicalRequest",
     "ChatRequest",
     "ChoiceEvent",

@@ -32,7 +32,7 @@ from gateway.edge.asgi import (
     respond,
 )
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
-from gateway.edge.middleware import RequestMiddleware
+from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
     GatewayError,
@@ -331,7 +331,8 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,
     )
     # Outside routing and exception handling, so every response (404s and errors too) is covered.
-    app.asgi_handler = RequestMiddleware(app.asgi_handler, metrics)  # type: ignore[assignment]
+    bare = bare_segments(route.path for route in app.routes)
+    app.asgi_handler = RequestMiddleware(app.asgi_handler, metrics, bare)  # type: ignore[assignment]
     return app
 
 
@@ -389,14 +390,14 @@ def _render(
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, GatewayError | UpstreamError)
-    _note_error(request, exc.code or exc.error_type)
+    _note_error(request, exc)
     return _render(request, exc)
 
 
-def _note_error(request: Request[Any, Any, Any], code: str) -> None:
-    info = request.scope["state"].get("request_info")
+def _note_error(request: Request[Any, Any, Any], exc: GatewayError | UpstreamError) -> None:
+    info: RequestInfo | None = request.scope["state"].get("request_info")
     if info is not None:
-        info.error_code = code
+        info.refused(exc.error_type, exc.code, exc.param)
 
 
 def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -406,18 +407,24 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
     if exc.status_code == 404:
         error = NotFoundError(f"Invalid URL ({where})")
     elif exc.status_code == 405:
-        return _render(request, NotFoundError(f"Invalid method for URL ({where})"), 405)
+        error = NotFoundError(f"Invalid method for URL ({where})")
+        _note_error(request, error)
+        return _render(request, error, 405)
     elif exc.status_code == 413:
         error = RequestTooLargeError("The request body is too large.")
     else:
-        return _render(request, InvalidRequestError(str(exc.detail)), exc.status_code)
-    _note_error(request, error.code or error.error_type)
+        error = InvalidRequestError(str(exc.detail))
+        _note_error(request, error)
+        return _render(request, error, exc.status_code)
+    _note_error(request, error)
     return _render(request, error)
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
-    _note_error(request, "internal_error")
+    info: RequestInfo | None = request.scope["state"].get("request_info")
+    if info is not None:
+        info.refused("server_error", "internal_error")
     return _render(request, GatewayError("The gateway hit an internal error while handling the request."))
 
 

@@ -26,6 +26,8 @@ class RequestInfo:
         "backend",
         "client_closed",
         "error_code",
+        "error_param",
+        "error_type",
         "failovers",
         "http_10",
         "key_id",
@@ -64,8 +66,12 @@ class RequestInfo:
         """Targets given up on (failed or skipped) before the answering one, or all of them."""
         self.upstream_s: float | None = None
         """Upstream time until the answer began (the whole answer when not streamed)."""
+        self.error_type: str | None = None
+        """The OpenAI error `type` of an error response (`invalid_request_error`, `requests`...)."""
         self.error_code: str | None = None
-        """The OpenAI error `code` (or type) of an error response or an in-band stream error."""
+        """Its OpenAI error `code` (`unsupported_parameter`, `model_not_found`...), None when it has none."""
+        self.error_param: str | None = None
+        """Its `param`: the request parameter that was refused (`messages[0].content`, `top_p`...)."""
         self.stats: AnswerStats | None = None
         """The writer's record of the answer: first token time, usage, finish reason."""
         self.prompt_estimate = 0
@@ -102,6 +108,10 @@ class RequestInfo:
     @property
     def finish_reason(self) -> str | None:
         return self.stats.finish_reason if self.stats is not None else None
+
+    def refused(self, error_type: str, code: str | None, param: str | None = None) -> None:
+        """Record the error response the request got."""
+        self.error_type, self.error_code, self.error_param = error_type, code, param
 
     @property
     def answer_error(self) -> str | None:

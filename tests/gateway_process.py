@@ -15,6 +15,7 @@ import httpx
 
 from tests import secret_scan
 from tests.emulators.server import free_port
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,17 +88,23 @@ class GatewayProcess:
         """Every JSON line written so far (after the app's periodic flush has had time to run)."""
         time.sleep(settle_s)
         lines = []
-        for raw in self.stdout_path.read_bytes().splitlines():
+        for raw in self.stdout_path.read_bytes().split(b"\n")[:-1]:  # a line still being written waits
             if raw.strip():
                 lines.append(json.loads(raw))
         return lines
 
     def requests_logged(self, **match: Any) -> list[dict[str, Any]]:
-        return [
-            line
-            for line in self.log_lines()
-            if line.get("event") == "request" and all(line.get(k) == v for k, v in match.items())
-        ]
+        """The request lines with these values, once there is at least one (log lines are flushed
+        periodically, later on a busy machine): waits up to `wait_for`'s hang guard."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [
+                line
+                for line in self.log_lines(settle_s=0)
+                if line.get("event") == "request" and all(line.get(k) == v for k, v in match.items())
+            ]
+
+        return wait_for(matching)
 
     def output(self) -> str:
         """Everything the process wrote, stdout and stderr: for scans."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.waiting import HANG_GUARD_S
+
 MIB = 1024 * 1024
 
 
@@ -57,7 +59,7 @@ def footprint(gateway_url: str) -> Footprint:
     )
 
 
-def settled_footprint(gateway_url: str, baseline: Footprint, *, timeout_s: float = 5.0) -> Footprint:
+def settled_footprint(gateway_url: str, baseline: Footprint, *, timeout_s: float = HANG_GUARD_S) -> Footprint:
     """The footprint once in-flight work has wound down: polls until tasks and busy connections are back
     to the baseline's (or the time is up), so a slow-closing socket is not mistaken for a leak."""
     deadline = time.monotonic() + timeout_s

@@ -2,6 +2,7 @@
 
 config.py    the `kind: mock` block
 answers.py   the answers it makes up (there is no upstream: no request narrowing, no error table)
+examples.py  values that fit a JSON Schema ($ref/$defs, anyOf, enums, bounds), for tools and JSON mode
 adapter.py   `MockAdapter`
 """
 

@@ -1,7 +1,9 @@
 """The mock's answers: deterministic, following the request, no network.
 
-Text streams one word at a time at a realistic cadence; with tools offered it calls one, and after a
-tool result it answers with that result. Text completions continue the prompt the same way.
+Text streams one word at a time at a realistic cadence; with tools offered it calls one (the named one
+when `tool_choice` names it), and after a tool result it answers with that result. With
+`response_format` it answers with JSON that fits the schema (`adapters.mock.examples`), also after a
+tool result. Text completions continue the prompt the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from adapters.canonical import (
     ToolCallDelta,
     Usage,
 )
+from adapters.mock.examples import example
 
 GREETING: Final = (
     "Hello! This answer comes from the gateway's built-in mock backend, so no model was called. "
@@ -86,17 +89,18 @@ def _tool_call(request: ChatRequest) -> tuple[str, str] | None:
     choice = request.tool_choice
     if not isinstance(choice, str) and not isinstance(choice, msgspec.UnsetType):
         tool = next((t for t in request.tools if t.function.name == choice.function.name), tool)
-    return tool.function.name, _encoder.encode(_example(tool.function.parameters)).decode()
+    return tool.function.name, _encoder.encode(example(tool.function.parameters)).decode()
 
 
 def _answer(request: ChatRequest) -> str:
     last = request.messages[-1]
-    if last.role == "tool":
-        return f"The tool returned: {_text(last)}"
+    # JSON mode first: an agent with tools and an output type ends with a tool result and a schema.
     if request.response_format is not msgspec.UNSET:
         schema = request.response_format.json_schema
-        value = _example(schema) if isinstance(schema, dict) else {"answer": "mock"}
+        value = example(schema) if isinstance(schema, dict) else {"answer": "mock"}
         return _encoder.encode(value).decode()
+    if last.role == "tool":
+        return f"The tool returned: {_text(last)}"
     said = " ".join(_text(last).split()[:ECHO_WORDS])
     return f"{GREETING} You said: {said}" if said else GREETING
 
@@ -104,30 +108,6 @@ def _answer(request: ChatRequest) -> str:
 def _continuation(prompt: str) -> str:
     said = " ".join(prompt.split()[:ECHO_WORDS])
     return f"and so the mock backend continues your prompt ({said}) without calling any model."
-
-
-def _example(schema: dict[str, Any]) -> Any:
-    """A value that satisfies a simple JSON Schema: enough for tool arguments and JSON mode."""
-    kind = schema.get("type")
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if kind == "object" or "properties" in schema:
-        properties: dict[str, Any] = schema.get("properties") or {}
-        required = schema.get("required") or list(properties)
-        return {
-            name: _example(properties.get(name) or {"type": "string"})
-            for name in required
-            if isinstance(name, str)
-        }
-    if kind == "array":
-        return []
-    if kind in ("number", "integer"):
-        return 1
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    return "example"
 
 
 __all__ = ("ECHO_WORDS", "GREETING", "MockAnswer")

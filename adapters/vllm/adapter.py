@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from msgspec import UNSET
 
+from adapters.canonical import SESSION_HEADER
 from adapters.errors import UpstreamStatusError
 from adapters.http import Endpoint, build_client, transport_errors
 from adapters.secret import reveal
@@ -72,7 +73,9 @@ class VLLMAdapter:
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(upstream_body(request, model, backend=self.name))
         parsers = self._chat_one if request.n is UNSET else self._chat_many
-        return await self._call(self._chat, body, request.stream, request_id, parsers)
+        # vLLM ignores the header; a router in front of it can pin the session to one replica with it.
+        affinity = None if request.session_affinity is UNSET else request.session_affinity
+        return await self._call(self._chat, body, request.stream, request_id, parsers, affinity=affinity)
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(completion_body(request, model, backend=self.name))
@@ -101,8 +104,13 @@ class VLLMAdapter:
         request_id: str,
         parsers: _Parsers,
         input_param: str = "messages",
+        *,
+        affinity: str | None = None,
     ) -> UpstreamResponse:
-        http_request = endpoint.post(body, _request_id(request_id))
+        headers = _request_id(request_id)
+        if affinity is not None:
+            headers[SESSION_HEADER] = affinity
+        http_request = endpoint.post(body, headers)
         parse_event, parse_answer = parsers
         return await self._upstream.call(
             http_request,

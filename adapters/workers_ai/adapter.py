@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from adapters.canonical import SESSION_HEADER
 from adapters.http import Endpoint
 from adapters.upstream import Upstream
 from adapters.workers_ai import embeddings
@@ -46,9 +47,9 @@ class WorkersAIAdapter:
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         # JSON mode does not stream on Workers AI: ask for the whole answer and replay it as events.
         stream = request.stream and request.response_format is msgspec.UNSET
-        return await self._run(
-            model, _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
-        )
+        body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
+        affinity = request.session_affinity
+        return await self._run(model, body, None if affinity is msgspec.UNSET else {SESSION_HEADER: affinity})
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
@@ -63,14 +64,14 @@ class WorkersAIAdapter:
             endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
         return endpoint
 
-    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
+    async def _run(self, model: str, body: bytes, headers: dict[str, str] | None = None) -> UpstreamResponse:
         """POST one body to the model's route; both input schemas answer in the same shapes.
 
         An SSE answer is streamed whatever was asked; a JSON body is read whole: asked for, or sent by
         models that ignore `stream` (gpt-oss, some Kimi builds).
         """
         return await self._upstream.call(
-            self._endpoint(model).post(body),
+            self._endpoint(model).post(body, headers),
             parse_event=StreamParser(self.name).parse,
             parse_answer=self._answer_events,
         )

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from gateway.translation.framing import Writer
     from gateway.translation.translate import Translated
 
-SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
 _T = TypeVar("_T")
 log = get_logger("gateway.chat")
@@ -171,7 +170,7 @@ async def serve_translated(
         # Settled once the body is sent, off the client's wait: the reservation made at admission
         # already covers this answer, so the store only learns a smaller, exact figure slightly later.
         return ChatResult(headers, body=body, finish=functools.partial(grant.settle, tokens_used(writer)))
-    headers.update(SSE_HEADERS)
+    # `cache-control` and `x-accel-buffering` are added once, with the content type, by `gateway.edge.asgi`.
     relay = _Relay(writer, answer, grant)
     return ChatResult(headers, stream=relay.stream(), finish=relay.close)
 

@@ -4,11 +4,17 @@ It wraps Litestar's ASGI handler (outside routing and exception handling), so 40
 responses are covered too. Raw ASGI, because it runs on every request. The log line is written when
 the response has been sent completely (for a stream: after its last event, or when the client left),
 from the `RequestInfo` the handlers filled in. Probe and scrape paths are counted but not logged.
+
+It also serves every `/v1/...` route without its prefix (`/chat/completions`, `/models/{id}`...), for
+clients configured with a bare host as other gateways allow: a path whose first segment is the first
+segment of some `/v1` route is rewritten before routing, so a route added under `/v1` gets its alias
+without being listed anywhere.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,6 +34,7 @@ QUIET_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 CLIENT_CLOSED_REQUEST: Final = 499
 """Logged and counted for a request whose client left before its response was complete (nginx's
 status for it): a client fault, never a 5xx, whatever the app was doing when it happened."""
+API_PREFIX: Final = "/v1"
 
 log = get_logger("gateway.request")
 
@@ -36,12 +43,26 @@ def new_request_id() -> str:
     return "req_" + hex_id(12)
 
 
-class RequestMiddleware:
-    __slots__ = ("_app", "_metrics")
+def bare_segments(route_paths: Iterable[str]) -> frozenset[str]:
+    """The first path segments of the `/v1/...` routes (`chat`, `completions`, `models`...): a request
+    path starting with one of them, without the prefix, is served as its `/v1` route."""
+    segments = set()
+    for path in route_paths:
+        if path.startswith(API_PREFIX + "/"):
+            first = path[len(API_PREFIX) + 1 :].split("/", 1)[0]
+            if first and "{" not in first:
+                segments.add(first)
+    return frozenset(segments)
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+
+class RequestMiddleware:
+    __slots__ = ("_app", "_bare", "_metrics")
+
+    def __init__(self, app: Any, metrics: Metrics, bare: frozenset[str] = frozenset()) -> None:
         self._app = app
         self._metrics = metrics
+        self._bare = bare
+        """`bare_segments` of the app's routes."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,7 +95,12 @@ class RequestMiddleware:
             await send(message)
 
         path: str = scope["path"]
-        route = route_of(path)
+        if path[1:].split("/", 1)[0] in self._bare:
+            # A bare-host client: served (and counted) as the `/v1` route; logged with the path it sent.
+            scope["path"] = API_PREFIX + path
+            if scope.get("raw_path"):
+                scope["raw_path"] = API_PREFIX.encode() + scope["raw_path"]
+        route = route_of(scope["path"])
         metrics.started(route)
         try:
             await self._app(scope, receive, send_with_id)
@@ -110,7 +136,10 @@ def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: 
         attempts=info.attempts,
         failovers=info.failovers,
         stream=info.stream,
-        error=info.error_code or info.answer_error,
+        error=info.error_code or info.error_type or info.answer_error,
+        error_type=info.error_type,
+        error_code=info.error_code or info.answer_error,
+        param=info.error_param,
         finish_reason=info.finish_reason,
         duration_ms=round(duration * 1000, 2),
         ttft_ms=round(first_token * 1000, 2) if first_token is not None else None,
@@ -123,4 +152,11 @@ def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: 
     )
 
 
-__all__ = ("CLIENT_CLOSED_REQUEST", "QUIET_PATHS", "RequestMiddleware", "new_request_id")
+__all__ = (
+    "API_PREFIX",
+    "CLIENT_CLOSED_REQUEST",
+    "QUIET_PATHS",
+    "RequestMiddleware",
+    "bare_segments",
+    "new_request_id",
+)

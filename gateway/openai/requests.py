@@ -1,6 +1,8 @@
 """OpenAI Chat Completions and (legacy) Completions request bodies, decoded strictly.
 
-Every documented top-level parameter is declared so its type is checked; an undeclared one is
+Every top-level parameter of the current OpenAI request schemas (openai-python's
+`types/chat/completion_create_params.py` and `types/completion_create_params.py`) is declared so its
+type is checked; what each becomes on each backend is in docs/parameters.md. An undeclared one is
 refused as OpenAI refuses it ("Unrecognized request argument supplied"). Inside messages, unknown
 keys are ignored: clients routinely echo whole response messages (with `refusal`, `annotations`,
 `reasoning_content`...) back into the history.
@@ -161,6 +163,32 @@ class StreamOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     include_obfuscation: bool | None = None
 
 
+class PredictionSpec(msgspec.Struct, tag="content", tag_field="type", frozen=True):
+    """Predicted output: it only speeds OpenAI up, so an answer without it is the same answer."""
+
+    content: str | list[TextContent]
+
+
+class ModerationPolicyMode(msgspec.Struct, frozen=True):
+    mode: Literal["score", "block"]
+
+
+class ModerationPolicy(msgspec.Struct, frozen=True):
+    input: ModerationPolicyMode | None = None
+    output: ModerationPolicyMode | None = None
+
+
+class ModerationSpec(msgspec.Struct, frozen=True):
+    model: str
+    policy: ModerationPolicy | None = None
+
+
+class PromptCacheOptions(msgspec.Struct, frozen=True):
+    mode: Literal["implicit", "explicit"] | None = None
+    ttl: str | None = None
+    """`30m` is OpenAI's only value today; others are accepted as it may add them."""
+
+
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(ge=0, le=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
@@ -179,17 +207,22 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     max_completion_tokens: PositiveInt | None = None
     max_tokens: PositiveInt | None = None
     metadata: dict[str, str] | None = None
-    modalities: list[str] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    moderation: ModerationSpec | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
     parallel_tool_calls: bool | None = None
-    prediction: dict[str, Any] | None = None
+    prediction: PredictionSpec | None = None
     presence_penalty: Penalty | None = None
     prompt_cache_key: str | None = None
+    """Sent upstream as the `x-session-affinity` header (see docs/parameters.md)."""
+    prompt_cache_options: PromptCacheOptions | None = None
+    prompt_cache_retention: Literal["in_memory", "in-memory", "24h"] | None = None
+    """The SDK spells it `in_memory`; OpenAI's first documentation said `in-memory`."""
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     response_format: ResponseFormatSpec | None = None
     safety_identifier: str | None = None
     seed: int | None = None
-    service_tier: str | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     store: bool | None = None
     stream: bool | None = None

@@ -2,18 +2,21 @@
 shape), legacy completions → `PromptRequest` (its Prompt shape).
 
 What cannot be honoured is refused with a 400 naming the parameter and the model, or, for a model
-with `drop_unsupported: true`, dropped (the pipeline logs which). What is mapped (see the README's
-compatibility table): roles (`developer` → `system`, legacy `function` → `tool`), content parts
-flattened to one string (images kept only for vision models), assistant tool-call history and tool
-results, `functions`/`function_call` → `tools`/`tool_choice`, `max_completion_tokens` → `max_tokens`
-(always sent), sampling parameters, JSON mode, extensions. `n` is sent upstream only when every target
-of the model generates several choices itself (vLLM); otherwise the pipeline fans out one call per
-choice.
+with `drop_unsupported: true`, dropped (the pipeline logs which). What is mapped (see
+docs/parameters.md, which also lists what is accepted and not forwarded): roles (`developer` →
+`system`, legacy `function` → `tool`), content parts flattened to one string (images kept only for
+vision models), assistant tool-call history and tool results, `functions`/`function_call` →
+`tools`/`tool_choice`, `max_completion_tokens` → `max_tokens` (always sent), sampling parameters, JSON
+mode, extensions, `prompt_cache_key` → a session-affinity header. `n` is sent upstream only when every
+target of the model generates several choices itself (vLLM); otherwise the pipeline fans out one call
+per choice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import msgspec
@@ -69,6 +72,7 @@ GREEDY_TEMPERATURE: Final = 1e-5
 _T = TypeVar("_T")
 _Request = TypeVar("_Request", bound=CanonicalRequest, covariant=True)
 _encoder: Final = msgspec.json.Encoder()
+_HEADER_TOKEN: Final = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class Translated(msgspec.Struct, Generic[_Request], frozen=True, kw_only=True):
@@ -142,6 +146,7 @@ def translate(
         extensions=extensions(lora=body.lora, raw=body.raw),
         n=n if n > 1 and _native_n(n, body.temperature, native) else UNSET,
         logit_bias=UNSET if body.logit_bias is None or "logit_bias" not in native else body.logit_bias,
+        session_affinity=UNSET if body.prompt_cache_key is None else session_token(body.prompt_cache_key),
     )
     return Translated(
         request=request,
@@ -219,6 +224,14 @@ def translate_completion(
     )
 
 
+def session_token(prompt_cache_key: str) -> str:
+    """`prompt_cache_key` as a header value: itself when it is one (printable ASCII, at most 128 bytes),
+    else a stable digest of it, so one key still means one session upstream."""
+    if _HEADER_TOKEN.fullmatch(prompt_cache_key):
+        return prompt_cache_key
+    return "sha256-" + hashlib.sha256(prompt_cache_key.encode()).hexdigest()[:32]
+
+
 def _prompts(prompt: str | list[object], public_model: str) -> tuple[str, ...]:
     if isinstance(prompt, str):
         prompts: tuple[str, ...] = (prompt,)
@@ -272,8 +285,6 @@ def _unsupported(
         problems.append(("logit_bias", "Biasing tokens ('logit_bias')"))
     if body.audio is not None or (body.modalities and "audio" in body.modalities):
         problems.append(("audio" if body.audio is not None else "modalities", "Audio output"))
-    if body.prediction is not None:
-        problems.append(("prediction", "Predicted outputs ('prediction')"))
     if body.web_search_options is not None:
         problems.append(("web_search_options", "Web search ('web_search_options')"))
     if (
@@ -490,6 +501,7 @@ __all__ = (
     "function_tool",
     "recoverable_tools",
     "refuse_or_drop",
+    "session_token",
     "translate",
     "translate_completion",
 )

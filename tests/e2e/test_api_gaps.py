@@ -6,7 +6,6 @@ Shared behaviour (n, stop, tool_choice modes on every backend) is in test_sdk_co
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -14,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.e2e.conftest import GatewayFactory, both_backends_config, workers_ai_config
+from tests.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.emulators.server import ServerThread
@@ -148,15 +148,6 @@ def test_legacy_function_call_is_recovered_too(client: openai.OpenAI, workers_ai
 # Stop sequences end the upstream call early
 
 
-def wait_for(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_a_stop_sequence_closes_the_upstream_stream(
     client: openai.OpenAI, workers_ai: WorkersAIEmulator
 ) -> None:
@@ -202,7 +193,6 @@ REFUSED: list[Any] = [
     pytest.param({"logprobs": False, "top_logprobs": 2}, "top_logprobs", id="top_logprobs"),
     pytest.param({"logit_bias": {"1234": -100}}, "logit_bias", id="logit_bias"),
     pytest.param({"modalities": ["text", "audio"]}, "modalities", id="audio-output"),
-    pytest.param({"prediction": {"type": "content", "content": "x"}}, "prediction", id="prediction"),
     pytest.param({"web_search_options": {}}, "web_search_options", id="web_search_options"),
     pytest.param({"response_format": {"type": "json_object"}}, "response_format", id="no-json-mode"),
     pytest.param(

@@ -38,14 +38,18 @@ from tests.e2e.conftest import (
 )
 from tests.emulators.raw import GarbageServer, ResetServer
 from tests.emulators.server import ServerThread, free_port
+from tests.waiting import HANG_GUARD_S, wait_for
 
 if TYPE_CHECKING:
     from tests.emulators.vllm import VLLMEmulator
     from tests.emulators.workers_ai import WorkersAIEmulator
 
 CF_MODEL = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
-FIRST_BYTE_TIMEOUT_S = 0.3
-"""The first target's per-read timeout in these configs: hangs and slow starts fail over quickly."""
+FIRST_BYTE_TIMEOUT_S = 1.5
+"""The first target's per-read timeout in these configs: hangs and slow starts fail over quickly, and a
+healthy answer on a busy machine (two suites on two cores) is never mistaken for one."""
+TOO_SLOW_S = 5
+"""A first byte or token this late is well past `FIRST_BYTE_TIMEOUT_S`, however late its timer fires."""
 USER: Any = [{"role": "user", "content": "Say hello please"}]
 ANSWER = "Hello from the emulator. You said: Say hello please"
 SECRETS = (CF_TOKEN, CF_ACCOUNT, VLLM_KEY)
@@ -103,14 +107,6 @@ def chat_requests(emulator: WorkersAIEmulator | VLLMEmulator) -> int:
     return sum(1 for r in emulator.requests if r.method == "POST")
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 # One gateway for the failover matrix: breakers off, so each test sees only its own fault.
 
 
@@ -157,7 +153,7 @@ CF_FAULTS = [
     pytest.param("abort:1", id="abort-before-first-token"),
     pytest.param("invalid-utf8", id="invalid-utf8"),
     pytest.param("hang", id="hang"),
-    pytest.param("delay:2", id="first-byte-timeout"),
+    pytest.param(f"delay:{TOO_SLOW_S}", id="first-byte-timeout"),
 ]
 
 
@@ -189,7 +185,7 @@ def test_slow_first_token_fails_over(
     matrix: openai.OpenAI, workers_ai: WorkersAIEmulator, vllm: VLLMEmulator
 ) -> None:
     """A stream whose first token takes longer than the backend's read timeout counts as a hang."""
-    workers_ai.faults.push("slow:1")
+    workers_ai.faults.push(f"slow:{TOO_SLOW_S}")
     asked = ask(matrix, "chat", stream=True)
     assert (asked.backend, asked.attempts, asked.text) == ("vllm", 2, ANSWER)
 
@@ -306,9 +302,9 @@ def test_deadline_bounds_all_attempts_together(
     vllm: VLLMEmulator,
     stream: bool,
 ) -> None:
-    """Both hang: Cloudflare times out after 0.25 s, vLLM (5 s) is cut by the model's 0.6 s deadline."""
+    """Both hang: Cloudflare times out after 1 s, vLLM (5 s) is cut by the model's 3 s deadline."""
     config = cf_then_vllm(
-        workers_ai_server[1].url, vllm_server[1].url, cloudflare={"timeout_s": 0.25}, timeout_s=0.6
+        workers_ai_server[1].url, vllm_server[1].url, cloudflare={"timeout_s": 1}, timeout_s=3
     )
     workers_ai.faults.push("hang")
     vllm.faults.push("hang")
@@ -321,9 +317,10 @@ def test_deadline_bounds_all_attempts_together(
         elapsed = time.monotonic() - started
     assert (info.value.status_code, info.value.code) == (504, "upstream_timeout")
     assert "1) cloudflare: timeout" in info.value.message
-    assert "2) vllm: no answer within the model's 0.6 s deadline" in info.value.message
+    assert "2) vllm: no answer within the model's 3 s deadline" in info.value.message
     assert info.value.response.headers["x-gateway-attempts"] == "2"
-    assert 0.55 <= elapsed < 2.0
+    # Without the deadline the answer would take Cloudflare's 1 s plus vLLM's 5 s timeout.
+    assert 2.95 <= elapsed < 6.0
 
 
 def test_targets_left_untried_at_the_deadline_are_listed(
@@ -343,8 +340,8 @@ def test_targets_left_untried_at_the_deadline_are_listed(
 def test_deadline_does_not_cut_a_stream_that_has_begun(
     start_gateway: GatewayFactory, workers_ai_server: Any, vllm_server: Any, workers_ai: WorkersAIEmulator
 ) -> None:
-    config = cf_then_vllm(workers_ai_server[1].url, vllm_server[1].url, timeout_s=0.2)
-    workers_ai.faults.push("slow:0.06")  # first token after 0.06 s, the whole answer after about 0.5 s
+    config = cf_then_vllm(workers_ai_server[1].url, vllm_server[1].url, timeout_s=1.5)
+    workers_ai.faults.push("slow:0.4")  # first token after 0.4 s, the whole answer after about 2.4 s
     with sdk_client(start_gateway(config)) as client:
         asked = ask(client, "chat", stream=True, messages=[{"role": "user", "content": "hi [[emu:words=6]]"}])
     assert (asked.backend, asked.finish) == ("cloudflare", "stop")
@@ -354,8 +351,28 @@ def test_deadline_does_not_cut_a_stream_that_has_begun(
 # Circuit breakers
 
 
+COOLDOWN_S = 3.0
+"""Long enough that a breaker tripped by one request is certainly still open for the next few, on a
+busy machine; the tests wait for its end on `/readyz`, not for a guessed time."""
+
+
 def breaker_config(workers_ai_server: Any, vllm_server: Any, **breaker: Any) -> dict[str, Any]:
-    return cf_then_vllm(workers_ai_server[1].url, vllm_server[1].url, cloudflare={"breaker": breaker})
+    """`chat` (Cloudflare, then vLLM) plus `cf-only`, whose one target shares Cloudflare's breaker, so
+    `/readyz` shows while it is open."""
+    config = cf_then_vllm(workers_ai_server[1].url, vllm_server[1].url, cloudflare={"breaker": breaker})
+    config["models"]["cf-only"] = {"targets": [target("cloudflare")]}
+    return config
+
+
+def breaker_is_open(url: str, model: str = "cf-only") -> bool:
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    return ready.status_code == 503 and model in ready.json()["models_without_healthy_target"]
+
+
+def wait_for_cooldown(url: str, model: str = "cf-only") -> None:
+    """Until the breaker lets its probe through (it was open when this was called)."""
+    assert breaker_is_open(url, model)
+    wait_for(lambda: not breaker_is_open(url, model), timeout=COOLDOWN_S + HANG_GUARD_S)
 
 
 def test_breaker_opens_after_consecutive_failures_and_closes_after_a_good_probe(
@@ -365,16 +382,17 @@ def test_breaker_opens_after_consecutive_failures_and_closes_after_a_good_probe(
     workers_ai: WorkersAIEmulator,
     vllm: VLLMEmulator,
 ) -> None:
-    config = breaker_config(workers_ai_server, vllm_server, failure_threshold=2, cooldown_s=0.4)
+    config = breaker_config(workers_ai_server, vllm_server, failure_threshold=2, cooldown_s=COOLDOWN_S)
     workers_ai.faults.push("status:500", times=2)
-    with sdk_client(start_gateway(config)) as client:
+    url = start_gateway(config)
+    with sdk_client(url) as client:
         for _ in range(2):
             asked = ask(client, "chat", stream=False)
             assert (asked.backend, asked.attempts) == ("vllm", 2)
         skipped = ask(client, "chat", stream=True)
         assert (skipped.backend, skipped.attempts, skipped.text) == ("vllm", 1, ANSWER)
         assert chat_requests(workers_ai) == 2
-        time.sleep(0.45)
+        wait_for_cooldown(url)
         probe = ask(client, "chat", stream=True)
         assert (probe.backend, probe.attempts) == ("cloudflare", 1)
         assert ask(client, "chat", stream=False).backend == "cloudflare"
@@ -388,15 +406,17 @@ def test_failed_probe_opens_the_breaker_again(
     workers_ai: WorkersAIEmulator,
     vllm: VLLMEmulator,
 ) -> None:
-    config = breaker_config(workers_ai_server, vllm_server, failure_threshold=1, cooldown_s=0.3)
+    config = breaker_config(workers_ai_server, vllm_server, failure_threshold=1, cooldown_s=COOLDOWN_S)
     workers_ai.faults.push("status:500")
-    with sdk_client(start_gateway(config)) as client:
+    url = start_gateway(config)
+    with sdk_client(url) as client:
         assert ask(client, "chat", stream=False).attempts == 2
         assert ask(client, "chat", stream=False).attempts == 1
-        time.sleep(0.35)
+        wait_for_cooldown(url)
         workers_ai.faults.push("status:503")
         assert ask(client, "chat", stream=False).attempts == 2  # the probe, then vLLM
         assert ask(client, "chat", stream=False).attempts == 1  # skipped again at once
+        assert breaker_is_open(url)  # with the full cooldown again
     assert chat_requests(workers_ai) == 2
 
 
@@ -422,7 +442,7 @@ def test_open_breaker_on_every_target_is_a_503_and_not_ready(
     config = {
         "backends": {
             "cloudflare": cloudflare_backend(
-                workers_ai_server[1].url, breaker={"failure_threshold": 1, "cooldown_s": 0.4}
+                workers_ai_server[1].url, breaker={"failure_threshold": 1, "cooldown_s": COOLDOWN_S}
             )
         },
         "models": {"solo": {"targets": [target("cloudflare")]}},
@@ -441,9 +461,9 @@ def test_open_breaker_on_every_target_is_a_503_and_not_ready(
         assert (skipped.value.status_code, skipped.value.code) == (503, "upstream_unavailable")
         assert "circuit open" in skipped.value.message
         assert skipped.value.response.headers["x-gateway-attempts"] == "0"
-        assert skipped.value.response.headers["retry-after"] == "1"
+        assert 1 <= int(skipped.value.response.headers["retry-after"]) <= round(COOLDOWN_S)
         assert chat_requests(workers_ai) == 1
-        time.sleep(0.45)
+        wait_for_cooldown(url, "solo")
         assert httpx.get(f"{url}/readyz").status_code == 200
         completion = client.chat.completions.create(model="solo", messages=USER)
         assert completion.choices[0].message.content == ANSWER
@@ -470,10 +490,10 @@ def test_unhealthy_vllm_is_skipped_and_readiness_follows_its_health(
         },
     }
     url = start_gateway(config)
-    wait_until(lambda: any(r.path == "/health" for r in vllm.requests))
+    wait_for(lambda: any(r.path == "/health" for r in vllm.requests))
     assert httpx.get(f"{url}/readyz").status_code == 200
     vllm.healthy = False
-    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 503)
+    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 503)
     assert httpx.get(f"{url}/readyz").json()["models_without_healthy_target"] == ["vllm-only"]
     with sdk_client(url) as client:
         asked = ask(client, "vllm-first", stream=True)
@@ -484,7 +504,7 @@ def test_unhealthy_vllm_is_skipped_and_readiness_follows_its_health(
         assert info.value.status_code == 503
         assert "failing its health check (HTTP 503)" in info.value.message
         vllm.healthy = True
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200)
         assert ask(client, "vllm-first", stream=False).backend == "vllm"
 
 
@@ -493,13 +513,23 @@ async def test_health_endpoint_hidden_by_a_proxy_does_not_take_the_backend_out(
     workers_ai_server: tuple[WorkersAIEmulator, ServerThread],
 ) -> None:
     """A 404 on /health says nothing about vLLM itself: warn once, keep judging it by live traffic."""
+    emulator = workers_ai_server[0]
     adapter = create_adapter("gpu", VLLMConfig(base_url=f"{workers_ai_server[1].url}/v1"))
     state = BackendState("gpu", adapter, limit=None, health_interval_s=0.01)
     prober = HealthProber([state])
+
+    def probes() -> int:
+        return sum(1 for r in emulator.requests if r.path == "/health")
+
+    before = probes()
     with capture_logs() as logs:
         prober.start()
-        await asyncio.sleep(0.1)
+        deadline = time.monotonic() + HANG_GUARD_S
+        # Several probes, however slow the machine (the emulator counts them in its own thread).
+        while probes() < before + 3 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         await prober.stop()
+    assert probes() >= before + 3
     await adapter.aclose()
     assert state.health_error is None
     assert [e["event"] for e in logs].count("health_endpoint_unusable") == 1
@@ -528,9 +558,10 @@ async def test_full_backend_is_passed_over_for_the_next_target(
     workers_ai: WorkersAIEmulator,
     vllm: VLLMEmulator,
 ) -> None:
-    config = cf_then_vllm(workers_ai_server[1].url, vllm_server[1].url, cloudflare={"max_concurrency": 1})
+    cloudflare = {"max_concurrency": 1, "timeout_s": 5}
+    config = cf_then_vllm(workers_ai_server[1].url, vllm_server[1].url, cloudflare=cloudflare)
     url = start_gateway(config)
-    workers_ai.faults.push("slow:0.05")
+    workers_ai.faults.push("slow:0.3")  # the held stream lasts about 1.8 s, on any machine long enough
     async with async_client(url) as client:
         held = await client.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi [[emu:words=6]]"}], stream=True
@@ -557,7 +588,7 @@ async def test_request_waits_for_a_slot_when_every_target_is_full(
         },
     }
     url = start_gateway(config)
-    workers_ai.faults.push("slow:0.1")
+    workers_ai.faults.push("slow:0.5")  # the held stream would last about 3 s: it is closed long before
     async with async_client(url) as client:
         held = await client.chat.completions.create(
             model="solo", messages=[{"role": "user", "content": "hi [[emu:words=6]]"}], stream=True
@@ -572,7 +603,7 @@ async def test_request_waits_for_a_slot_when_every_target_is_full(
         await asyncio.sleep(0.1)
         assert not waiting.done()
         await held.close()  # the client goes away: its slot passes to the waiting request
-        completion = await asyncio.wait_for(waiting, 5)
+        completion = await asyncio.wait_for(waiting, HANG_GUARD_S)
         assert completion.choices[0].message.content == ANSWER
 
 

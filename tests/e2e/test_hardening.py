@@ -24,9 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import CF_TOKEN, cloudflare_backend
-from tests.e2e.test_disconnects import wait_for as wait_until
 from tests.e2e.test_input_limits import read_until_closed
 from tests.gateway_process import GatewayProcess
+from tests.waiting import wait_for as wait_until
 
 if TYPE_CHECKING:
     from tests.emulators.server import ServerThread

@@ -11,7 +11,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +191,12 @@ def connect(gateway: GatewayProcess) -> socket.socket:
     return sock
 
 
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (a timeout fails the test)."""
-    received = b""
-    while True:
+def read_until_closed(
+    sock: socket.socket, received: bytes = b"", *, complete: Callable[[bytes], bool] | None = None
+) -> bytes:
+    """Everything the server sends until it closes the connection, or until `complete` says the bytes
+    so far are whole (a timeout fails the test)."""
+    while complete is None or not complete(received):
         try:
             chunk = sock.recv(65536)
         except ConnectionResetError:
@@ -202,6 +204,20 @@ def read_until_closed(sock: socket.socket) -> bytes:
         if not chunk:
             return received
         received += chunk
+    return received
+
+
+def whole_response(sock: socket.socket, received: bytes) -> bytes:
+    """`received` completed up to its `content-length` (or until the server closes)."""
+    sock.settimeout(HANG_DEADLINE_S)
+    return read_until_closed(sock, received, complete=_has_whole_body)
+
+
+def _has_whole_body(received: bytes) -> bool:
+    head, found, body = received.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n")[1:]
+               if line.lower().startswith(b"content-length:")]  # fmt: skip
+    return bool(found and lengths and len(body) >= int(lengths[0]))
 
 
 def status_and_body(raw: bytes) -> tuple[int, dict[str, Any]]:
@@ -337,8 +353,9 @@ def test_a_trickled_body_gets_a_408(gateway: GatewayProcess) -> None:
                 continue
             if raw or time.monotonic() - began > HANG_DEADLINE_S:
                 break
+        raw = whole_response(sock, raw)  # the head and the body may come in separate segments
     status, envelope = status_and_body(raw)
-    assert status == 408
+    assert status == 408, raw
     assert envelope["error"]["code"] == "request_timeout"
     assert time.monotonic() - began < HANG_DEADLINE_S
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from structlog.testing import capture_logs
 
 from tests.e2e.conftest import CF_TOKEN, GatewayFactory, workers_ai_config
 from tests.redis_server import RedisServer
+from tests.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.emulators.server import ServerThread
@@ -326,10 +326,7 @@ def test_a_client_that_disconnects_mid_stream_pays_what_it_consumed(
                 received += line.split('"content":"', 1)[1].split('"', 1)[0]
             if len(received) > 40:
                 break
-    deadline = time.monotonic() + 5
-    while not workers_ai.requests[-1].disconnected:  # the gateway settles, then closes the upstream
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: workers_ai.requests[-1].disconnected)  # the gateway settles, then closes the upstream
     after = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, headers=auth)
     charged = before - int(after.headers["x-ratelimit-remaining-tokens"])
     prompt = 100_000 - before - max_tokens  # the reservation was the prompt estimate + max_tokens
@@ -411,13 +408,6 @@ def lone_redis() -> Iterator[RedisServer]:
     """A Redis this test may stop and start again."""
     with RedisServer() as server:
         yield server
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_fail_open_keeps_serving_warns_once_and_recovers(

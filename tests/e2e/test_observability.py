@@ -27,6 +27,7 @@ LOG_FIELDS = {
     "request_id", "method", "path", "status", "key", "model", "backend", "upstream_model", "attempts",
     "failovers", "stream", "error", "finish_reason", "duration_ms", "ttft_ms", "upstream_ms",
     "prompt_tokens", "completion_tokens", "rate_limit", "user", "metadata", "event", "level", "timestamp",
+    "error_type", "error_code", "param",
 }  # fmt: skip
 
 
@@ -40,6 +41,8 @@ def config(emulator_url: str) -> dict[str, Any]:
         "backends": {
             "cloudflare": cloudflare_backend(emulator_url),
             "broken": cloudflare_backend(refused, timeout_s=2),
+            # Used by one test only, so its breaker's state is known exactly.
+            "tripwire": cloudflare_backend(refused, timeout_s=2, breaker={"failure_threshold": 2}),
         },
         "models": {
             "llama": {"targets": [{"backend": "cloudflare", "model": MODEL}]},
@@ -47,6 +50,7 @@ def config(emulator_url: str) -> dict[str, Any]:
                 "targets": [{"backend": "broken", "model": MODEL}, {"backend": "cloudflare", "model": MODEL}]
             },
             "doomed": {"targets": [{"backend": "broken", "model": MODEL}]},
+            "tripped": {"targets": [{"backend": "tripwire", "model": MODEL}]},
         },
     }
 
@@ -201,7 +205,24 @@ def test_request_metrics_after_real_requests(gateway: GatewayProcess) -> None:
     durations = {"route": "chat", "model": "llama", "backend": "cloudflare", "stream": "true"}
     assert value(after, "gateway_request_duration_seconds_count", **durations) >= 1
     assert value(after, "gateway_in_flight_requests", route="chat") == 0
-    assert value(after, "gateway_breaker_state", backend="broken", upstream_model=MODEL) in (0, 1, 2)
+
+
+def test_the_breaker_state_metric_follows_the_breaker(gateway: GatewayProcess) -> None:
+    """0 closed, 2 open: closed until the second consecutive failure (`failure_threshold: 2`)."""
+    state = ("gateway_breaker_state", frozenset({"backend": "tripwire", "upstream_model": MODEL}.items()))
+    assert state not in samples(gateway)  # reported from its first change; closed until then
+    with client(gateway) as sdk:
+        with pytest.raises(openai.APIStatusError) as first:
+            sdk.chat.completions.create(model="tripped", messages=USER)
+        assert first.value.status_code == 502
+        assert state not in samples(gateway)  # one failure: still closed
+        with pytest.raises(openai.APIStatusError):
+            sdk.chat.completions.create(model="tripped", messages=USER)
+        assert samples(gateway)[state] == 2  # open
+        with pytest.raises(openai.APIStatusError) as skipped:
+            sdk.chat.completions.create(model="tripped", messages=USER)
+    assert (skipped.value.status_code, skipped.value.code) == (503, "upstream_unavailable")
+    assert samples(gateway)[state] == 2  # skipped, not probed: still open for its 30 s cooldown
 
 
 def test_random_model_names_do_not_grow_the_label_sets(gateway: GatewayProcess) -> None:
@@ -213,7 +234,7 @@ def test_random_model_names_do_not_grow_the_label_sets(gateway: GatewayProcess) 
             httpx.get(f"{gateway.url}{path}", headers={"authorization": f"Bearer {KEY_TEAM}"})
     found = samples(gateway)
     models = {dict(labels).get("model") for _, labels in found} - {None}
-    assert models <= {"llama", "resilient", "doomed", "-"}
+    assert models <= {"llama", "resilient", "doomed", "tripped", "-"}
     routes = {dict(labels).get("route") for _, labels in found} - {None}
     assert routes <= {"chat", "completions", "messages", "messages_count_tokens", "models", "other"}
     assert len([name for name, _ in found if name == "gateway_requests_total"]) < 20
@@ -225,8 +246,7 @@ def test_logs_hold_no_secrets_and_no_prompt_text(gateway: GatewayProcess) -> Non
         client(gateway, "sk-wrong-key-should-not-be-logged-1234").chat.completions.create(
             model="llama", messages=USER
         )
-    lines = gateway.log_lines()
-    assert any(line.get("event") == "request" for line in lines)
+    assert gateway.requests_logged(status=401)  # the wrong key's line is written: scan after it
     output = gateway.output()
     for secret in (KEY_TEAM, KEY_LIMITED, CF_TOKEN, CF_ACCOUNT, "sk-wrong-key-should-not-be-logged-1234"):
         assert secret not in output
@@ -291,6 +311,9 @@ def test_upstream_attempts_are_traced_when_an_exporter_is_configured(emulator: s
     try:
         with GatewayProcess(config(emulator), tmp_path, env=env) as gateway, client(gateway) as sdk:
             sdk.chat.completions.create(model="resilient", messages=USER)
+            assert gateway.requests_logged(model="resilient")  # written after the start-up lines
+            enabled = [line for line in gateway.log_lines(settle_s=0) if line["event"] == "tracing_enabled"]
+            assert [line["service"] for line in enabled] == ["gw-test"]  # what the test below looks for
         # Shutting down exported whatever the batch processor still held.
         spans = [span for span in collector.spans if span.name == "upstream.chat"]
         assert len(spans) == 2
@@ -309,4 +332,10 @@ def test_upstream_attempts_are_traced_when_an_exporter_is_configured(emulator: s
 
 def test_no_tracing_without_an_exporter(gateway: GatewayProcess) -> None:
     """The module-scoped gateway has no OTEL_* settings: nothing about tracing was even logged."""
-    assert not [line for line in gateway.log_lines() if str(line.get("event", "")).startswith("tracing")]
+    rid = request_id()
+    with client(gateway) as sdk:
+        sdk.chat.completions.create(model="llama", messages=USER, extra_headers={"x-request-id": rid})
+    logged(gateway, rid)  # everything logged before this request has been written out
+    events = [str(line.get("event")) for line in gateway.log_lines(settle_s=0)]
+    assert "rate_limits" in events  # the start-up lines, where `tracing_enabled` would be
+    assert [event for event in events if event.startswith("tracing")] == []

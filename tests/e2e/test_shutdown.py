@@ -21,6 +21,7 @@ import pytest
 from gateway.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from tests.e2e.conftest import workers_ai_config
 from tests.gateway_process import GatewayProcess
+from tests.waiting import HANG_GUARD_S, wait_for
 
 if TYPE_CHECKING:
     from tests.emulators.server import ServerThread
@@ -52,7 +53,7 @@ def emulator(
     workers_ai.faults.clear()
 
 
-def _refuses_connections(url: str, deadline_s: float = 5.0) -> bool:
+def _refuses_connections(url: str, deadline_s: float = HANG_GUARD_S) -> bool:
     """True once a new connection is refused (polled: the server notices the signal on its next tick)."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -121,10 +122,7 @@ def test_a_stream_longer_than_the_grace_period_is_cut_and_the_process_exits(
     assert 1 < len(received) < 300
     assert status == 0, gateway.output()[-2000:]
     # The upstream call was closed too, not left streaming to nobody.
-    deadline = time.monotonic() + 5
-    while not workers_ai.requests[-1].disconnected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert workers_ai.requests[-1].disconnected
+    assert wait_for(lambda: workers_ai.requests[-1].disconnected)
     print(f"\nshutdown: stream cut after {cut_after:.2f} s (grace 1 s), exited after {exited_after:.2f} s")
 
 

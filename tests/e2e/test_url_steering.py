@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ import msgspec
 import pytest
 
 from tests.e2e.conftest import CF_ACCOUNT, VLLM_MODEL, GatewayFactory, both_backends_config
+from tests.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.emulators.server import ServerThread
@@ -62,9 +62,7 @@ class Sentinel:
 def sentinel() -> Iterator[Sentinel]:
     server = Sentinel()
     socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # it does count:
-    deadline = time.monotonic() + 5
-    while server.connections == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: server.connections)
     assert server.connections == 1
     server.connections = 0
     yield server

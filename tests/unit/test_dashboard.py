@@ -43,6 +43,12 @@ def test_every_queried_metric_and_label_exists() -> None:
                     r"\b([a-z_]+)\s*(?:=~|=|!=)", expr.split(name, 1)[1].split("}", 1)[0]
                 ):
                     assert label in families[base] | {"le"}, f"{panel['title']}: {base} has no label {label}"
-            for label in re.findall(r"by \(([^)]*)\)", expr):
-                for name in (part.strip() for part in label.split(",")):
-                    assert any(name in labels for labels in families.values()) or name == "le"
+            # Grouping labels must be carried by every metric the expression aggregates (`le` by the
+            # buckets of a histogram only), not merely by some metric somewhere.
+            names = re.findall(r"\bgateway_[a-z_]+", expr)
+            for group in re.findall(r"by \(([^)]*)\)", expr):
+                for label in (part.strip() for part in group.split(",")):
+                    for name in names:
+                        base = next((name.removesuffix(s) for s in SUFFIXES if name.endswith(s)), name)
+                        carried = families[base] | ({"le"} if name.endswith("_bucket") else set())
+                        assert label in carried, f"{panel['title']}: {name} has no label {label} to group by"

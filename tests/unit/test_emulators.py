@@ -24,6 +24,7 @@ from tests.emulators.raw import GarbageServer, ResetServer
 from tests.emulators.server import ServerThread, serve
 from tests.emulators.vllm import VLLMEmulator
 from tests.emulators.workers_ai import GPT_OSS, HERMES, LLAMA_33, LLAMA_VISION, QWEN3, WorkersAIEmulator
+from tests.waiting import wait_for
 
 TOKEN = "cf-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -68,14 +69,6 @@ def data_events(text: str) -> list[str]:
 
 def json_events(text: str) -> list[Any]:
     return [json.loads(e) for e in data_events(text) if e != "[DONE]"]
-
-
-def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------------------------

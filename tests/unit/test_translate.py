@@ -141,7 +141,8 @@ def test_images_need_a_vision_model() -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        pytest.param({"prediction": {}}, "prediction", id="prediction"),
+        pytest.param({"web_search_options": {}}, "web_search_options", id="web_search_options"),
+        pytest.param({"audio": {"voice": "alloy", "format": "mp3"}}, "audio", id="audio-param"),
         pytest.param({"logprobs": True}, "logprobs", id="logprobs"),
         pytest.param({"top_logprobs": 3, "logprobs": False}, "top_logprobs", id="top_logprobs"),
         pytest.param({"logit_bias": {"1": 5}}, "logit_bias", id="logit_bias"),
@@ -415,3 +416,75 @@ def test_completion_decode_errors_name_the_field(raw: bytes, param: str) -> None
     with pytest.raises(InvalidRequestError) as info:
         decode_request(completion_request_decoder, raw)
     assert info.value.param == param
+
+
+# Every parameter of the current OpenAI request schemas is accepted (docs/parameters.md says what each
+# becomes); only names outside them stay "Unrecognized request argument".
+
+ACCEPTED_NOT_FORWARDED: dict[str, Any] = {
+    "prompt_cache_retention": "24h",
+    "prompt_cache_options": {"mode": "implicit", "ttl": "30m"},
+    "moderation": {"model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}},
+    "safety_identifier": "user-hash-1",
+    "verbosity": "low",
+    "service_tier": "flex",
+    "store": True,
+    "metadata": {"team": "search"},
+    "modalities": ["text"],
+    "prediction": {"type": "content", "content": [{"type": "text", "text": "the likely answer"}]},
+    "user": "alice",
+}
+
+
+def _sdk_parameters(module: Any) -> set[str]:
+    return set(module.CompletionCreateParamsBase.__annotations__) | {"stream"}
+
+
+def test_every_parameter_of_the_sdk_schemas_is_declared() -> None:
+    from openai.types import completion_create_params
+    from openai.types.chat import completion_create_params as chat_create_params
+
+    from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
+
+    chat = {field.name for field in msgspec.structs.fields(ChatCompletionRequest)}
+    text = {field.name for field in msgspec.structs.fields(CompletionRequest)}
+    assert _sdk_parameters(chat_create_params) - chat == set()
+    assert _sdk_parameters(completion_create_params) - text == set()
+
+
+def test_accepted_parameters_change_nothing_upstream() -> None:
+    plain = run().request
+    assert run(**ACCEPTED_NOT_FORWARDED).request == plain
+    assert run(prompt_cache_retention="in_memory").request == plain
+    assert run(prompt_cache_retention="in-memory").request == plain
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        pytest.param({"prompt_cache_retention": "forever"}, "prompt_cache_retention", id="retention"),
+        pytest.param({"prompt_cache_options": {"mode": "sometimes"}}, "prompt_cache_options.mode", id="mode"),
+        pytest.param({"moderation": {"policy": {}}}, "moderation.model", id="moderation-without-model"),
+        pytest.param({"service_tier": "cheapest"}, "service_tier", id="service_tier"),
+        pytest.param(
+            {"prediction": {"type": "guess", "content": "x"}}, "prediction.type", id="prediction-type"
+        ),
+        pytest.param({"modalities": ["video"]}, "modalities[0]", id="modalities"),
+    ],
+)
+def test_accepted_parameters_are_still_type_checked(body: dict[str, Any], param: str) -> None:
+    payload = {"model": "x", "messages": [{"role": "user", "content": "hi"}], **body}
+    with pytest.raises(InvalidRequestError) as info:
+        decode_chat_request(json.dumps(payload).encode())
+    assert info.value.param == param
+
+
+def test_prompt_cache_key_becomes_a_header_safe_session_token() -> None:
+    assert run(prompt_cache_key="conv-42").request.session_affinity == "conv-42"
+    assert run().request.session_affinity is msgspec.UNSET
+    odd = run(prompt_cache_key="naïve key\r\nx-injected: 1").request.session_affinity
+    assert isinstance(odd, str)
+    assert odd.startswith("sha256-")
+    assert len(odd) == len("sha256-") + 32
+    assert odd == run(prompt_cache_key="naïve key\r\nx-injected: 1").request.session_affinity
+    assert run(prompt_cache_key="k" * 129).request.session_affinity != "k" * 129
