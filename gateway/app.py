@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from litestar import Litestar, Request, Response, asgi, get
+from litestar import Litestar, Request, Response, asgi, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
@@ -18,6 +18,9 @@ from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
 from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
+from gateway.api.responses import cancel as cancel_response
+from gateway.api.responses import create_response, input_items, retrieve
+from gateway.api.responses import delete as delete_response
 from gateway.edge.asgi import Receive, Scope, Send, read_body, respond
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
 from gateway.edge.middleware import RequestMiddleware
@@ -28,6 +31,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
     RequestTooLargeError,
+    UnsupportedParameterError,
     error_response,
 )
 from gateway.limits import RateLimits, create_rate_limits
@@ -38,6 +42,7 @@ from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
+from gateway.state.responses import ResponseStore, create_response_store
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler
@@ -78,6 +83,7 @@ class Gateway:
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
         """None: no `keys:` section, every request is served without a key."""
         self.limits: RateLimits | None = None
+        self._responses: ResponseStore | None = None
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
         self._prober: HealthProber | None = None
@@ -88,6 +94,13 @@ class Gateway:
         if self._router is None:
             raise GatewayError("the gateway is starting up or shutting down")
         return self._router
+
+    @property
+    def responses(self) -> ResponseStore:
+        """Stored Responses: in Redis when `redis_url` is set, else in process."""
+        if self._responses is None:
+            raise GatewayError("the gateway is starting up or shutting down")
+        return self._responses
 
     @property
     def ready(self) -> bool:
@@ -114,6 +127,7 @@ class Gateway:
         }
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
+        self._responses = create_response_store(self.settings.redis_url, self.settings.responses)
         self._tracing = configure_tracing()
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
@@ -138,6 +152,9 @@ class Gateway:
         if self.limits is not None:
             await self.limits.aclose()
             self.limits = None
+        if self._responses is not None:
+            await self._responses.aclose()
+            self._responses = None
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters = {}
@@ -194,6 +211,69 @@ def create_app(settings: Settings) -> Litestar:
     chat_completions = inference_route("/v1/chat/completions", "chat_completions", chat_completion)
     completions = inference_route("/v1/completions", "completions", text_completion)
 
+    async def responses_pipeline(
+        router: Router,
+        raw_body: bytes,
+        *,
+        request_id: str,
+        key: KeyPolicy | None,
+        limits: RateLimits | None,
+        info: RequestInfo,
+    ) -> ChatResult:
+        return await create_response(
+            router,
+            raw_body,
+            request_id=request_id,
+            key=key,
+            limits=limits,
+            info=info,
+            store=gateway.responses,
+        )
+
+    responses = inference_route("/v1/responses", "responses", responses_pipeline)
+
+    def json_response(body: bytes) -> Response[bytes]:
+        return Response(body, media_type="application/json")
+
+    @get("/v1/responses/{response_id:str}")
+    async def get_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
+        key = gateway.authenticate(request.scope["headers"], request_info(request))
+        if request.query_params.get("stream") in ("true", "1"):
+            raise UnsupportedParameterError(
+                "Resuming a response's stream ('stream') is not supported by this gateway.", param="stream"
+            )
+        return json_response(await retrieve(gateway.responses, key, response_id))
+
+    @delete("/v1/responses/{response_id:str}", status_code=200)
+    async def delete_stored_response(
+        request: Request[Any, Any, Any], response_id: FromPath[str]
+    ) -> Response[bytes]:
+        key = gateway.authenticate(request.scope["headers"], request_info(request))
+        return json_response(await delete_response(gateway.responses, key, response_id))
+
+    @post("/v1/responses/{response_id:str}/cancel", status_code=200)
+    async def cancel_stored_response(
+        request: Request[Any, Any, Any], response_id: FromPath[str]
+    ) -> Response[bytes]:
+        key = gateway.authenticate(request.scope["headers"], request_info(request))
+        return json_response(await cancel_response(gateway.responses, key, response_id))
+
+    @get("/v1/responses/{response_id:str}/input_items")
+    async def list_input_items(
+        request: Request[Any, Any, Any], response_id: FromPath[str]
+    ) -> Response[bytes]:
+        key = gateway.authenticate(request.scope["headers"], request_info(request))
+        query = request.query_params
+        body = await input_items(
+            gateway.responses,
+            key,
+            response_id,
+            limit=query.get("limit"),
+            order=query.get("order"),
+            after=query.get("after"),
+        )
+        return json_response(body)
+
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
         key = gateway.authenticate(request.scope["headers"], request_info(request))
@@ -242,6 +322,11 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             chat_completions,
             completions,
+            responses,
+            get_response,
+            delete_stored_response,
+            cancel_stored_response,
+            list_input_items,
             list_models,
             get_model,
             metrics_endpoint,

@@ -29,7 +29,7 @@ from gateway.openai.limits import check_chat_request
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.routing.choices import open_answer
 from gateway.translation.translate import translate
-from gateway.translation.writer import DONE, ResponseWriter
+from gateway.translation.writer import DONE, FinalChunk, ResponseWriter
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
@@ -196,7 +196,7 @@ class _Relay:
         grant = self._grant
         try:
             async for chunk in self._writer.stream(self._answer.events()):
-                if chunk is DONE and grant is not None:
+                if grant is not None and (chunk is DONE or type(chunk) is FinalChunk):
                     await grant.settle(tokens_used(self._writer))
                 yield chunk
         finally:
@@ -220,7 +220,7 @@ def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc)) from None
+        raise validation_error(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The API expects a JSON payload "
@@ -233,7 +233,7 @@ def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         ) from None
 
 
-def _validation_error(text: str) -> InvalidRequestError:
+def validation_error(text: str) -> InvalidRequestError:
     match = _MSGSPEC_PATH.search(text)
     where = match.group(1) if match else ""
     message = text[: match.start()] if match else text
@@ -258,4 +258,5 @@ __all__ = (
     "decode_request",
     "serve_translated",
     "tokens_used",
+    "validation_error",
 )

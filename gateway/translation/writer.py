@@ -59,6 +59,13 @@ if TYPE_CHECKING:
 _ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
 DONE: Final = b"data: [DONE]\n\n"
 """The last event of a complete stream (the very object `stream` yields, so `is` recognises it)."""
+
+
+class FinalChunk(bytes):
+    """The last chunk of a complete stream that has no `[DONE]` (Responses' terminal event): the
+    relay settles the answer's usage before sending it, as it does before `DONE`."""
+
+
 log = get_logger("gateway.writer")
 _CHOICE_TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
@@ -105,7 +112,7 @@ class _ToolCall:
         self.pending: list[str] = []  # argument pieces that arrived before the call's name
 
 
-class _ToolCalls:
+class ToolCalls:
     """Maps upstream tool indexes onto dense, ordered ones and remembers what was announced."""
 
     __slots__ = ("_by_upstream", "_single", "calls")
@@ -362,7 +369,7 @@ class _ChatChoice(ChoiceState):
         self._eager = eager
         self._legacy = translated.legacy_functions
         self._max_tokens = translated.request.max_tokens
-        self.tools = _ToolCalls(single=translated.single_tool_call)
+        self.tools = ToolCalls(single=translated.single_tool_call)
         self.started = False
         self.texts: list[str] = []
         self.reasoning: list[str] = []
@@ -535,7 +542,7 @@ class ResponseWriter(ChoiceWriter):
         """One choice and none of the gateway's own rules: the per-token hot path, kept minimal."""
         translated = self.translated
         stats = self.stats
-        tools = _ToolCalls(single=translated.single_tool_call)
+        tools = ToolCalls(single=translated.single_tool_call)
         legacy = translated.legacy_functions
         prefix = self._prefix
         finish: str | None = None
@@ -628,7 +635,7 @@ class ResponseWriter(ChoiceWriter):
         """One choice and none of the gateway's own rules: a straight pass over the events."""
         translated = self.translated
         stats = self.stats
-        tools = _ToolCalls(single=translated.single_tool_call)
+        tools = ToolCalls(single=translated.single_tool_call)
         texts: list[str] = []
         reasoning: list[str] = []
         finish: str | None = None
@@ -715,7 +722,9 @@ __all__ = (
     "AnswerStats",
     "ChoiceState",
     "ChoiceWriter",
+    "FinalChunk",
     "ResponseWriter",
+    "ToolCalls",
     "Writer",
     "completion_id",
     "estimated_usage",
