@@ -126,7 +126,7 @@ async def create_response(
         check_chat_request(chat, router.request_limits)
     except InvalidRequestError as exc:
         raise rename_param(exc, []) from None
-    shell = _shell(payload, model.name, translated.request.max_tokens)
+    shell = response_shell(payload, model.name, translated.request.max_tokens)
     keep = payload.store is not False
 
     async def persist(response: ResponseObject) -> None:
@@ -227,7 +227,7 @@ async def _store(
         response.store = False
 
 
-def _shell(payload: ResponsesRequest, model: str, max_tokens: int) -> ResponseObject:
+def response_shell(payload: ResponsesRequest, model: str, max_tokens: int) -> ResponseObject:
     """The in-progress Response object: everything the request settles, echoed as OpenAI does."""
     fmt = payload.text.format if payload.text is not None else None
     if isinstance(fmt, TextFormatJSONSchema):
@@ -352,4 +352,4 @@ def _not_found(response_id: str) -> NotFoundError:
     return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
 
 
-__all__ = ("cancel", "create_response", "delete", "input_items", "owner_of", "retrieve")
+__all__ = ("cancel", "create_response", "delete", "input_items", "owner_of", "response_shell", "retrieve")

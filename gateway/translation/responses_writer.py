@@ -92,7 +92,7 @@ class _Item:
         if self.kind == "message":
             return OutputMessage(id=self.id, status=status, content=[OutputTextPart(text=text)])  # type: ignore[arg-type]
         if self.kind == "reasoning":
-            return OutputReasoning(id=self.id, summary=[SummaryTextPart(text=text)])
+            return OutputReasoning(id=self.id, summary=[SummaryTextPart(text=text)], status=status)  # type: ignore[arg-type]
         return OutputFunctionCall(
             id=self.id,
             call_id=self.call.id,
@@ -210,7 +210,7 @@ class ResponsesWriter:
             self._emit(
                 "response.output_item.added",
                 output_index=item.index,
-                item=OutputReasoning(id=item.id),
+                item=OutputReasoning(id=item.id, status="in_progress"),
             )
             self._emit(
                 "response.reasoning_summary_part.added",
