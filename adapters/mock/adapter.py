@@ -119,12 +119,13 @@ def _tool_call(request: ChatRequest) -> tuple[str, str] | None:
 
 def _answer(request: ChatRequest) -> str:
     last = request.messages[-1]
-    if last.role == "tool":
-        return f"The tool returned: {_text(last)}"
+    # JSON mode first: an agent with an output type asks for JSON after its tools have answered too.
     if request.response_format is not msgspec.UNSET:
         schema = request.response_format.json_schema
         value = _example(schema) if isinstance(schema, dict) else {"answer": "mock"}
         return _encoder.encode(value).decode()
+    if last.role == "tool":
+        return f"The tool returned: {_text(last)}"
     said = " ".join(_text(last).split()[:ECHO_WORDS])
     return f"{GREETING} You said: {said}" if said else GREETING
 

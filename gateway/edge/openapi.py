@@ -16,6 +16,7 @@ import msgspec
 
 from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
 from gateway.openai.responses import ChatCompletion, ErrorBody, ModelList, TextCompletion
+from gateway.openai.responses_api import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
 
 OPENAPI_PATH: Final = "/schema/openapi.json"
 _REF: Final = "#/components/schemas/{name}"
@@ -62,16 +63,29 @@ def _any_value(type_: Any) -> dict[str, Any]:
 
 def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes:
     """The document, encoded; `models` are the public model names (and aliases) the gateway serves."""
-    (_, _, _, _, _, _), components = msgspec.json.schema_components(
-        (ChatCompletionRequest, CompletionRequest, ChatCompletion, TextCompletion, ModelList, ErrorBody),
+    _, components = msgspec.json.schema_components(
+        (
+            ChatCompletionRequest,
+            CompletionRequest,
+            ResponsesRequest,
+            ChatCompletion,
+            TextCompletion,
+            ResponseObject,
+            DeletedResponse,
+            InputItemList,
+            ModelList,
+            ErrorBody,
+        ),
         ref_template=_REF,
         schema_hook=_any_value,
     )
     if models:
         # Only configured names are served (others get a 404): say so, so clients and fuzzers know.
-        for request in ("ChatCompletionRequest", "CompletionRequest"):
+        for request in ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest"):
             components[request]["properties"]["model"] = {"type": "string", "enum": list(models)}
     model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    stored = _errors(401, 404, 503)
     plain_ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
     document = {
         "openapi": "3.1.0",
@@ -89,6 +103,61 @@ def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes
                 "TextCompletion",
                 "`text_completion` server-sent events ending in `data: [DONE]`",
             ),
+            "/v1/responses": _inference(
+                "Create a model response (OpenAI's Responses API)",
+                "ResponsesRequest",
+                "ResponseObject",
+                "Responses server-sent events (`response.created` ... `response.completed`)",
+            ),
+            "/v1/responses/{response_id}": {
+                "get": {
+                    "summary": "Retrieve a stored response",
+                    "operationId": "getResponse",
+                    "parameters": [response_id],
+                    "responses": {"200": {"description": "OK", "content": _json("ResponseObject")}, **stored},
+                },
+                "delete": {
+                    "summary": "Delete a stored response",
+                    "operationId": "deleteResponse",
+                    "parameters": [response_id],
+                    "responses": {
+                        "200": {"description": "OK", "content": _json("DeletedResponse")},
+                        **stored,
+                    },
+                },
+            },
+            "/v1/responses/{response_id}/input_items": {
+                "get": {
+                    "summary": "List a stored response's input items",
+                    "operationId": "listInputItems",
+                    "parameters": [
+                        response_id,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {
+                            "name": "order",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["asc", "desc"]},
+                        },
+                        {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "OK", "content": _json("InputItemList")},
+                        **_errors(400, 401, 404, 503),
+                    },
+                }
+            },
+            "/v1/responses/{response_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a background response (the gateway has none: a stored one is a 400)",
+                    "operationId": "cancelResponse",
+                    "parameters": [response_id],
+                    "responses": {"200": {"description": "OK", "content": _json("ResponseObject")}, **stored},
+                }
+            },
             "/v1/models": {
                 "get": {
                     "summary": "List the models",

@@ -41,6 +41,7 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES: Final = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
+    "/v1/responses": "responses",
     "/v1/models": "models",
 }
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -53,6 +54,8 @@ def route_of(path: str) -> str:
         return ROUTES[path]
     if path.startswith("/v1/models/"):
         return "models"
+    if path.startswith("/v1/responses/"):
+        return "stored_responses"  # one label for every id: GET, DELETE, input_items, cancel
     return "other"
 
 

@@ -38,9 +38,14 @@ CONFIG: dict[str, Any] = {
     },
 }
 EXAMPLES: dict[str, int] = {
-    # Per operation and generation mode: about 2,000 requests in all.
-    "POST /v1/chat/completions": 550,
-    "POST /v1/completions": 450,
+    # Per operation and generation mode: about 2,400 requests in all.
+    "POST /v1/chat/completions": 450,
+    "POST /v1/completions": 350,
+    "POST /v1/responses": 300,
+    "GET /v1/responses/{response_id}": 25,
+    "DELETE /v1/responses/{response_id}": 25,
+    "GET /v1/responses/{response_id}/input_items": 40,
+    "POST /v1/responses/{response_id}/cancel": 25,
     "GET /v1/models/{model_id}": 60,
     "GET /v1/models": 20,
     "GET /healthz": 10,
@@ -87,6 +92,8 @@ def test_the_document_describes_the_inference_bodies(gateway: GatewayProcess) ->
     assert request["properties"]["model"]["enum"] == ["mock-model", "gpt-4o-mini", "mock-lenient"]
     assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert "/v1/completions" in document["paths"]
+    assert "/v1/responses" in document["paths"]
+    assert "/v1/responses/{response_id}/input_items" in document["paths"]
     assert "/v1/models" in document["paths"]
 
 
