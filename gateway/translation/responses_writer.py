@@ -75,7 +75,7 @@ _SUMMARY_DELTA: Final = _frame("response.reasoning_summary_text.delta")
 class _Item:
     """One output item while it is produced."""
 
-    __slots__ = ("call", "id", "index", "kind", "parts", "prefix", "status")
+    __slots__ = ("call", "delta_head", "id", "index", "kind", "parts", "prefix", "status")
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind  # "message", "reasoning" or "function_call"
@@ -86,6 +86,11 @@ class _Item:
         self.status = "in_progress"
         # `"item_id":…,"output_index":…` once per item, not once per delta.
         self.prefix = b',"item_id":"' + item_id.encode() + b'","output_index":' + str(index).encode()
+        self.delta_head = (
+            _TEXT_DELTA + self.prefix + b',"content_index":0,"logprobs":[],"sequence_number":'
+            if kind == "message"
+            else b""
+        )
 
     def done(self, status: str) -> OutputItem:
         text = "".join(self.parts)
@@ -406,7 +411,31 @@ class ResponsesWriter:
         yield b"".join(frames)
         frames.clear()
         try:
+            shaper = self._shaper
+            open_items = self._open
             async for event in events:
+                # The per-token hot path: more text for the message item already open.
+                if (
+                    type(event) is TextDelta
+                    and shaper is None
+                    and open_items
+                    and open_items[-1].kind == "message"
+                ):
+                    text = event.text
+                    if text:
+                        item = open_items[-1]
+                        item.parts.append(text)
+                        stats.chars += len(text)
+                        seq = self._seq
+                        self._seq = seq + 1
+                        yield (
+                            item.delta_head
+                            + str(seq).encode()
+                            + b',"delta":'
+                            + encoder.encode(text)
+                            + b"}\n\n"
+                        )
+                    continue
                 self._feed(event)
                 if frames:
                     if len(frames) == 1:
