@@ -408,6 +408,8 @@ def rename_param(exc: InvalidRequestError, message_origins: list[str]) -> Invali
         renamed = origin + param[match.end() :]
     elif param == "messages":
         renamed = "input"
+    elif param.startswith("tools[") and ".function." in param:
+        renamed = param.replace(".function.", ".", 1)
     if renamed == param:
         return exc
     message = exc.message.replace(f"'{param}'", f"'{renamed}'")
