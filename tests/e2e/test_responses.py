@@ -484,3 +484,25 @@ def test_key_limits_apply_as_for_chat(start_gateway: GatewayFactory) -> None:
             client.responses.create(model="mock-model", input="three")
     assert info.value.code == "rate_limit_exceeded"
     assert set(info.value.response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@STREAM
+def test_reasoning_becomes_a_reasoning_item_before_the_message(
+    client: openai.OpenAI, workers_ai: WorkersAIEmulator, stream: bool
+) -> None:
+    response = run(client, stream=stream, model="qwen3-30b", input="Say hello please")
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "message"]
+    reasoning = response.output[0]
+    assert reasoning.id.startswith("rs_")
+    assert reasoning.summary[0].text
+    # Replayed as the Agents SDK does, it reaches the model as the assistant turn's reasoning.
+    history: list[Any] = [{"role": "user", "content": "Say hello please"}]
+    history += [item.model_dump(exclude_none=True) for item in response.output]
+    history.append({"role": "user", "content": "Again"})
+    client.responses.create(model="qwen3-30b", input=history, store=False)
+    sent = [r for r in workers_ai.requests if r.method == "POST"][-1].body
+    assert isinstance(sent, dict)
+    assistant = sent["messages"][1]
+    assert assistant["role"] == "assistant"
+    assert reasoning.summary[0].text in str(assistant)
