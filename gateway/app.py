@@ -18,8 +18,8 @@ from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
 from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
+from gateway.api.responses import StoredResponseAction, create_response, input_items, retrieve
 from gateway.api.responses import cancel as cancel_response
-from gateway.api.responses import create_response, input_items, retrieve
 from gateway.api.responses import delete as delete_response
 from gateway.edge.asgi import Receive, Scope, Send, read_body, respond
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
@@ -31,7 +31,6 @@ from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
     RequestTooLargeError,
-    UnsupportedParameterError,
     error_response,
 )
 from gateway.limits import RateLimits, create_rate_limits
@@ -232,47 +231,25 @@ def create_app(settings: Settings) -> Litestar:
 
     responses = inference_route("/v1/responses", "responses", responses_pipeline)
 
-    def json_response(body: bytes) -> Response[bytes]:
-        return Response(body, media_type="application/json")
+    def stored_response_route(route: Any, action: StoredResponseAction) -> Any:
+        """A route on one stored response (`gateway.api.responses`): key, then the action's JSON."""
 
-    @get("/v1/responses/{response_id:str}")
-    async def get_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
-        key = gateway.authenticate(request.scope["headers"], request_info(request))
-        if request.query_params.get("stream") in ("true", "1"):
-            raise UnsupportedParameterError(
-                "Resuming a response's stream ('stream') is not supported by this gateway.", param="stream"
-            )
-        return json_response(await retrieve(gateway.responses, key, response_id))
+        async def handler(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
+            key = gateway.authenticate(request.scope["headers"], request_info(request))
+            body = await action(gateway.responses, key, response_id, request.query_params)
+            return Response(body, media_type="application/json")
 
-    @delete("/v1/responses/{response_id:str}", status_code=200)
-    async def delete_stored_response(
-        request: Request[Any, Any, Any], response_id: FromPath[str]
-    ) -> Response[bytes]:
-        key = gateway.authenticate(request.scope["headers"], request_info(request))
-        return json_response(await delete_response(gateway.responses, key, response_id))
+        return route(handler)
 
-    @post("/v1/responses/{response_id:str}/cancel", status_code=200)
-    async def cancel_stored_response(
-        request: Request[Any, Any, Any], response_id: FromPath[str]
-    ) -> Response[bytes]:
-        key = gateway.authenticate(request.scope["headers"], request_info(request))
-        return json_response(await cancel_response(gateway.responses, key, response_id))
-
-    @get("/v1/responses/{response_id:str}/input_items")
-    async def list_input_items(
-        request: Request[Any, Any, Any], response_id: FromPath[str]
-    ) -> Response[bytes]:
-        key = gateway.authenticate(request.scope["headers"], request_info(request))
-        query = request.query_params
-        body = await input_items(
-            gateway.responses,
-            key,
-            response_id,
-            limit=query.get("limit"),
-            order=query.get("order"),
-            after=query.get("after"),
-        )
-        return json_response(body)
+    stored = "/v1/responses/{response_id:str}"
+    stored_responses = [
+        stored_response_route(get(stored, name="get_response"), retrieve),
+        stored_response_route(delete(stored, status_code=200, name="delete_response"), delete_response),
+        stored_response_route(
+            post(f"{stored}/cancel", status_code=200, name="cancel_response"), cancel_response
+        ),
+        stored_response_route(get(f"{stored}/input_items", name="list_input_items"), input_items),
+    ]
 
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -323,10 +300,7 @@ def create_app(settings: Settings) -> Litestar:
             chat_completions,
             completions,
             responses,
-            get_response,
-            delete_stored_response,
-            cancel_stored_response,
-            list_input_items,
+            *stored_responses,
             list_models,
             get_model,
             metrics_endpoint,

@@ -16,6 +16,7 @@ read the store (`gateway.state.responses`), scoped to the calling key.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -276,12 +277,26 @@ def response_shell(payload: ResponsesRequest, model: str, max_tokens: int) -> Re
 # Stored responses
 
 
-async def retrieve(store: ResponseStore, key: KeyPolicy | None, response_id: str) -> bytes:
+StoredResponseAction = Callable[
+    ["ResponseStore", "KeyPolicy | None", str, Mapping[str, str]], Awaitable[bytes]
+]
+"""What a stored-response route does: (store, the caller's key, the id, the query) → the JSON body."""
+
+
+async def retrieve(
+    store: ResponseStore, key: KeyPolicy | None, response_id: str, query: Mapping[str, str]
+) -> bytes:
+    if query.get("stream") in ("true", "1"):
+        raise UnsupportedParameterError(
+            "Resuming a response's stream ('stream') is not supported by this gateway.", param="stream"
+        )
     record = await _stored(store, key, response_id)
     return encoder.encode(record.response)
 
 
-async def delete(store: ResponseStore, key: KeyPolicy | None, response_id: str) -> bytes:
+async def delete(
+    store: ResponseStore, key: KeyPolicy | None, response_id: str, query: Mapping[str, str]
+) -> bytes:
     found = VALID_ID.fullmatch(response_id) is not None and await _read(
         store.delete(owner_of(key), response_id), "response_id"
     )
@@ -290,7 +305,9 @@ async def delete(store: ResponseStore, key: KeyPolicy | None, response_id: str) 
     return encoder.encode(DeletedResponse(id=response_id))
 
 
-async def cancel(store: ResponseStore, key: KeyPolicy | None, response_id: str) -> bytes:
+async def cancel(
+    store: ResponseStore, key: KeyPolicy | None, response_id: str, query: Mapping[str, str]
+) -> bytes:
     await _stored(store, key, response_id)
     raise InvalidRequestError(
         "Cannot cancel a synchronous response: only background responses can be cancelled.",
@@ -306,11 +323,9 @@ async def input_items(
     store: ResponseStore,
     key: KeyPolicy | None,
     response_id: str,
-    *,
-    limit: str | None,
-    order: str | None,
-    after: str | None,
+    query: Mapping[str, str],
 ) -> bytes:
+    limit, order, after = query.get("limit"), query.get("order"), query.get("after")
     try:
         size = DEFAULT_PAGE if limit is None else int(limit)
     except ValueError:

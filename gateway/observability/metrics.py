@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestInfo
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+STORED_RESPONSES: Final = "stored_responses"
 ROUTES: Final = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
@@ -55,7 +56,7 @@ def route_of(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "models"
     if path.startswith("/v1/responses/"):
-        return "stored_responses"  # one label for every id: GET, DELETE, input_items, cancel
+        return STORED_RESPONSES  # one label for every id: GET, DELETE, input_items, cancel
     return "other"
 
 
@@ -144,7 +145,7 @@ class Metrics:
             registry=registry,
         )
         self._series: dict[tuple[str, str, str, str, int, bool], _Series] = {}
-        self._in_flight = {route: self.in_flight.labels(route) for route in (*ROUTES.values(), "other")}
+        self._in_flight = {route: self.in_flight.labels(route) for route in (*ROUTES.values(), STORED_RESPONSES, "other")}
         self._runtime = RuntimeCollector()
         if registry is not None:
             registry.register(self._runtime)

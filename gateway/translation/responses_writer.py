@@ -199,75 +199,35 @@ class ResponsesWriter:
         self._close_all("completed")
         item = self._begin(kind)
         if kind == "message":
-            self._emit(
-                "response.output_item.added",
-                output_index=item.index,
-                item=OutputMessage(id=item.id, status="in_progress"),
-            )
-            self._emit(
-                "response.content_part.added",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                part=_EMPTY_TEXT_PART,
-            )
-        elif kind == "reasoning":
-            self._emit(
-                "response.output_item.added",
-                output_index=item.index,
-                item=OutputReasoning(id=item.id, status="in_progress"),
-            )
-            self._emit(
-                "response.reasoning_summary_part.added",
-                item_id=item.id,
-                output_index=item.index,
-                summary_index=0,
-                part=_EMPTY_SUMMARY_PART,
+            added: OutputItem = OutputMessage(id=item.id, status="in_progress")
+        else:
+            added = OutputReasoning(id=item.id, status="in_progress")
+        self._emit("response.output_item.added", output_index=item.index, item=added)
+        if kind == "message":
+            self._emit_about(item, "response.content_part.added", content_index=0, part=_EMPTY_TEXT_PART)
+        else:
+            self._emit_about(
+                item, "response.reasoning_summary_part.added", summary_index=0, part=_EMPTY_SUMMARY_PART
             )
         return item
+
+    def _emit_about(self, item: _Item, kind: str, **fields: Any) -> None:
+        self._emit(kind, item_id=item.id, output_index=item.index, **fields)
 
     def _close(self, item: _Item, status: str) -> None:
         text = "".join(item.parts)
         if item.kind == "message":
-            part = OutputTextPart(text=text)
-            self._emit(
-                "response.output_text.done",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                text=text,
-                logprobs=[],
-            )
-            self._emit(
-                "response.content_part.done",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                part=part,
+            self._emit_about(item, "response.output_text.done", content_index=0, text=text, logprobs=[])
+            self._emit_about(
+                item, "response.content_part.done", content_index=0, part=OutputTextPart(text=text)
             )
         elif item.kind == "reasoning":
-            self._emit(
-                "response.reasoning_summary_text.done",
-                item_id=item.id,
-                output_index=item.index,
-                summary_index=0,
-                text=text,
-            )
-            self._emit(
-                "response.reasoning_summary_part.done",
-                item_id=item.id,
-                output_index=item.index,
-                summary_index=0,
-                part=SummaryTextPart(text=text),
-            )
+            self._emit_about(item, "response.reasoning_summary_text.done", summary_index=0, text=text)
+            part = SummaryTextPart(text=text)
+            self._emit_about(item, "response.reasoning_summary_part.done", summary_index=0, part=part)
         else:
-            self._emit(
-                "response.function_call_arguments.done",
-                item_id=item.id,
-                output_index=item.index,
-                name=item.call.name or "",
-                arguments=text,
-            )
+            name = item.call.name or ""
+            self._emit_about(item, "response.function_call_arguments.done", name=name, arguments=text)
         item.status = status
         self._emit("response.output_item.done", output_index=item.index, item=item.done(status))
 

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pydantic
 import pytest
+import yaml
 from agents import Agent, Runner, function_tool, set_default_openai_client, set_tracing_disabled
 
-from tests.emulators.server import free_port
+from tests.gateway_process import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,36 +40,14 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-@pytest.fixture(scope="module")
-def make_run_url() -> Iterator[str]:
-    """The gateway as `make run` starts it, on a free port, with no Cloudflare credentials."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", "config/gateway.yaml", "--port", str(port)],
-        cwd=ROOT,
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not become ready"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        if process.stderr is not None:
-            process.stderr.close()
+@pytest.fixture
+def make_run_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """`gateway serve` on `make run`'s config (on a free port), with no Cloudflare credentials."""
+    for name in [name for name in os.environ if name.startswith("CLOUDFLARE_")]:
+        monkeypatch.delenv(name)
+    config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    with GatewayProcess(config, tmp_path) as gateway:
+        yield gateway.url
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
