@@ -145,7 +145,9 @@ class Metrics:
             registry=registry,
         )
         self._series: dict[tuple[str, str, str, str, int, bool], _Series] = {}
-        self._in_flight = {route: self.in_flight.labels(route) for route in (*ROUTES.values(), STORED_RESPONSES, "other")}
+        self._in_flight = {
+            route: self.in_flight.labels(route) for route in (*ROUTES.values(), STORED_RESPONSES, "other")
+        }
         self._runtime = RuntimeCollector()
         if registry is not None:
             registry.register(self._runtime)
