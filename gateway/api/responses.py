@@ -149,6 +149,8 @@ async def create_response(
     )
     if keep and writer.final is not None and result.body is not None:
         await persist(writer.final)
+        if writer.final.store is False:  # too large to keep: say so (rare, so encoded twice)
+            result.body = encoder.encode(writer.final)
     return result
 
 

@@ -506,3 +506,27 @@ def test_reasoning_becomes_a_reasoning_item_before_the_message(
     assistant = sent["messages"][1]
     assert assistant["role"] == "assistant"
     assert reasoning.summary[0].text in str(assistant)
+
+
+@STREAM
+def test_a_response_above_the_size_cap_is_not_stored_and_says_so(
+    start_gateway: GatewayFactory, stream: bool
+) -> None:
+    url = start_gateway({**MOCK_CONFIG, "responses": {"max_stored_bytes": 8192}})
+    long_input = "many words " * 1000
+    with sdk_client(url) as client:
+        if stream:
+            with client.responses.stream(model="mock-model", input=long_input) as events:
+                for _ in events:
+                    pass
+                final = events.get_final_response()
+            kept = final.model_dump()["store"]
+            response_id = final.id
+        else:
+            raw = client.responses.with_raw_response.create(model="mock-model", input=long_input)
+            kept, response_id = raw.http_response.json()["store"], raw.parse().id
+        assert kept is False
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(response_id)
+        small = client.responses.create(model="mock-model", input="short")
+        assert client.responses.retrieve(small.id).id == small.id
