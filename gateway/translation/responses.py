@@ -214,7 +214,8 @@ def _tools(
         )
     choice = body.tool_choice
     if choice is None or isinstance(choice, str):
-        return tools or None, choice if tools else None
+        # Without tools `auto` and `none` mean nothing; `required` is refused by the chat rules.
+        return tools or None, choice if tools or choice == "required" else None
     kind = choice.get("type")
     if kind == "function" and isinstance(choice.get("name"), str):
         return tools or None, NamedToolChoiceSpec(NamedFunctionSpec(choice["name"]))

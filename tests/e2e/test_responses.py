@@ -84,7 +84,7 @@ class Upstream:
         return body
 
 
-@pytest.fixture(params=["workers-ai", "workers-ai-openai", "vllm", "mock"])
+@pytest.fixture(params=["workers-ai", "workers-ai-openai", "vllm", "vllm-v0.33", "mock"])
 def upstream(request: pytest.FixtureRequest, workers_ai: WorkersAIEmulator, vllm: VLLMEmulator) -> Upstream:
     name: str = request.param
     if name == "mock":
@@ -100,6 +100,7 @@ def upstream(request: pytest.FixtureRequest, workers_ai: WorkersAIEmulator, vllm
             "capital",
             reasoning_tokens=5 if openai_shape else 0,
         )
+    vllm.flavor = "v0.33" if name == "vllm-v0.33" else "v0.11"
     return Upstream(name, "vllm-llama", vllm, "Hello from the emulator", "London", "capital")
 
 
