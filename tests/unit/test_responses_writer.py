@@ -264,9 +264,16 @@ def _strip_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     fail=st.booleans(),
     cuts=st.lists(st.integers(0, 4000), max_size=12),
     single=st.booleans(),
+    forced=st.booleans(),
 )
 def test_any_sequence_is_well_formed(
-    events: list[Event], usage: Usage | None, reason: Any, fail: bool, cuts: list[int], single: bool
+    events: list[Event],
+    usage: Usage | None,
+    reason: Any,
+    fail: bool,
+    cuts: list[int],
+    single: bool,
+    forced: bool,
 ) -> None:
     canonical = list(events)
     if usage is not None:
@@ -274,6 +281,8 @@ def test_any_sequence_is_well_formed(
     if reason is not None:
         canonical.append(Finish(reason))
     options: dict[str, Any] = {"parallel_tool_calls": False} if single else {}
+    if forced:  # the gateway's shaping path: a forced call the model may write as text
+        options["tool_choice"] = "required"
     decoded = decode_stream(stream_bytes(make_writer(**options), canonical, fail=fail), cuts)
     terminal = check_grammar(decoded)
     state = sdk_accumulate(decoded)
@@ -290,3 +299,17 @@ def test_any_sequence_is_well_formed(
     calls = [o for o in whole["output"] if o["type"] == "function_call"]
     if single:
         assert len(calls) <= 1
+
+
+def test_a_forced_call_written_as_text_becomes_a_function_call_item() -> None:
+    canonical: list[Event] = [
+        TextDelta('{"name": "beta", '),
+        TextDelta('"arguments": {"x": 1}}'),
+        Finish("stop"),
+    ]
+    events = decode_stream(stream_bytes(make_writer(tool_choice="required"), canonical), [])
+    terminal = check_grammar(events)
+    (item,) = terminal["response"]["output"]
+    assert (item["type"], item["name"], json.loads(item["arguments"])) == ("function_call", "beta", {"x": 1})
+    whole = json.loads(make_writer(tool_choice="required").complete(canonical))
+    assert [o["type"] for o in whole["output"]] == ["function_call"]
