@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test soak lint audit lock bench bench-compare check-config redis-server wrk clean
+.PHONY: run test soak lint audit lock image-lock bench bench-compare check-config redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,13 @@ lock:
 	  .lock-venv/bin/python -m pip --disable-pip-version-check freeze --exclude-editable --all \
 	    | grep -v -E '^(pip|setuptools|wheel)=='; } > requirements.lock
 	rm -rf .lock-venv
+	@$(MAKE) --no-print-directory image-lock
+
+# deploy/requirements.hashes.txt: the image's runtime dependencies at requirements.lock's versions, each
+# with the sha256 of its amd64 and arm64 wheels, for `pip install --require-hashes` in deploy/Dockerfile.
+# Written by `make lock` too; tests/deploy checks it matches requirements.lock and pyproject.toml.
+image-lock: $(VENV)/.installed
+	$(BIN)/python .ci/image_lock.py $(BIN)/python requirements.lock deploy/requirements.hashes.txt
 
 check-config: $(VENV)/.installed
 	$(BIN)/gateway check-config config/gateway.yaml

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from adapters.canonical import ChatRequest, Event, PromptRequest
+    from adapters.canonical import ChatRequest, EmbeddingRequest, Event, PromptRequest
 
 
 class UpstreamResponse(Protocol):
@@ -41,6 +41,11 @@ class Adapter(Protocol):
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         """As `chat`, for a text completion: the answer's events carry text (no tool calls)."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        """As `chat`, for embeddings: one `Embedding` event per input, in input order, and a `Usage`
+        when the backend counts tokens. The whole answer is read before this returns."""
         ...
 
     async def aclose(self) -> None:

@@ -1,8 +1,9 @@
 """The canonical request and the canonical event stream.
 
 The gateway turns every OpenAI chat request into a `ChatRequest` modelled on the Workers AI *Messages*
-schema, and every legacy completions request into a `PromptRequest` modelled on its *Prompt* schema
-(both plus a few extensions every backend can express); every adapter turns its upstream's answer into
+schema, every legacy completions request into a `PromptRequest` modelled on its *Prompt* schema
+(both plus a few extensions every backend can express), and every embeddings request into an
+`EmbeddingRequest` (answered by `Embedding` events); every adapter turns its upstream's answer into
 the same small set of events. The gateway's writer owns all OpenAI framing, so adapters
 never build OpenAI chunks themselves.
 
@@ -12,7 +13,7 @@ yielded, so `async for` loops end only on a complete answer.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -139,7 +140,26 @@ class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=Tru
     logit_bias: dict[str, float] | UnsetType = UNSET
 
 
-CanonicalRequest = ChatRequest | PromptRequest
+class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """An embeddings request: one vector per input, in input order; unset fields are never sent upstream."""
+
+    input: list[str] | list[list[int]]
+    """Texts, or token-id arrays (only backends that take tokens, vLLM, accept those)."""
+    dimensions: int | UnsetType = UNSET
+    """Fewer dimensions than the model's own, for models that can shorten their vectors."""
+    pooling: Literal["mean", "cls"] | UnsetType = UNSET
+    """Workers AI's bge extension: how token vectors become one vector."""
+
+    stream: ClassVar[bool] = False
+    """Embeddings always come back whole."""
+    max_tokens: ClassVar[int] = 0
+    """Nothing is generated: rate limits reserve the input's tokens only."""
+    n: ClassVar[UnsetType] = UNSET
+    seed: ClassVar[UnsetType] = UNSET
+    """One answer per request: the choice fields of the other requests are always unset."""
+
+
+CanonicalRequest = ChatRequest | PromptRequest | EmbeddingRequest
 
 
 # Events. Small frozen Structs without GC tracking: one is built per upstream token.
@@ -183,7 +203,15 @@ class Indexed(msgspec.Struct, frozen=True, gc=False):
     event: ChoiceEvent
 
 
-ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+class Embedding(msgspec.Struct, frozen=True, gc=False):
+    """The vector of input `index` of an `EmbeddingRequest` (an answer also carries a `Usage`)."""
+
+    index: int
+    vector: list[float]
+    """float32 values (as Python floats): packing them as float32 loses nothing."""
+
+
+ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | Embedding
 Event = ChoiceEvent | Indexed
 
 __all__ = (
@@ -191,6 +219,8 @@ __all__ = (
     "ChatRequest",
     "ChoiceEvent",
     "ContentPart",
+    "Embedding",
+    "EmbeddingRequest",
     "Event",
     "Finish",
     "FinishReason",

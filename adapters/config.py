@@ -31,6 +31,9 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
     tls_ca_file: str | None = None
     """PEM file of CA certificates to trust for an `https` base_url (default: certifi's public CAs),
     e.g. for a vLLM server behind a private CA."""
+    proxy: str | None = None
+    """Egress proxy for this backend: an `http://[user:password@]host:port` URL, or `none` for direct
+    connections. Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (adapters/proxy.py)."""
     when_unconfigured: str | None = None
     """Another backend to serve this one's targets when a required value (e.g. a credential) is empty.
 

@@ -11,7 +11,9 @@ all), TLS through `ssl`, content-length and chunked bodies (httptools), a read t
 (headers and each body chunk), a connect timeout, a pool timeout, back-pressure (reading pauses
 while an unread backlog builds up), and one retry on a fresh connection when a reused keep-alive
 connection turns out to have been closed by the server before answering. An answer not read to the
-end closes its connection, which is how the upstream learns to stop generating.
+end closes its connection, which is how the upstream learns to stop generating. Through an egress
+proxy (adapters/proxy.py) when one applies to the origin: a CONNECT tunnel for https, absolute-form
+requests for http.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Final
 import certifi
 import httptools
 import httpx
+
+from adapters.proxy import Proxy, ProxyPolicy, open_tunnel, refusal
 
 Origin = tuple[bytes, bytes, int]
 """(scheme, host, port)"""
@@ -278,6 +282,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         pool_timeout: float | None,
         keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
         ca_file: str | None = None,
+        proxy: ProxyPolicy | None = None,
     ) -> None:
         self._limit = max_connections
         self._open = 0
@@ -288,6 +293,9 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._ca_file = ca_file
         """Certificates to trust for TLS; None: certifi's bundle, as httpx uses."""
         self._ssl_context: ssl.SSLContext | None = None
+        self._proxy = proxy
+        self._routes: dict[Origin, Proxy | None] = {}
+        """The proxy (None: direct) for each origin seen, decided once."""
         self._idle: dict[Origin, list[_Connection]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -311,7 +319,9 @@ class H1Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
-        head = _request_head(request)
+        proxy = self._route(origin)
+        forwarded = proxy is not None and origin[0] == b"http"
+        head = _request_head(request, proxy if forwarded else None)
         body = request.content
         timeouts = request.extensions.get("timeout") or {}
         read_timeout = timeouts.get("read", self._read_timeout)
@@ -334,8 +344,23 @@ class H1Transport(httpx.AsyncBaseTransport):
                 if isinstance(exc, httpx.HTTPError | asyncio.CancelledError):
                     raise
                 raise httpx.ReadError(f"connection reset: {exc}") from exc
+            if forwarded and status == 407:  # the proxy's own answer: it wants (other) credentials
+                assert proxy is not None
+                connection.close()
+                self.release(connection)
+                raise refusal(proxy, status)
             return httpx.Response(status, headers=headers, stream=_Body(self, connection, read_timeout))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _route(self, origin: Origin) -> Proxy | None:
+        if self._proxy is None:
+            return None
+        try:
+            return self._routes[origin]
+        except KeyError:
+            scheme, host, port = origin
+            proxy = self._routes[origin] = self._proxy.for_origin(scheme.decode(), host.decode("ascii"), port)
+            return proxy
 
     async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -377,25 +402,54 @@ class H1Transport(httpx.AsyncBaseTransport):
         if tls and self._ssl_context is None:
             self._ssl_context = ssl.create_default_context(cafile=self._ca_file or certifi.where())
         name = host.decode("ascii")
+        proxy = self._route(origin)
         try:
             async with asyncio.timeout(limit_s):
+                if proxy is not None and tls:
+                    return await self._connect_tunnelled(origin, proxy, loop)
                 _, connection = await loop.create_connection(
                     lambda: _Connection(origin, loop),
-                    name,
-                    port,
+                    proxy.host if proxy else name,
+                    proxy.port if proxy else port,
                     ssl=self._ssl_context if tls else None,
                     server_hostname=name if tls else None,
                 )
         except TimeoutError:
+            if proxy is not None:
+                raise httpx.ConnectTimeout(
+                    f"proxy {proxy.where} opened no tunnel within {limit_s:g} s"
+                ) from None
             raise httpx.ConnectTimeout(f"no connection within {limit_s} s") from None
+        except httpx.ConnectError:
+            raise
         except ConnectionRefusedError as exc:
+            if proxy is not None:
+                raise httpx.ConnectError(f"proxy {proxy.where} refused the connection") from exc
             raise httpx.ConnectError("connection refused") from exc
         except ssl.SSLCertVerificationError as exc:
             raise httpx.ConnectError(f"TLS certificate verification failed ({exc.verify_message})") from exc
         except ssl.SSLError as exc:
             raise httpx.ConnectError(f"TLS handshake failed ({exc.reason})") from exc
         except OSError as exc:
+            if proxy is not None and not tls:
+                reason = type(exc).__name__
+                raise httpx.ConnectError(f"proxy {proxy.where} is unreachable ({reason})") from exc
             raise httpx.ConnectError(str(exc)) from exc
+        return connection
+
+    async def _connect_tunnelled(
+        self, origin: Origin, proxy: Proxy, loop: asyncio.AbstractEventLoop
+    ) -> _Connection:
+        """CONNECT through the proxy, then TLS to the upstream inside the tunnel."""
+        name = origin[1].decode("ascii")
+        raw = await open_tunnel(loop, proxy, name, origin[2])
+        connection = _Connection(origin, loop)
+        assert self._ssl_context is not None
+        # start_tls closes `raw` itself if the handshake fails; it does not announce the connection.
+        tls = await loop.start_tls(raw, connection, self._ssl_context, server_hostname=name)  # type: ignore[arg-type]
+        if tls is None:  # pragma: no cover - only for a transport closed in the meantime
+            raise httpx.ConnectError(f"proxy {proxy.where} closed the tunnel")
+        connection.connection_made(tls)
         return connection
 
     def release(self, connection: _Connection) -> None:
@@ -423,11 +477,17 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
-def _request_head(request: httpx.Request) -> bytes:
-    target = request.url.raw_path
+def _request_head(request: httpx.Request, forwarding_proxy: Proxy | None = None) -> bytes:
+    """The request line and headers; through a forwarding proxy the target is absolute (RFC 9112 3.2.2)."""
+    url = request.url
+    target = url.raw_path
+    if forwarding_proxy is not None:
+        target = url.raw_scheme + b"://" + url.netloc + target
     lines = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
     for name, value in request.headers.raw:
         lines += (name, b": ", value, b"\r\n")
+    if forwarding_proxy is not None and forwarding_proxy.authorization is not None:
+        lines += (b"Proxy-Authorization: ", forwarding_proxy.authorization, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 

@@ -18,6 +18,7 @@ from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
 from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
+from gateway.api.embeddings import create_embeddings
 from gateway.api.responses import StoredResponseAction, create_response, input_items, retrieve
 from gateway.api.responses import cancel as cancel_response
 from gateway.api.responses import delete as delete_response
@@ -209,6 +210,7 @@ def create_app(settings: Settings) -> Litestar:
 
     chat_completions = inference_route("/v1/chat/completions", "chat_completions", chat_completion)
     completions = inference_route("/v1/completions", "completions", text_completion)
+    embeddings = inference_route("/v1/embeddings", "embeddings", create_embeddings)
 
     async def responses_pipeline(
         router: Router,
@@ -270,8 +272,14 @@ def create_app(settings: Settings) -> Litestar:
         body = encoder.encode(ModelObject(id=name, created=gateway.started_at, owned_by=OWNER))
         return Response(body, media_type="application/json")
 
-    public_names = [name for n, model in settings.models.items() for name in (n, *model.aliases)]
-    openapi_document = build_openapi("LLM gateway", API_VERSION, public_names)
+    def public_names(kind: str) -> list[str]:
+        return [
+            name for n, model in settings.models.items() if model.kind == kind for name in (n, *model.aliases)
+        ]
+
+    openapi_document = build_openapi(
+        "LLM gateway", API_VERSION, public_names("chat"), public_names("embeddings")
+    )
 
     @get(OPENAPI_PATH, sync_to_thread=False)
     def openapi() -> Response[bytes]:
@@ -301,6 +309,7 @@ def create_app(settings: Settings) -> Litestar:
             completions,
             responses,
             *stored_responses,
+            embeddings,
             list_models,
             get_model,
             metrics_endpoint,

@@ -21,6 +21,7 @@ import yaml
 from msgspec import Meta
 
 from adapters import BackendConfigs
+from adapters import proxy as proxies
 from adapters.mock.adapter import MockConfig
 
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
@@ -81,6 +82,9 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[Target]
     """Tried in order."""
+    kind: Literal["chat", "embeddings"] = "chat"
+    """What the model serves: `chat` (`/v1/chat/completions`, `/v1/completions`) or `embeddings`
+    (`/v1/embeddings`). Calling a model on the other kind's endpoint is a 400 naming the right one."""
     aliases: list[str] = msgspec.field(default_factory=list)
     """Extra public names for this model."""
     vision: bool = False
@@ -195,6 +199,8 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     raw = _interpolate(raw, "", environ, unset)
     problems: list[str] = []
     settings = _validate(raw, problems, unset)
+    if settings is not None:
+        _check_proxies(settings, environ, problems)
     if settings is None or problems:
         raise ConfigError(source, problems)
     return _resolve_unconfigured(settings, source, unset)
@@ -348,6 +354,20 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
         problems.append("log_format: must be one of auto, json, console")
 
 
+def _check_proxies(settings: Settings, environ: Mapping[str, str], problems: list[str]) -> None:
+    """Each backend's `proxy:`, and the environment's proxies when a backend uses them. Messages name
+    the setting or variable, never its value (a proxy URL may carry a password)."""
+    for name, backend in settings.backends.items():
+        problem = proxies.check(backend.proxy)
+        if problem is not None:
+            problems.append(f"backends.{name}.proxy: {problem}")
+    if any(backend.proxy is None for backend in settings.backends.values()):
+        try:
+            proxies.ProxyPolicy.from_environment(environ)
+        except proxies.ProxyURLError as exc:
+            problems.append(f"environment: {exc}")
+
+
 def _check_keys_and_limits(settings: Settings, problems: list[str], unset: dict[str, list[str]]) -> None:
     public = {alias for name, model in settings.models.items() for alias in (name, *model.aliases)}
     for name, model in settings.models.items():
@@ -459,6 +479,7 @@ def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret, for redaction and for tests that scan output for leaks."""
     secrets = [s for backend in settings.backends.values() for s in backend.secrets() if s]
     secrets += [entry.key for entry in settings.keys or [] if entry.key]
+    secrets += [p for backend in settings.backends.values() if (p := proxies.proxy_password(backend.proxy))]
     password = urlsplit(settings.redis_url).password if settings.redis_url else None
     if password:
         secrets.append(password)

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-_SECRET_FIELDS = frozenset({"api_token", "api_key", "key"})
+_SECRET_FIELDS = frozenset({"api_token", "api_key", "key", "token"})
+_URL_FIELDS = frozenset({"proxy"})
+"""Fields holding a URL whose password is a secret."""
 MIN_SECRET_LENGTH = 8
 """Shorter values (test placeholders such as "k") would match ordinary text."""
 
@@ -39,11 +41,20 @@ def _walk(node: Any, path: str) -> None:
             where = f"{path}.{name}" if path else str(name)
             if name in _SECRET_FIELDS and isinstance(value, str):
                 _add(value, where)
+            elif name in _URL_FIELDS and isinstance(value, str):
+                password = urlsplit(value if "://" in value else "http://" + value).password
+                if password:
+                    _add(password, f"{where} password")
             else:
                 _walk(value, where)
     elif isinstance(node, list):
         for i, value in enumerate(node):
             _walk(value, f"{path}[{i}]")
+
+
+def register(secret: str, where: str) -> None:
+    """Remember a secret that is not in a config (e.g. a proxy password given in the environment)."""
+    _add(secret, where)
 
 
 def _add(secret: str, where: str) -> None:
@@ -60,4 +71,4 @@ def scan(text: str, source: str) -> None:
             leaks.append(f"{source}: the secret from {where} appears in its output")
 
 
-__all__ = ("leaks", "register_config", "scan")
+__all__ = ("leaks", "register", "register_config", "scan")

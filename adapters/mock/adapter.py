@@ -17,6 +17,7 @@ import msgspec
 
 from adapters.canonical import (
     ChatRequest,
+    EmbeddingRequest,
     Event,
     Finish,
     Message,
@@ -27,6 +28,7 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.config import BackendConfig
+from adapters.mock import embeddings
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
@@ -60,6 +62,9 @@ class MockAdapter:
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return _MockAnswer(request, delay=self._delay if request.stream else 0.0)
+
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return embeddings.embed(self.name, request, model)
 
 
 class _MockAnswer:

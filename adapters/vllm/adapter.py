@@ -32,6 +32,7 @@ from adapters.base import CollectedAnswer
 from adapters.canonical import (
     ChatRequest,
     ChoiceEvent,
+    EmbeddingRequest,
     Event,
     Finish,
     FinishReason,
@@ -52,12 +53,14 @@ from adapters.http import (
     MAX_RESPONSE_BODY,
     Endpoint,
     build_client,
+    fetch_whole,
     parse_retry_after,
     read_body,
     send,
     transport_errors,
 )
 from adapters.sse import SSEAnswer
+from adapters.vllm import embeddings
 
 if TYPE_CHECKING:
     import httpx
@@ -346,14 +349,18 @@ class VLLMAdapter:
             headers["authorization"] = f"Bearer {config.api_key}"
         base_url = config.base_url.rstrip("/")
         self._client = build_client(
-            timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
+            timeout_s=config.timeout_s,
+            max_connections=config.max_concurrency,
+            ca_file=config.tls_ca_file,
+            proxy=config.proxy,
         )
         self._chat = Endpoint(f"{base_url}/chat/completions", headers)
         self._completions = Endpoint(f"{base_url}/completions", headers)
+        self._embeddings = Endpoint(f"{base_url}/embeddings", headers)
         # Probes get their own small pool: a backend at max_concurrency must still answer its health check.
         self._probe_timeout_s = min(PROBE_TIMEOUT_S, config.timeout_s)
         self._probe = build_client(
-            timeout_s=self._probe_timeout_s, max_connections=1, ca_file=config.tls_ca_file
+            timeout_s=self._probe_timeout_s, max_connections=1, ca_file=config.tls_ca_file, proxy=config.proxy
         )
         self._health = Endpoint(f"{base_url.removesuffix('/v1')}/health", {})
 
@@ -378,6 +385,25 @@ class VLLMAdapter:
         return await self._run(
             self._completions, body, request.stream, request_id, parse_chunk, parse_answer, "prompt"
         )
+
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return await embeddings.embed(self, request, model, request_id=request_id)
+
+    async def post_embeddings(self, body: bytes, *, request_id: str) -> bytes:
+        """POST to `/embeddings`; the whole answer of a success, else its mapped error."""
+        suffix = f"{getrandbits(32):08x}"  # see `_run`
+        http_request = self._embeddings.post(body, {"x-request-id": f"{request_id}-{suffix}"})
+
+        def error(status: int, raw: bytes, headers: httpx.Headers) -> UpstreamStatusError:
+            return self._status_error(status, raw, headers, "input")
+
+        return await fetch_whole(
+            self._client, http_request, backend=self.name, timeout_s=self._timeout_s, status_error=error
+        )
+
+    def failed_answer(self, raw: bytes) -> UpstreamError:
+        """The error of a 200 answer that is an error object."""
+        return _in_band_error(raw, self.name)
 
     async def _run(
         self,

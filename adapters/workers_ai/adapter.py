@@ -3,6 +3,11 @@
 Request: the canonical request already has the Messages schema's shape; this module only narrows
 values to the ranges every published model schema accepts and decides on streaming.
 
+Through Cloudflare AI Gateway (`ai_gateway:`), the same body goes to
+`POST {ai_gateway.base_url}/{account_id}/{gateway_id}/workers-ai/{model}`, with the gateway's own
+token in `cf-aig-authorization` and `cf-aig-max-attempts: 1`: our router already fails over, so AI
+Gateway must not retry a failed request on its own as well (docs/deploy-proxies.md cites the headers).
+
 Answers come in three `result` shapes (legacy `{response, tool_calls, usage}`, an OpenAI
 chat.completion, a Responses-style `output` list, or a bare string) and two stream formats (native
 `{"response": ...}` events and OpenAI chunks, often mixed with a trailing native usage event). All of
@@ -22,6 +27,7 @@ import msgspec
 from adapters.base import CollectedAnswer
 from adapters.canonical import (
     ChatRequest,
+    EmbeddingRequest,
     Event,
     Finish,
     FinishReason,
@@ -42,16 +48,22 @@ from adapters.http import (
     MAX_RESPONSE_BODY,
     Endpoint,
     build_client,
+    fetch_whole,
     parse_retry_after,
     read_body,
     send,
 )
 from adapters.sse import SSEAnswer
+from adapters.workers_ai import embeddings
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
 
 DEFAULT_BASE_URL: Final = "https://api.cloudflare.com/client/v4"
+AI_GATEWAY_BASE_URL: Final = "https://gateway.ai.cloudflare.com/v1"
+AI_GATEWAY_SINGLE_ATTEMPT: Final = {"cf-aig-max-attempts": "1"}
+"""AI Gateway's per-request override of its retry policy (dashboard or gateway-level defaults): one try.
+Its documented range is 1 to 5 attempts, so 1 means no retry at AI Gateway; failover stays ours."""
 
 # Ranges accepted by every published Messages schema (the seed page's and the newer llama-3.3/gpt-oss ones).
 TOP_P_MIN: Final = 0.001
@@ -76,16 +88,54 @@ TIMEOUT_CODES: Final = frozenset({3007, 3008})
 AUTH_CODE: Final = 10000
 
 
+class AIGatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Send this backend's requests through a Cloudflare AI Gateway (for its logs, caching, limits)."""
+
+    gateway_id: str
+    """The gateway's id (its name in the dashboard): the `{gateway_id}` in the endpoint URL."""
+    token: str | None = None
+    """An Authenticated Gateway's token, sent as `cf-aig-authorization: Bearer <token>` (new gateways
+    require one). The Workers AI `api_token` is still sent as `Authorization` for the model call."""
+    base_url: str = AI_GATEWAY_BASE_URL
+    """AI Gateway's API root; the account and gateway ids are appended."""
+
+
 class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True):
     account_id: str
     api_token: str
     base_url: str = DEFAULT_BASE_URL
+    ai_gateway: AIGatewayConfig | None = None
+    """Route through Cloudflare AI Gateway instead of `base_url` (then leave `base_url` out)."""
+
+    def __post_init__(self) -> None:
+        if self.ai_gateway is not None and self.base_url != DEFAULT_BASE_URL:
+            raise ValueError("set either base_url or ai_gateway (ai_gateway.base_url), not both")
 
     def required_values(self) -> dict[str, str]:
-        return {"account_id": self.account_id, "api_token": self.api_token, "base_url": self.base_url}
+        values = {"account_id": self.account_id, "api_token": self.api_token, "base_url": self.base_url}
+        if self.ai_gateway is not None:
+            values["ai_gateway.gateway_id"] = self.ai_gateway.gateway_id
+            values["ai_gateway.base_url"] = self.ai_gateway.base_url
+        return values
 
     def secrets(self) -> list[str]:
-        return [self.api_token, self.account_id]
+        token = self.ai_gateway.token if self.ai_gateway is not None else None
+        return [self.api_token, self.account_id, *([token] if token else [])]
+
+    def run_url(self) -> str:
+        """The URL that the model name is appended to."""
+        if self.ai_gateway is None:
+            return f"{self.base_url.rstrip('/')}/accounts/{self.account_id}/ai/run/"
+        gateway = self.ai_gateway
+        return f"{gateway.base_url.rstrip('/')}/{self.account_id}/{gateway.gateway_id}/workers-ai/"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {self.api_token}", "content-type": "application/json"}
+        if self.ai_gateway is not None:
+            headers |= AI_GATEWAY_SINGLE_ATTEMPT
+            if self.ai_gateway.token:
+                headers["cf-aig-authorization"] = f"Bearer {self.ai_gateway.token}"
+        return headers
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -99,12 +149,15 @@ class WorkersAIAdapter:
         self.name = name
         self._config = config
         self._timeout_s = config.timeout_s
-        self._run_url = f"{config.base_url.rstrip('/')}/accounts/{config.account_id}/ai/run/"
-        self._headers = {"authorization": f"Bearer {config.api_token}", "content-type": "application/json"}
+        self._run_url = config.run_url()
+        self._headers = config.headers()
         self._endpoints: dict[str, Endpoint] = {}
         self._secrets = [s for s in config.secrets() if s]
         self._client = build_client(
-            timeout_s=config.timeout_s, max_connections=config.max_concurrency, ca_file=config.tls_ca_file
+            timeout_s=config.timeout_s,
+            max_connections=config.max_concurrency,
+            ca_file=config.tls_ca_file,
+            proxy=config.proxy,
         )
 
     async def aclose(self) -> None:
@@ -119,12 +172,31 @@ class WorkersAIAdapter:
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
 
-    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
-        """POST one body to the model's route; both input schemas answer in the same shapes."""
+    async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        return await embeddings.embed(self, request, model, max_concurrency=self._config.max_concurrency)
+
+    def _endpoint(self, model: str) -> Endpoint:
         endpoint = self._endpoints.get(model)
         if endpoint is None:
             # Model names come from the config only, so this cache is bounded by the config.
             endpoint = self._endpoints[model] = Endpoint(self._run_url + model, self._headers)
+        return endpoint
+
+    async def post_whole(self, model: str, body: bytes) -> bytes:
+        """POST one body to the model's route; the whole answer of a success, else its mapped error."""
+        request = self._endpoint(model).post(body)
+        timeout_s, status_error = self._timeout_s, self._status_error
+        return await fetch_whole(
+            self._client, request, backend=self.name, timeout_s=timeout_s, status_error=status_error
+        )
+
+    def failed_answer(self, raw: bytes) -> UpstreamStatusError:
+        """The error of a 200 answer whose envelope says `success: false`."""
+        return self._status_error(502, raw, httpx.Headers())
+
+    async def _run(self, model: str, body: bytes) -> UpstreamResponse:
+        """POST one body to the model's route; both input schemas answer in the same shapes."""
+        endpoint = self._endpoint(model)
         response = await send(self._client, endpoint.post(body), backend=self.name, timeout_s=self._timeout_s)
         try:
             if response.status_code >= 400:
@@ -168,7 +240,7 @@ class WorkersAIAdapter:
                 self.name, f"backend '{self.name}' sent an answer without a result", code="upstream_malformed"
             )
         if envelope.get("success") is False or (envelope.get("errors") and envelope.get("result") is None):
-            raise self._status_error(502, raw, httpx.Headers())
+            raise self.failed_answer(raw)
         if "result" not in envelope:
             raise UpstreamProtocolError(
                 self.name, f"backend '{self.name}' sent an answer without a result", code="upstream_malformed"
@@ -298,6 +370,10 @@ def _parse_error_body(raw: bytes) -> tuple[int | None, str]:
             code = first.get("code")
             return (code if isinstance(code, int) else None), str(first.get("message", ""))
         error = body.get("error")
+        if isinstance(error, list) and error and isinstance(error[0], dict):  # AI Gateway's own errors
+            first = error[0]
+            code = first.get("code")
+            return (code if isinstance(code, int) else None), str(first.get("message", ""))
         if isinstance(error, dict):
             return None, str(error.get("message", ""))
         if isinstance(error, str):
@@ -675,6 +751,7 @@ def create(name: str, config: WorkersAIConfig) -> WorkersAIAdapter:
 
 
 __all__ = (
+    "AIGatewayConfig",
     "StreamParser",
     "WorkersAIAdapter",
     "WorkersAIConfig",

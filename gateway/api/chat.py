@@ -28,6 +28,7 @@ from gateway.observability.logs import get_logger
 from gateway.openai.limits import check_chat_request
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.routing.choices import open_answer
+from gateway.routing.router import require_kind
 from gateway.translation.translate import translate
 from gateway.translation.writer import DONE, FinalChunk, ResponseWriter
 
@@ -83,6 +84,7 @@ async def chat_completion(
     info.user, info.metadata = payload.user, payload.metadata  # for the log line, never upstream
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
+    require_kind(model, payload.model, "chat")
     translated = translate(payload, public_model=model.name, model=model.config, native=model.native)
     return await serve_translated(
         router,

@@ -14,6 +14,7 @@ from gateway.api.chat import decode_request, serve_translated
 from gateway.edge.auth import check_model
 from gateway.openai.limits import check_completion_request
 from gateway.openai.requests import completion_request_decoder
+from gateway.routing.router import require_kind
 from gateway.translation.text_writer import TextWriter
 from gateway.translation.translate import translate_completion
 
@@ -38,6 +39,7 @@ async def text_completion(
     check_completion_request(payload, router.request_limits)
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
+    require_kind(model, payload.model, "chat")
     translated = translate_completion(
         payload, public_model=model.name, model=model.config, native=model.native
     )

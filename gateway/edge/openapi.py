@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
-from gateway.openai.responses import ChatCompletion, ErrorBody, ModelList, TextCompletion
+from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingCreateRequest
+from gateway.openai.responses import ChatCompletion, EmbeddingList, ErrorBody, ModelList, TextCompletion
 from gateway.openai.responses_api import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
 
 OPENAPI_PATH: Final = "/schema/openapi.json"
@@ -34,20 +34,19 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return responses
 
 
-def _inference(summary: str, request: str, answer: str, chunk_doc: str) -> dict[str, Any]:
+def _inference(summary: str, request: str, answer: str, chunk_doc: str | None) -> dict[str, Any]:
+    """One inference operation; `chunk_doc` describes its stream (None: it never streams)."""
+    ok: dict[str, Any] = {"description": "The whole answer", "content": _json(answer)}
+    if chunk_doc is not None:
+        ok["description"] += f", or with `stream: true` {chunk_doc}"
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
     return {
         "post": {
             "summary": summary,
             "operationId": request[0].lower() + request[1:],
             "requestBody": {"required": True, "content": _json(request)},
             "responses": {
-                "200": {
-                    "description": f"The whole answer, or with `stream: true` {chunk_doc}",
-                    "content": {
-                        **_json(answer),
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
+                "200": ok,
                 **_errors(400, 401, 403, 404, 408, 413, 429, 502, 503, 504),
             },
         }
@@ -61,15 +60,20 @@ def _any_value(type_: Any) -> dict[str, Any]:
     raise NotImplementedError(type_)
 
 
-def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes:
-    """The document, encoded; `models` are the public model names (and aliases) the gateway serves."""
+def build_openapi(
+    title: str, version: str, models: Sequence[str] = (), embedding_models: Sequence[str] = ()
+) -> bytes:
+    """The document, encoded; `models` are the public chat model names (and aliases) the gateway
+    serves, `embedding_models` those of kind `embeddings`."""
     _, components = msgspec.json.schema_components(
         (
             ChatCompletionRequest,
             CompletionRequest,
+            EmbeddingCreateRequest,
             ResponsesRequest,
             ChatCompletion,
             TextCompletion,
+            EmbeddingList,
             ResponseObject,
             DeletedResponse,
             InputItemList,
@@ -79,10 +83,15 @@ def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes
         ref_template=_REF,
         schema_hook=_any_value,
     )
-    if models:
-        # Only configured names are served (others get a 404): say so, so clients and fuzzers know.
-        for request in ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest"):
-            components[request]["properties"]["model"] = {"type": "string", "enum": list(models)}
+    # Only configured names are served (others get a 404): say so, so clients and fuzzers know.
+    for request, names in (
+        ("ChatCompletionRequest", models),
+        ("CompletionRequest", models),
+        ("ResponsesRequest", models),
+        ("EmbeddingCreateRequest", embedding_models),
+    ):
+        if names:
+            components[request]["properties"]["model"] = {"type": "string", "enum": list(names)}
     model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
     response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
     stored = _errors(401, 404, 503)
@@ -158,6 +167,9 @@ def build_openapi(title: str, version: str, models: Sequence[str] = ()) -> bytes
                     "responses": {"200": {"description": "OK", "content": _json("ResponseObject")}, **stored},
                 }
             },
+            "/v1/embeddings": _inference(
+                "Create embeddings", "EmbeddingCreateRequest", "EmbeddingList", chunk_doc=None
+            ),
             "/v1/models": {
                 "get": {
                     "summary": "List the models",

@@ -238,8 +238,26 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     raw: bool | None = None
 
 
+TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+class EmbeddingCreateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/embeddings` (OpenAI's `CreateEmbeddingRequest`, `additionalProperties: false`)."""
+
+    model: str
+    input: str | list[str | TokenId | list[TokenId]]
+    """A string, a list of strings, a token-id array or a list of token-id arrays (mixing is refused
+    by translation: msgspec unions take one array type only)."""
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+    # Extension (the SDK's `extra_body`), understood by Workers AI's bge models.
+    pooling: Literal["mean", "cls"] | None = None
+
+
 chat_request_decoder: Final = msgspec.json.Decoder(ChatCompletionRequest)
 completion_request_decoder: Final = msgspec.json.Decoder(CompletionRequest)
+embedding_request_decoder: Final = msgspec.json.Decoder(EmbeddingCreateRequest)
 
 __all__ = (
     "AssistantMessage",
@@ -247,6 +265,7 @@ __all__ = (
     "ChatMessage",
     "CompletionRequest",
     "DeveloperMessage",
+    "EmbeddingCreateRequest",
     "FunctionMessage",
     "FunctionSpec",
     "FunctionTool",
@@ -262,4 +281,5 @@ __all__ = (
     "UserMessage",
     "chat_request_decoder",
     "completion_request_decoder",
+    "embedding_request_decoder",
 )

@@ -115,6 +115,27 @@ class ChunkDelta(msgspec.Struct, omit_defaults=True):
     refusal: UnsetType | None = UNSET
 
 
+class EmbeddingObject(msgspec.Struct, kw_only=True):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    """The vector, or with `encoding_format: base64` its packed little-endian float32 bytes in base64."""
+
+
+class EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(msgspec.Struct, kw_only=True):
+    """OpenAI's `CreateEmbeddingResponse`."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelObject(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["model"] = "model"
@@ -147,6 +168,9 @@ __all__ = (
     "ChunkDelta",
     "CompletionTokensDetails",
     "CompletionUsage",
+    "EmbeddingList",
+    "EmbeddingObject",
+    "EmbeddingUsage",
     "ErrorBody",
     "ErrorDetail",
     "FunctionCallOut",

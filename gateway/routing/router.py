@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
-from adapters.canonical import PromptRequest
+from adapters.canonical import EmbeddingRequest, PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
-from gateway.errors import ModelNotFoundError, RoutingError, upstream_headers
+from gateway.errors import InvalidRequestError, ModelNotFoundError, RoutingError, upstream_headers
 from gateway.observability.logs import get_logger
 from gateway.routing.breaker import Breaker
 from gateway.routing.slots import Slots, acquire_any
@@ -48,6 +48,10 @@ CONFIG_ERROR_CODES: Final = frozenset(
     {"model_not_found", "upstream_not_found", "upstream_credentials_rejected", "upstream_permission_denied"}
 )
 """Upstream answers that mean the gateway's config is wrong: logged as errors, not warnings."""
+
+ModelKind = Literal["chat", "embeddings"]
+ENDPOINTS: Final[dict[str, str]] = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
+"""Where each kind of model (`models.<name>.kind`) is served, for the wrong-endpoint error."""
 
 FailureKind = Literal["timeout", "busy", "failed"]
 """timeout: no answer in time; busy: rate limited, overloaded or deliberately skipped; failed: the rest."""
@@ -432,7 +436,11 @@ class Router:
         timed_out = False
         try:
             try:
-                if isinstance(request, PromptRequest):
+                if isinstance(request, EmbeddingRequest):
+                    upstream = await route.adapter.embed(
+                        request, route.model, request_id=f"{request_id}-{attempt}"
+                    )
+                elif isinstance(request, PromptRequest):
                     upstream = await route.adapter.complete(
                         request, route.model, request_id=f"{request_id}-{attempt}"
                     )
@@ -485,6 +493,19 @@ async def _close(upstream: UpstreamResponse | None, slots: Slots) -> None:
             await upstream.aclose()
     finally:
         slots.release()
+
+
+def require_kind(model: ResolvedModel, name: str, kind: ModelKind) -> None:
+    """A 400 naming the right endpoint unless `model` serves `kind` (checked after the key's allow-list,
+    so a key learns nothing of models it may not use)."""
+    served = model.config.kind
+    if served != kind:
+        raise InvalidRequestError(
+            f"The model `{name}` is {'an embeddings' if served == 'embeddings' else 'a chat'} model "
+            f"and is not served on this endpoint: call it on {ENDPOINTS[served]}.",
+            param="model",
+            code="wrong_model_kind",
+        )
 
 
 def _unavailable(route: Route, now: float) -> Failure | None:
@@ -583,4 +604,4 @@ def _routing_error(model: ResolvedModel, failures: list[Failure], attempts: int)
     return RoutingError(message, status_code=status, error_type=error_type, code=code, headers=headers)
 
 
-__all__ = ("Answer", "BackendState", "Failure", "ResolvedModel", "Route", "Router")
+__all__ = ("Answer", "BackendState", "Failure", "ResolvedModel", "Route", "Router", "require_kind")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
+from adapters.proxy import ENVIRONMENT_VARIABLES
 from adapters.vllm.adapter import VLLMConfig
 from gateway.config import parse_config
 from tests.deploy.helpers import (
@@ -171,8 +172,10 @@ def test_config_variables_are_exactly_what_the_service_provides(
     environment = compose["services"]["gateway"]["environment"]
     assert isinstance(environment, dict), "a mapping, so names can be compared"
     used = config_variables(mounted_config(compose, image).read_text())
-    assert set(used) == set(environment) - set(image.env)
-    assert set(environment) - set(used) <= set(image.env)
+    # Besides the config's ${VAR}s: the image's own variables and the egress proxies, which the
+    # transport reads from the environment itself.
+    assert set(used) == set(environment) - set(image.env) - ENVIRONMENT_VARIABLES
+    assert set(environment) - set(used) <= set(image.env) | ENVIRONMENT_VARIABLES
 
 
 def test_without_an_env_file_compose_names_the_missing_variable() -> None:
@@ -180,3 +183,67 @@ def test_without_an_env_file_compose_names_the_missing_variable() -> None:
     document = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     with pytest.raises(KeyError, match=r"CLOUDFLARE_ACCOUNT_ID: set CLOUDFLARE_ACCOUNT_ID in deploy/\.env"):
         interpolate_compose(document, {})
+
+
+def merge_compose(base: Any, override: Any) -> Any:
+    """`docker compose -f base -f override`: mappings merge key by key; `expose` and `ports` are joined."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if key in ("expose", "ports") and key in merged:
+                merged[key] = [*merged[key], *(v for v in value if v not in merged[key])]
+            else:
+                merged[key] = merge_compose(merged[key], value) if key in merged else value
+        return merged
+    return override
+
+
+def test_gateway_container_is_hardened(compose: dict[str, Any], image: ImageConfig) -> None:
+    """The image's non-root user, read-only root, tmpfs /tmp (the only path it writes), no capabilities."""
+    gateway = compose["services"]["gateway"]
+    assert image.user is not None
+    assert gateway["user"] == image.user
+    assert int(gateway["user"].split(":")[0]) != 0
+    assert gateway["read_only"] is True
+    assert [t.split(":")[0] for t in gateway["tmpfs"]] == ["/tmp"]
+    assert gateway["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in gateway["security_opt"]
+
+
+def test_egress_proxies_reach_the_gateway_and_in_stack_backends_go_direct(
+    compose: dict[str, Any], image: ImageConfig
+) -> None:
+    environment = compose["services"]["gateway"]["environment"]
+    assert {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"} <= set(environment)
+    assert environment["HTTPS_PROXY"] == ""  # unset in .env.example: direct
+    settings = parse_config(mounted_config(compose, image).read_text(), environ=environment).settings
+    for name, backend in settings.backends.items():
+        host = httpx.URL(getattr(backend, "base_url", "https://api.cloudflare.com")).host
+        if host in compose["services"]:
+            assert backend.proxy == "none", f"{name} is a service of the stack: never through the proxy"
+    documented = (DEPLOY / ".env.example").read_text()
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
+        assert f"# {name}=" in documented
+
+
+def test_admin_override_adds_an_internal_port_only(
+    compose: dict[str, Any], compose_env: dict[str, str]
+) -> None:
+    """compose.admin.yaml: valid merged with compose.yaml; 8081 is exposed on the stack's network, never
+    published on the host, and nginx does not forward to it; its key is required and documented."""
+    override_text = (DEPLOY / "compose.admin.yaml").read_text()
+    override = yaml.safe_load(override_text)
+    used = compose_variables(override)
+    assert used == {"GATEWAY_ADMIN_KEY": ":?"}
+    assert "# GATEWAY_ADMIN_KEY=" in (DEPLOY / ".env.example").read_text()
+    with pytest.raises(KeyError, match="GATEWAY_ADMIN_KEY"):
+        interpolate_compose(override, compose_env)  # not in .env.example's values: it must be set
+    merged = merge_compose(compose, interpolate_compose(override, {"GATEWAY_ADMIN_KEY": "k" * 32}))
+    PyCompose.from_yaml(yaml.safe_dump(merged)).validate()
+    gateway = merged["services"]["gateway"]
+    assert gateway["expose"] == ["8081"]
+    assert "ports" not in gateway
+    for service in merged["services"].values():
+        assert all("8081" not in str(port) for port in service.get("ports", []))
+    assert "8081" not in (DEPLOY / "nginx.conf").read_text()
+    assert gateway["environment"]["CLOUDFLARE_API_TOKEN"], "the override adds to the base environment"

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Final
 
@@ -260,3 +261,86 @@ def test_image_command_serves_and_drains_streams_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+HASHES: Final = DEPLOY / "requirements.hashes.txt"
+_HASHED_PIN: Final = re.compile(
+    r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)\s*$"
+)
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def hashed_pins() -> dict[str, tuple[str, list[str]]]:
+    """deploy/requirements.hashes.txt: normalized name → (version, sha256 digests), every line checked."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = HASHES.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _HASHED_PIN.match(line)
+        assert match, f"not an exact pin with sha256 hashes: {line!r}"
+        digests = re.findall(r"[0-9a-f]{64}", match.group(3))
+        pins[normalized(match.group(1))] = (match.group(2), digests)
+    return pins
+
+
+def test_image_installs_only_hash_checked_dependencies() -> None:
+    """Both stages install the dependencies with --require-hashes from the hashed lock file; the only
+    package installed without a hash is the gateway's own wheel, with --no-deps."""
+    build, runtime = all_stages()[0], all_stages()[-1]
+    lock = "/wheels/requirements.hashes.txt"
+    assert any(
+        i.arguments.endswith(lock) and "deploy/requirements.hashes.txt" in i.arguments
+        for i in build.all("COPY")
+    )
+    downloads = [i.arguments for i in build.all("RUN") if "pip download" in i.arguments]
+    assert downloads, "the build stage downloads the dependencies"
+    assert all(
+        "--require-hashes" in d and "--only-binary=:all:" in d and f"-r {lock}" in d for d in downloads
+    )
+    installs = [part for i in runtime.all("RUN") for part in i.arguments.split("&&") if "pip install" in part]
+    assert len(installs) == 2, installs
+    dependencies, own = installs
+    assert "--require-hashes" in dependencies
+    assert f"-r {lock}" in dependencies
+    assert "--no-index" in dependencies
+    assert "--no-deps" in own
+    assert "/wheels/llm_gateway-" in own
+    # Nothing else: no bare `pip install name` that would resolve outside the hashed file.
+    assert all("pip install" not in i.arguments for i in build.all("RUN"))
+
+
+def test_hashed_lock_pins_requirements_lock_versions_for_every_runtime_dependency() -> None:
+    """Same versions as requirements.lock (which `make audit` audits), and every dependency pyproject.toml
+    names is there (its own dependencies too: pip's hash-checking mode refuses anything unlisted)."""
+    pins = hashed_pins()
+    locked = {
+        normalized(name): version
+        for name, version in re.findall(
+            r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (REPO / "requirements.lock").read_text(), re.M
+        )
+    }
+    for name, (version, digests) in pins.items():
+        assert locked.get(name) == version, f"{name}=={version} is not requirements.lock's pin"
+        assert digests, name
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = normalized(re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0])
+        assert name in pins, f"{name} (pyproject.toml) is missing from {HASHES.name}"
+    for extra_only in ("pytest", "ruff", "mypy", "openai", "opentelemetry-sdk"):
+        assert extra_only not in pins, f"{extra_only} is not a runtime dependency"
+    # Compiled dependencies have a wheel for each architecture the image is built for.
+    for compiled in ("httptools", "msgspec", "hiredis", "uvloop", "pyyaml"):
+        assert len(pins[compiled][1]) >= 2, f"{compiled}: one hash per architecture (amd64, arm64)"
+
+
+def test_image_lock_target_writes_the_hashed_file() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    target = re.search(r"^image-lock:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert target, "make image-lock"
+    assert ".ci/image_lock.py" in target.group(1)
+    assert "deploy/requirements.hashes.txt" in target.group(1)
+    assert (REPO / ".ci" / "image_lock.py").is_file()

@@ -15,11 +15,13 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from adapters.proxy import ENVIRONMENT_VARIABLES, ProxyPolicy
 from adapters.vllm.adapter import VLLMConfig
 from adapters.workers_ai.adapter import WorkersAIConfig
 from gateway.app import create_app
 from gateway.config import Settings, parse_config
 from tests.deploy.helpers import (
+    K8S,
     OVERLAYS,
     check_config,
     config_variables,
@@ -27,7 +29,7 @@ from tests.deploy.helpers import (
     find,
     secret_values,
 )
-from tests.deploy.kustomize import pod_specs, split_image
+from tests.deploy.kustomize import build, pod_specs, split_image
 from tests.emulators.server import serve
 from tests.emulators.vllm import VLLMEmulator
 from tests.emulators.workers_ai import WorkersAIEmulator
@@ -189,8 +191,10 @@ def test_overlay_renders_the_whole_install_in_one_namespace(
         ("Service", "redis"),
         ("NetworkPolicy", "redis"),
     } <= names
-    [config_map] = by_kind(resources, "ConfigMap")
-    assert config_map["metadata"]["name"].startswith("llm-gateway-config-")  # kustomize's hash suffix
+    config_maps = sorted(c["metadata"]["name"] for c in by_kind(resources, "ConfigMap"))
+    assert len(config_maps) == 2
+    assert config_maps[0].startswith("llm-gateway-config-")  # kustomize's hash suffix
+    assert config_maps[1].startswith("llm-gateway-egress-")
     if overlay == "gpu":
         assert {"vllm"} == {d["metadata"]["name"] for d in by_kind(resources, "Deployment")} - {GATEWAY}
         assert by_kind(resources, "PersistentVolumeClaim")
@@ -400,8 +404,10 @@ def test_config_variables_are_exactly_what_the_pod_provides(
     resources = rendered[overlay]
     environ = container_environment(gateway_container(resources), resources)
     used = config_variables(gateway_config_text(resources, image))
-    assert set(used) == set(environ) - set(image.env)
-    assert set(environ) - set(used) <= set(image.env)
+    # Besides the config's ${VAR}s: the image's own variables and the egress proxies (read by the
+    # transport itself, from the llm-gateway-egress ConfigMap).
+    assert set(used) == set(environ) - set(image.env) - ENVIRONMENT_VARIABLES
+    assert set(environ) - set(used) <= set(image.env) | ENVIRONMENT_VARIABLES
     assert all(environ[name] for name, has_default in used.items() if not has_default)
 
 
@@ -517,3 +523,89 @@ def test_probes_answer_on_a_gateway_running_the_configmap_config(
                 path = container[probe]["httpGet"]["path"]
                 response = httpx.get(f"{gateway.url}{path}", timeout=5)
                 assert response.status_code == 200, (probe, path, response.text)
+
+
+ADMIN_PORT: Final = 8081
+
+
+@pytest.fixture(scope="module")
+def with_admin(tmp_path_factory: pytest.TempPathFactory) -> Resources:
+    """The cloudflare-only overlay with ../../admin added, as an overlay opting in would have it."""
+    directory = tmp_path_factory.mktemp("admin-overlay")
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "llm-gateway",
+                "resources": [str(K8S / "overlays" / "cloudflare-only"), str(K8S / "admin")],
+            }
+        )
+    )
+    return build(directory)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_admin_listener_manifests_match_the_schemas(with_admin: Resources, version: str) -> None:
+    for resource in with_admin:
+        if resource["metadata"]["name"].startswith("llm-gateway-admin"):
+            kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_admin_port_is_reachable_inside_the_cluster_only(with_admin: Resources) -> None:
+    """A ClusterIP Service on the container's `admin` port; the public Service never exposes it; the
+    NetworkPolicy keeps the public port open and the admin port to labelled client pods."""
+    container = gateway_container(with_admin)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["admin"] == ADMIN_PORT
+    admin = find(with_admin, "Service", "llm-gateway-admin")
+    assert admin["metadata"]["namespace"] == "llm-gateway"
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"]) for p in admin["spec"]["ports"]] == [(ADMIN_PORT, "admin")]
+    labels = find(with_admin, "Deployment", GATEWAY)["spec"]["template"]["metadata"]["labels"]
+    assert selects(admin["spec"]["selector"], labels)
+    public = find(with_admin, "Service", GATEWAY)
+    assert all(p["targetPort"] not in ("admin", ADMIN_PORT) for p in public["spec"]["ports"])
+    for service in by_kind(with_admin, "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+    assert not by_kind(with_admin, "Ingress")
+    # Probes never depend on the admin listener (it may not be configured).
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    policy = find(with_admin, "NetworkPolicy", "llm-gateway-admin")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {"http", "admin"}
+    assert "from" not in rules["http"], "the public port stays open to every client"
+    assert rules["admin"]["from"] == [{"podSelector": {"matchLabels": {"llm-gateway/admin-client": "true"}}}]
+
+
+def test_admin_listener_is_opt_in(rendered: dict[str, Resources]) -> None:
+    """The overlays as shipped leave it out: nothing points at a port that may not be listening."""
+    for resources in rendered.values():
+        assert not [r for r in resources if r["metadata"]["name"].startswith("llm-gateway-admin")]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_egress_proxy_environment_is_valid_and_in_cluster_backends_go_direct(
+    rendered: dict[str, Resources], image: ImageConfig, overlay: str
+) -> None:
+    """The pod's HTTPS_PROXY/HTTP_PROXY/NO_PROXY (empty by default) parse, NO_PROXY covers cluster names,
+    and every backend addressed by a Service name has `proxy: none`."""
+    resources = rendered[overlay]
+    environ = container_environment(gateway_container(resources), resources)
+    assert environ["HTTPS_PROXY"] == environ["HTTP_PROXY"] == ""
+    assert ProxyPolicy.from_environment(environ) is None  # empty: direct connections
+    assert {".svc", ".cluster.local"} <= set(environ["NO_PROXY"].split(","))
+    with_proxy = {**environ, "HTTPS_PROXY": "http://egress.internal:3128"}
+    policy = ProxyPolicy.from_environment(with_proxy)
+    assert policy is not None
+    assert policy.for_origin("https", "api.cloudflare.com", 443) is not None
+    assert policy.for_origin("http", "redis.llm-gateway.svc", 6379) is None
+    settings = parse_config(gateway_config_text(resources, image), environ=with_proxy).settings
+    services = {s["metadata"]["name"] for s in by_kind(resources, "Service")}
+    for name, backend in settings.backends.items():
+        host = httpx.URL(getattr(backend, "base_url", "https://api.cloudflare.com")).host
+        if host in services:
+            assert backend.proxy == "none", f"{name} is in the cluster: it must not use the egress proxy"

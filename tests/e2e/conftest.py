@@ -20,6 +20,8 @@ CF_ACCOUNT = "acct-e2e-5f3a"
 CF_TOKEN = "cf-secret-token-9d81c7"
 VLLM_KEY = "vllm-secret-key-4c2e71"
 VLLM_MODEL = "meta-llama/Llama-3.3-70B-Instruct"
+VLLM_EMBEDDING_MODEL = "BAAI/bge-base-en-v1.5"
+VLLM_MATRYOSHKA_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 NO_BREAKER: dict[str, Any] = {"failure_threshold": 1_000_000, "health_interval_s": 3600}
 """Shared gateways see many deliberate faults in a row: their breakers must never trip, and they probe
 vLLM's health only at start-up (another test may make the shared emulator unhealthy for a moment)."""
@@ -108,7 +110,12 @@ def workers_ai(workers_ai_server: tuple[WorkersAIEmulator, ServerThread]) -> Wor
 
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[tuple[VLLMEmulator, ServerThread]]:
-    emulator = VLLMEmulator(api_key=VLLM_KEY, served_models=[VLLM_MODEL])
+    emulator = VLLMEmulator(
+        api_key=VLLM_KEY,
+        served_models=[VLLM_MODEL],
+        embedding_models={VLLM_EMBEDDING_MODEL: 768, VLLM_MATRYOSHKA_MODEL: 1024},
+        matryoshka=frozenset({VLLM_MATRYOSHKA_MODEL}),
+    )
     server = ServerThread(emulator.app).start()
     yield emulator, server
     server.stop()

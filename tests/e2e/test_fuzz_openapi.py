@@ -35,12 +35,14 @@ CONFIG: dict[str, Any] = {
     "models": {
         "mock-model": {"targets": [{"backend": "demo", "model": "mock"}], "aliases": ["gpt-4o-mini"]},
         "mock-lenient": {"targets": [{"backend": "demo", "model": "mock"}], "drop_unsupported": True},
+        "mock-embeddings": {"kind": "embeddings", "targets": [{"backend": "demo", "model": "bge-small"}]},
     },
 }
 EXAMPLES: dict[str, int] = {
-    # Per operation and generation mode: about 2,400 requests in all.
+    # Per operation and generation mode: about 2,500 requests in all.
     "POST /v1/chat/completions": 450,
     "POST /v1/completions": 350,
+    "POST /v1/embeddings": 150,
     "POST /v1/responses": 300,
     "GET /v1/responses/{response_id}": 25,
     "DELETE /v1/responses/{response_id}": 25,
@@ -94,6 +96,9 @@ def test_the_document_describes_the_inference_bodies(gateway: GatewayProcess) ->
     assert "/v1/completions" in document["paths"]
     assert "/v1/responses" in document["paths"]
     assert "/v1/responses/{response_id}/input_items" in document["paths"]
+    embeddings = document["components"]["schemas"]["EmbeddingCreateRequest"]
+    assert embeddings["properties"]["model"]["enum"] == ["mock-embeddings"]
+    assert set(embeddings["required"]) == {"model", "input"}
     assert "/v1/models" in document["paths"]
 
 

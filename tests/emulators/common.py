@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import math
 import random
@@ -16,6 +17,7 @@ import re
 import threading
 import time
 import uuid
+from array import array
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -259,6 +261,18 @@ def count_prompt_tokens(texts: Iterable[str]) -> int:
     """ceil(total characters / 4), at least 1."""
     total = sum(len(t) for t in texts)
     return max(1, math.ceil(total / 4))
+
+
+def embedding_vector(model: str, item: str | list[int], dimensions: int, salt: str = "") -> list[float]:
+    """A deterministic unit vector for one embeddings input, every value exactly a float32.
+
+    Different inputs, models or salts (Workers AI's `pooling`) give unrelated vectors. Float32 values
+    survive the gateway's base64 packing bit for bit, so tests can compare either encoding exactly.
+    """
+    key = f"{model}\0{salt}\0{item if isinstance(item, str) else dumps(item).decode()}".encode()
+    raw = array("h", hashlib.shake_256(key).digest(2 * dimensions))
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return array("f", [v / norm for v in raw]).tolist()
 
 
 @dataclass

@@ -7,7 +7,9 @@ in errors, ``reasoning``, empty ``tool_calls`` dropped, temperature capped at 2)
 
 from __future__ import annotations
 
+import base64
 import time
+from array import array
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar, Final, Literal, TypeGuard
@@ -29,7 +31,9 @@ from .common import (
     build_answer,
     conversation_from_messages,
     conversation_from_prompt,
+    count_prompt_tokens,
     dumps,
+    embedding_vector,
     empty_reply,
     json_reply,
     last_user_text,
@@ -129,8 +133,15 @@ class VLLMEmulator(EmulatorBase):
         enable_auto_tool_choice: bool = True,
         reasoning: bool = False,
         model_path: str | None = None,
+        embedding_models: dict[str, int] | None = None,
+        matryoshka: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
+        self.embedding_models: dict[str, int] = dict(embedding_models or {})
+        """Pooling models served on `/v1/embeddings`, name → dimensions (none: the route is not there,
+        as on a generate-only `vllm serve`)."""
+        self.matryoshka = matryoshka
+        """Embedding models that take `dimensions` (others refuse it, as vLLM does)."""
         if flavor not in VERSIONS:
             raise ValueError(f"unknown flavor {flavor!r}")
         self.api_keys: list[str] = [api_key] if isinstance(api_key, str) else list(api_key or [])
@@ -202,6 +213,8 @@ class VLLMEmulator(EmulatorBase):
             await self.send_reply(conn, json_reply(401, {"error": "Unauthorized"}))
             return
         routes = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
+        if self.embedding_models:
+            routes["/v1/embeddings"] = "POST"
         if path not in routes:
             await self.send_reply(conn, json_reply(404, {"detail": "Not Found"}))
             return
@@ -211,7 +224,86 @@ class VLLMEmulator(EmulatorBase):
         if path == "/v1/models":
             await self.send_reply(conn, json_reply(200, self._models()))
             return
-        await self._inference(conn, chat=path == "/v1/chat/completions")
+        await self._inference(conn, chat=path == "/v1/chat/completions", embeddings=path == "/v1/embeddings")
+
+    def embedding_for(self, model: str, item: str | list[int]) -> list[float]:
+        """The vector this emulator answers for one input (what a test compares the client's with)."""
+        return embedding_vector(model, item, self.embedding_models[model])
+
+    def _embeddings(self, conn: Connection) -> Reply:
+        """`POST /v1/embeddings` (contract §3.3): OpenAI's fields, vLLM's errors and answer shape."""
+        body = self._parse_body(conn)
+        model = body.get("model") or next(iter(self.embedding_models))
+        if model not in self.embedding_models:
+            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        raw = body.get("input")
+        items: list[str | list[int]]
+        if isinstance(raw, str):
+            items = [raw]
+        elif isinstance(raw, list) and raw and all(_is_int(t) for t in raw):
+            items = [list(raw)]
+        elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
+            items = list(raw)
+        elif isinstance(raw, list) and raw and all(isinstance(t, list) and t for t in raw):
+            items = [list(t) for t in raw]
+        else:
+            raise self._validation_error(
+                [{"type": "value_error", "loc": ("body", "input"), "msg": "Input should be a valid input"}],
+                "input",
+            )
+        native = self.embedding_models[model]
+        size = native
+        dimensions = body.get("dimensions")
+        if dimensions is not None:
+            if model not in self.matryoshka:
+                raise ApiError(
+                    400,
+                    f'Model "{model}" does not support matryoshka representation, changing output '
+                    "dimensions will lead to poor results.",
+                    param="dimensions",
+                )
+            if not _is_int(dimensions) or not 1 <= dimensions <= native:
+                raise ApiError(400, f"Dimensions must be between 1 and {native}.", param="dimensions")
+            size = dimensions
+        counts = [len(item) if isinstance(item, list) else count_prompt_tokens([item]) for item in items]
+        for count in counts:
+            if count > self.max_model_len:
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                    f"requested {count} tokens in the input for embedding generation. Please reduce the "
+                    "length of the input.",
+                    param="input",
+                )
+        encoding = body.get("encoding_format", "float")
+        data = []
+        for index, item in enumerate(items):
+            vector = self.embedding_for(model, item)
+            if size < native:  # Matryoshka: the first `size` values, renormalised
+                head = vector[:size]
+                norm = sum(v * v for v in head) ** 0.5 or 1.0
+                vector = array("f", [v / norm for v in head]).tolist()
+            value: Any = vector
+            if encoding == "base64":
+                value = base64.b64encode(array("f", vector).tobytes()).decode()
+            data.append({"index": index, "object": "embedding", "embedding": value})
+        prompt_tokens = sum(counts)
+        return json_reply(
+            200,
+            {
+                "id": "embd-" + new_hex(),
+                "object": "list",
+                "created": int(time.time()),
+                "model": model,
+                "data": data,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "total_tokens": prompt_tokens,
+                    "completion_tokens": 0,
+                    "prompt_tokens_details": None,
+                },
+            },
+        )
 
     def _models(self) -> dict[str, Any]:
         now = int(time.time())
@@ -247,7 +339,7 @@ class VLLMEmulator(EmulatorBase):
             ],
         }
 
-    async def _inference(self, conn: Connection, *, chat: bool) -> None:
+    async def _inference(self, conn: Connection, *, chat: bool, embeddings: bool = False) -> None:
         media_type = conn.record.headers.get("content-type", "").lower().split(";", 1)[0].strip()
         if media_type != "application/json":
             message = "Unsupported Media Type: Only 'application/json' is allowed"
@@ -263,6 +355,11 @@ class VLLMEmulator(EmulatorBase):
                 directive_text = last_user_text(body.get("messages"))
             elif isinstance(body.get("prompt"), str):
                 directive_text = body["prompt"]
+            elif embeddings and isinstance(body.get("input"), list | str):
+                value = body["input"]
+                directive_text = " ".join(
+                    t for t in ([value] if isinstance(value, str) else value) if isinstance(t, str)
+                )
         try:
             fault = self.take_fault(conn.record, directive_text)
         except BadDirective as exc:
@@ -274,7 +371,10 @@ class VLLMEmulator(EmulatorBase):
             await self.send_reply(conn, self._status_reply(fault))
             return
         try:
-            reply = self._chat(conn, fault) if chat else self._completions(conn, fault)
+            if embeddings:
+                reply = self._embeddings(conn)
+            else:
+                reply = self._chat(conn, fault) if chat else self._completions(conn, fault)
         except ApiError as err:
             await self.send_reply(conn, self.error_reply(err))
             return

@@ -33,7 +33,9 @@ from .common import (
     build_answer,
     conversation_from_messages,
     conversation_from_prompt,
+    count_prompt_tokens,
     dumps,
+    embedding_vector,
     json_reply,
     last_user_text,
     new_hex,
@@ -323,6 +325,43 @@ DEFAULT_MODELS: Final[tuple[WAModel, ...]] = (
     WAModel(LLAMA_VISION, "legacy", legacy_schema((0, 2), vision=True), vision=True, context_window=128000),
 )
 
+
+@dataclass(frozen=True)
+class WAEmbeddingModel:
+    """An embedding model on `/ai/run` (contract §3.2): `{text: str | str[]}` → `{shape, data}`."""
+
+    name: str
+    dimensions: int
+    batch_limit: int = 100
+    max_tokens: int = 512
+    """Longer texts (counted as ceil(characters / 4)) are refused with 5006."""
+    pooling: bool = True
+    """bge v1.5: `pooling` (`mean` | `cls`) is accepted and echoed in the result."""
+
+    def schema(self) -> dict[str, Any]:
+        text = {"type": "string", "minLength": 1}
+        properties: dict[str, Any] = {
+            "text": {"oneOf": [text, {"type": "array", "items": text, "maxItems": self.batch_limit}]}
+        }
+        if self.pooling:
+            properties["pooling"] = {"type": "string", "enum": ["mean", "cls"]}
+        return {"type": "object", "properties": properties, "required": ["text"]}
+
+
+BGE_SMALL: Final = "@cf/baai/bge-small-en-v1.5"
+BGE_BASE: Final = "@cf/baai/bge-base-en-v1.5"
+BGE_LARGE: Final = "@cf/baai/bge-large-en-v1.5"
+BGE_M3: Final = "@cf/baai/bge-m3"
+QWEN3_EMBEDDING: Final = "@cf/qwen/qwen3-embedding-0.6b"
+
+DEFAULT_EMBEDDING_MODELS: Final[tuple[WAEmbeddingModel, ...]] = (
+    WAEmbeddingModel(BGE_SMALL, 384),
+    WAEmbeddingModel(BGE_BASE, 768),
+    WAEmbeddingModel(BGE_LARGE, 1024),
+    WAEmbeddingModel(BGE_M3, 1024, max_tokens=8192, pooling=False),
+    WAEmbeddingModel(QWEN3_EMBEDDING, 1024, batch_limit=32, max_tokens=8192, pooling=False),
+)
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
@@ -393,6 +432,15 @@ def route_error(target: str) -> JsonReply:
             "result": None,
         },
     )
+
+
+def _ai_gateway_error(code: int, message: str) -> dict[str, Any]:
+    """AI Gateway's own error body (its `error` list, unlike the v4 API's `errors`)."""
+    return {"success": False, "result": [], "messages": [], "error": [{"code": code, "message": message}]}
+
+
+def _retried_by_ai_gateway(fault: Fault | None) -> bool:
+    return fault is not None and fault.kind == "status" and (fault.status == 429 or fault.status >= 500)
 
 
 def bad_input(detail: str) -> JsonReply:
@@ -467,6 +515,10 @@ def schema_failure(validator: Draft202012Validator, body: Any) -> str | None:
 
 _RUN_RE: Final = re.compile(r"^/client/v4/accounts/([^/]+)/ai/run/(.+)$")
 _SEARCH_RE: Final = re.compile(r"^/client/v4/accounts/([^/]+)/ai/models/search$")
+_AI_GATEWAY_RE: Final = re.compile(r"^/v1/([^/]+)/([^/]+)/workers-ai/(.+)$")
+"""Cloudflare AI Gateway's Workers AI route: /v1/{account_id}/{gateway_id}/workers-ai/{model}."""
+AI_GATEWAY_MAX_ATTEMPTS: Final = 5
+"""AI Gateway's documented ceiling for `cf-aig-max-attempts`."""
 _SSE_HEADERS: Final[Headers] = [(b"content-type", b"text/event-stream")]
 _JSON_MARKER: Final = "\u2063EMU-INVALID-UTF8\u2063"
 
@@ -508,7 +560,15 @@ def _tool_call_as_text(answer: Answer, form: str) -> None:
 
 
 class WorkersAIEmulator(EmulatorBase):
-    """Emulates ``api.cloudflare.com/client/v4/accounts/{account_id}/ai/run/{model}``."""
+    """Emulates ``api.cloudflare.com/client/v4/accounts/{account_id}/ai/run/{model}``.
+
+    With `ai_gateway_id`, it also serves Cloudflare AI Gateway's form of the same route,
+    ``/v1/{account_id}/{gateway_id}/workers-ai/{model}``: `cf-aig-authorization` is checked against
+    `ai_gateway_token` (when set; 401 with AI Gateway's error 2009 otherwise), and a failed attempt
+    (429 or 5xx, from a fault) is retried inside the emulated gateway up to `cf-aig-max-attempts`
+    times, or `ai_gateway_max_attempts` (the gateway's own retry policy) without that header. Each AI
+    Gateway request's attempt count is appended to `ai_gateway_attempts`.
+    """
 
     fault_kinds: ClassVar[frozenset[str]] = COMMON_FAULT_KINDS | {"json-body"}
 
@@ -517,12 +577,29 @@ class WorkersAIEmulator(EmulatorBase):
         account_id: str = "acct-123",
         api_token: str = "cf-test-token",
         models: tuple[WAModel, ...] = DEFAULT_MODELS,
+        embedding_models: tuple[WAEmbeddingModel, ...] = DEFAULT_EMBEDDING_MODELS,
+        *,
+        ai_gateway_id: str | None = None,
+        ai_gateway_token: str | None = None,
+        ai_gateway_max_attempts: int = 1,
     ) -> None:
         super().__init__()
+        self.ai_gateway_id = ai_gateway_id
+        self.ai_gateway_token = ai_gateway_token
+        self.ai_gateway_max_attempts = ai_gateway_max_attempts
+        self.ai_gateway_attempts: list[int] = []
         self.account_id = account_id
         self.api_token = api_token
         self.models: dict[str, WAModel] = {m.name: m for m in models}
         self._validators: dict[str, Draft202012Validator] = {m.name: m.validator() for m in models}
+        self.embedding_models: dict[str, WAEmbeddingModel] = {m.name: m for m in embedding_models}
+        for embedding in embedding_models:
+            self._validators[embedding.name] = Draft202012Validator(embedding.schema())
+
+    def embedding_for(self, model: str, text: str, pooling: str = "mean") -> list[float]:
+        """The vector this emulator answers for `text` (what a test compares the client's with)."""
+        spec = self.embedding_models[model]
+        return embedding_vector(model, text, spec.dimensions, pooling if spec.pooling else "")
 
     def base_url(self, server_url: str) -> str:
         """`server_url` + ``/client/v4/accounts/{account_id}/ai/run/`` (append the model name)."""
@@ -534,9 +611,34 @@ class WorkersAIEmulator(EmulatorBase):
         scheme, _, token = conn.record.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and token.strip() == self.api_token
 
+    def reset(self) -> None:
+        super().reset()
+        self.ai_gateway_attempts.clear()
+
+    def _ai_gateway_refusal(self, conn: Connection, gateway_id: str) -> JsonReply | None:
+        if gateway_id != self.ai_gateway_id:
+            return json_reply(404, _ai_gateway_error(2001, "Gateway not found"))
+        if self.ai_gateway_token is not None:
+            presented = conn.record.headers.get("cf-aig-authorization", "")
+            if presented != f"Bearer {self.ai_gateway_token}":
+                return json_reply(401, _ai_gateway_error(2009, "Unauthorized"))
+        return None
+
+    def _ai_gateway_attempts(self, conn: Connection) -> int:
+        value = conn.record.headers.get("cf-aig-max-attempts")
+        attempts = int(value) if value is not None and value.isdigit() else self.ai_gateway_max_attempts
+        return max(1, min(attempts, AI_GATEWAY_MAX_ATTEMPTS))
+
     async def dispatch(self, conn: Connection) -> None:
         path = conn.record.path
         match = _RUN_RE.match(path)
+        gateway = _AI_GATEWAY_RE.match(path) if match is None and self.ai_gateway_id is not None else None
+        if gateway is not None:
+            refusal = self._ai_gateway_refusal(conn, gateway.group(2))
+            if refusal is not None:
+                await self.send_reply(conn, refusal)
+                return
+            match = gateway
         if match is None:
             search = _SEARCH_RE.match(path)
             if search is not None and conn.record.method == "GET":
@@ -544,12 +646,16 @@ class WorkersAIEmulator(EmulatorBase):
                 return
             await self.send_reply(conn, route_error(path))
             return
-        account, model_name = match.group(1), match.group(2)
+        account, model_name = match.group(1), match.group(match.lastindex or 2)
         if not self._authorized(conn):
             await self.send_reply(conn, cf_error(403, 10000, "Authentication error", full=False))
             return
         if account != self.account_id or conn.record.method != "POST":
             await self.send_reply(conn, route_error(f"/client/v4/accounts/{account}/ai/run"))
+            return
+        embedding = self.embedding_models.get(model_name)
+        if embedding is not None:
+            await self._embeddings(conn, embedding)
             return
         model = self.models.get(model_name)
         if model is None:
@@ -565,6 +671,12 @@ class WorkersAIEmulator(EmulatorBase):
                 directive_text = body["input"]
         try:
             fault = self.take_fault(conn.record, directive_text)
+            if gateway is not None:
+                attempts, allowed = 1, self._ai_gateway_attempts(conn)
+                while attempts < allowed and _retried_by_ai_gateway(fault):
+                    attempts += 1  # the gateway calls the model again; the client sees only the last try
+                    fault = self.take_fault(conn.record, directive_text)
+                self.ai_gateway_attempts.append(attempts)
         except BadDirective as exc:
             await self.bad_directive(conn, exc)
             return
@@ -577,6 +689,54 @@ class WorkersAIEmulator(EmulatorBase):
         await self.send_reply(
             conn, reply, fault if isinstance(reply, StreamReply) or reply.status == 200 else None
         )
+
+    async def _embeddings(self, conn: Connection, model: WAEmbeddingModel) -> None:
+        """`{text}` → `{shape: [n, dim], data, pooling?}`; faults as for the other models (README)."""
+        body = conn.record.body
+        text = body.get("text") if isinstance(body, dict) else None
+        texts = [text] if isinstance(text, str) else [t for t in text or [] if isinstance(t, str)]
+        try:
+            fault = self.take_fault(conn.record, " ".join(texts))
+        except BadDirective as exc:
+            await self.bad_directive(conn, exc)
+            return
+        if await self.prelude(conn, fault):
+            return
+        if fault is not None and fault.kind == "status":
+            await self.send_reply(conn, self._status_reply(fault, model.name))
+            return
+        raw = conn.record.raw_body
+        if not raw.strip():
+            await self.send_reply(conn, cf_error(400, 3003, CF_MESSAGES[3003]))
+            return
+        if body is None:
+            await self.send_reply(conn, bad_input("Invalid JSON in request body"))
+            return
+        failure = schema_failure(self._validators[model.name], body)
+        if failure is not None:
+            await self.send_reply(conn, bad_input(failure))
+            return
+        for index, item in enumerate(texts):
+            tokens = count_prompt_tokens([item])
+            if tokens > model.max_tokens:
+                detail = f"input {index} has {tokens} tokens, more than the model's {model.max_tokens}"
+                await self.send_reply(conn, bad_input(detail))
+                return
+        pooling = str(body.get("pooling", "mean")) if model.pooling else ""
+        result: dict[str, Any] = {
+            "shape": [len(texts), model.dimensions],
+            "data": [embedding_vector(model.name, item, model.dimensions, pooling) for item in texts],
+        }
+        if model.pooling:
+            result["pooling"] = pooling
+        kind = fault.kind if fault is not None else None
+        if kind == "malformed":
+            await self.send_reply(conn, JsonReply(200, b'{"result": {"shape": [1, 3], "data": [[0.1,'))
+            return
+        reply = json_reply(200, _envelope(result))
+        if kind == "invalid-utf8":
+            reply = JsonReply(200, reply.body.replace(b'"data"', b'"d\xff\xfeta"', 1))
+        await self.send_reply(conn, reply, fault)
 
     async def _models_search(self, conn: Connection, account: str) -> None:
         if not self._authorized(conn):
