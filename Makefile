@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test soak lint audit lock image-lock bench bench-compare check-config redis-server wrk clean
+.PHONY: run test soak lint audit lock image-lock docs bench bench-compare check-config redis-server wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
 	$(PIP) install -e ".[test,lint]"
+	@touch $@
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[docs]"
 	@touch $@
 
 run: $(VENV)/.installed
@@ -94,8 +98,8 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
-	.lock-venv/bin/python -m pip --disable-pip-version-check -q install -e ".[otel,test,lint]"
-	{ echo "# Exact versions of llm-gateway's dependencies with all extras (otel, test, lint)."; \
+	.lock-venv/bin/python -m pip --disable-pip-version-check -q install -e ".[otel,test,lint,docs]"
+	{ echo "# Exact versions of llm-gateway's dependencies with all extras (otel, test, lint, docs)."; \
 	  echo "# Written by \`make lock\` ($$(.lock-venv/bin/python --version)); audited by \`make audit\`."; \
 	  .lock-venv/bin/python -m pip --disable-pip-version-check freeze --exclude-editable --all \
 	    | grep -v -E '^(pip|setuptools|wheel)=='; } > requirements.lock
@@ -108,8 +112,15 @@ lock:
 image-lock: $(VENV)/.installed
 	$(BIN)/python .ci/image_lock.py $(BIN)/python requirements.lock deploy/requirements.hashes.txt
 
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link or anchor fails. The
+# configuration reference and config/gateway.schema.json are generated from the config types first;
+# under CI (CI=true) they are only checked, so a stale committed copy fails.
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -m gateway.config_reference $(if $(filter true,$(CI)),--check)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 check-config: $(VENV)/.installed
 	$(BIN)/gateway check-config config/gateway.yaml
 
 clean:
-	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache site

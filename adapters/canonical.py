@@ -1,11 +1,16 @@
 """The canonical request and the canonical event stream.
 
-The gateway turns every OpenAI chat request into a `ChatRequest` modelled on the Workers AI *Messages*
-schema, every legacy completions request into a `PromptRequest` modelled on its *Prompt* schema
-(both plus a few extensions every backend can express), and every embeddings request into an
-`EmbeddingRequest` (answered by `Embedding` events); every adapter turns its upstream's answer into
-the same small set of events. The gateway's writer owns all OpenAI framing, so adapters
-never build OpenAI chunks themselves.
+The gateway turns every OpenAI chat request into a `ChatRequest`, every legacy completions request
+into a `PromptRequest` and every embeddings request into an `EmbeddingRequest`: backend-neutral
+requests that each backend's `request.py` narrows to its own upstream body. What only some backends
+understand travels apart, in `Extensions`, and a backend refuses those it does not know. Every
+adapter turns its upstream's answer into the same small set of events. The gateway's writer owns all
+OpenAI framing, so adapters never build OpenAI chunks themselves.
+
+Operations: each canonical request type names the `Adapter` method that serves it (`open_on`), so the
+router opens any request the same way. A new surface either maps onto an existing request type
+(Responses and Anthropic Messages onto `ChatRequest`) or adds one request type with its `open_on` and
+one method on every adapter (as embeddings did: `EmbeddingRequest` → `Adapter.embed`).
 
 Events are yielded by `UpstreamResponse.events()`. A failure is raised (an `UpstreamError`), never
 yielded, so `async for` loops end only on a complete answer.
@@ -13,10 +18,14 @@ yielded, so `async for` loops end only on a complete answer.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+if TYPE_CHECKING:
+    from adapters.base import Adapter, UpstreamResponse
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -90,8 +99,48 @@ class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
     """A bare JSON Schema (Workers AI's form), not OpenAI's {name, schema, strict} envelope."""
 
 
-class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
-    """A chat request in the Workers AI Messages shape; unset fields are never sent upstream."""
+class Sampling(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """The sampling values every backend takes (each narrows them to its own ranges); unset: not sent.
+
+    The canonical requests and the backends' upstream bodies all have these fields."""
+
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    repetition_penalty: float | UnsetType = UNSET
+    frequency_penalty: float | UnsetType = UNSET
+    presence_penalty: float | UnsetType = UNSET
+
+
+class Extensions(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """Request fields only some backends understand; a backend refuses (400) any it does not."""
+
+    lora: str | UnsetType = UNSET
+    """Workers AI: the fine-tune (LoRA adapter) to apply."""
+    raw: bool | UnsetType = UNSET
+    """Workers AI: send the prompt as it is, without the model's chat template."""
+
+    def names(self) -> list[str]:
+        """The extensions that are set."""
+        return [name for name in self.__struct_fields__ if getattr(self, name) is not UNSET]
+
+
+NO_EXTENSIONS: Final = Extensions()
+"""Shared by every request that sets none (nearly all): `extensions is NO_EXTENSIONS` is the fast test."""
+
+
+def extensions(*, lora: str | None = None, raw: bool | None = None) -> Extensions:
+    """The extensions a client asked for (None: not asked)."""
+    if lora is None and raw is None:
+        return NO_EXTENSIONS
+    return Extensions(lora=UNSET if lora is None else lora, raw=UNSET if raw is None else raw)
+
+
+class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
+    """A chat request; unset fields are never sent upstream."""
+
+    operation: ClassVar[str] = "chat"
 
     messages: list[Message]
     max_tokens: int
@@ -100,48 +149,43 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: ToolChoice | UnsetType = UNSET
     parallel_tool_calls: bool | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     response_format: ResponseFormat | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
     reasoning_effort: str | UnsetType = UNSET
-    lora: str | UnsetType = UNSET
-    raw: bool | UnsetType = UNSET
     n: int | UnsetType = UNSET
     """Set only for backends that generate several choices themselves (vLLM); see `Indexed`."""
     logit_bias: dict[str, float] | UnsetType = UNSET
     """Set only when every target of the model honours it (vLLM)."""
+    extensions: Extensions = NO_EXTENSIONS
+
+    def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
+        """Ask `adapter` for the answer: the one place that names the operation serving this type."""
+        return adapter.chat(self, model, request_id=request_id)
 
 
-class PromptRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
-    """A text completion in the Workers AI Prompt shape; unset fields are never sent upstream."""
+class PromptRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
+    """A text completion (a prompt to continue); unset fields are never sent upstream."""
+
+    operation: ClassVar[str] = "complete"
 
     prompt: str | list[str]
     """One prompt; a list only for backends that take several at once (`n` set, vLLM)."""
     max_tokens: int
     stream: bool = False
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
-    seed: int | UnsetType = UNSET
-    repetition_penalty: float | UnsetType = UNSET
-    frequency_penalty: float | UnsetType = UNSET
-    presence_penalty: float | UnsetType = UNSET
     stop: list[str] | UnsetType = UNSET
-    lora: str | UnsetType = UNSET
-    raw: bool | UnsetType = UNSET
     n: int | UnsetType = UNSET
     """As for `ChatRequest.n`: choices are numbered prompt index * n + sample index."""
     logit_bias: dict[str, float] | UnsetType = UNSET
+    extensions: Extensions = NO_EXTENSIONS
+
+    def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
+        return adapter.complete(self, model, request_id=request_id)
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     """An embeddings request: one vector per input, in input order; unset fields are never sent upstream."""
+
+    operation: ClassVar[str] = "embed"
 
     input: list[str] | list[list[int]]
     """Texts, or token-id arrays (only backends that take tokens, vLLM, accept those)."""
@@ -158,8 +202,12 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=
     seed: ClassVar[UnsetType] = UNSET
     """One answer per request: the choice fields of the other requests are always unset."""
 
+    def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
+        return adapter.embed(self, model, request_id=request_id)
+
 
 CanonicalRequest = ChatRequest | PromptRequest | EmbeddingRequest
+"""Every request type an adapter serves, one per operation."""
 
 
 # Events. Small frozen Structs without GC tracking: one is built per upstream token.
@@ -215,6 +263,7 @@ ChoiceEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | Embe
 Event = ChoiceEvent | Indexed
 
 __all__ = (
+    "NO_EXTENSIONS",
     "CanonicalRequest",
     "ChatRequest",
     "ChoiceEvent",
@@ -222,6 +271,7 @@ __all__ = (
     "Embedding",
     "EmbeddingRequest",
     "Event",
+    "Extensions",
     "Finish",
     "FinishReason",
     "FunctionCall",
@@ -236,6 +286,7 @@ __all__ = (
     "ReasoningDelta",
     "ResponseFormat",
     "Role",
+    "Sampling",
     "TextDelta",
     "TextPart",
     "Tool",
@@ -243,4 +294,5 @@ __all__ = (
     "ToolCallDelta",
     "ToolChoice",
     "Usage",
+    "extensions",
 )

@@ -24,10 +24,15 @@ class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
 
 class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True, frozen=True, kw_only=True):
-    timeout_s: float = 60.0
-    """Per-read timeout of one upstream call: connect, first byte, and every gap between chunks."""
-    max_concurrency: int | None = None
-    """Upper bound on requests in flight to this backend from one gateway process (None: unbounded)."""
+    """An upstream service (a `backends:` entry); its `kind` says which adapter talks to it."""
+
+    # `extra["problem"]` words the config error for a value the bound refuses (gateway/config.py).
+    timeout_s: Annotated[float, Meta(gt=0, extra={"problem": "must be greater than 0"})] = 60.0
+    """Per-read timeout of one upstream call: connect, first byte, and every gap between chunks. A vLLM
+    non-streamed answer arrives in one piece, so there it must also cover the longest generation."""
+    max_concurrency: Annotated[int, Meta(ge=1, extra={"problem": "must be at least 1"})] | None = None
+    """Upper bound on requests in flight to this backend from one gateway process (unset: unbounded);
+    it also sizes the connection pool. A full backend is passed over for the next target."""
     tls_ca_file: str | None = None
     """PEM file of CA certificates to trust for an `https` base_url (default: certifi's public CAs),
     e.g. for a vLLM server behind a private CA."""

@@ -14,7 +14,7 @@ import httpx
 
 from adapters.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from adapters.proxy import resolve as resolve_proxy
-from adapters.transport import NOT_HTTP, H1Transport
+from adapters.transport import H1Transport, MalformedAnswer
 
 CONNECT_TIMEOUT_S: Final = 5.0
 WRITE_TIMEOUT_S: Final = 10.0
@@ -44,6 +44,11 @@ class UpstreamClient(httpx.AsyncClient):
         auth: Any = None,
         follow_redirects: Any = None,
     ) -> httpx.Response:
+        """As httpx's `send`, without auth flows or redirects: asking for either is a programming error,
+        refused rather than silently ignored."""
+        default = httpx.USE_CLIENT_DEFAULT  # what httpx's own get()/post() pass on
+        if auth not in (None, default) or follow_redirects not in (None, False, default):
+            raise TypeError("UpstreamClient.send takes no auth and follows no redirects")
         response = await self._transport.handle_async_request(request)
         response.request = request
         if not stream:
@@ -155,7 +160,7 @@ def transport_errors(backend: str, *, timeout_s: float, responded: bool = False)
             code="upstream_unreachable",
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-        if str(exc).startswith(NOT_HTTP):
+        if isinstance(exc, MalformedAnswer):
             # It did answer, with bytes that are not HTTP: a wrong port or a broken proxy, not an outage.
             raise UpstreamProtocolError(
                 backend,

@@ -10,8 +10,10 @@ What it does: a pool of idle keep-alive connections per origin (bounded by `max_
 all), TLS through `ssl`, content-length and chunked bodies (httptools), a read timeout per wait
 (headers and each body chunk), a connect timeout, a pool timeout, back-pressure (reading pauses
 while an unread backlog builds up), and one retry on a fresh connection when a reused keep-alive
-connection turns out to have been closed by the server before answering. An answer not read to the
-end closes its connection, which is how the upstream learns to stop generating. Through an egress
+connection turns out to have been closed before any byte of the request was written to it. A request
+whose bytes went out is never sent again (a POST may have started a generation that costs tokens):
+a connection lost after that is an error for the caller to judge. An answer not read to the end
+closes its connection, which is how the upstream learns to stop generating. Through an egress
 proxy (adapters/proxy.py) when one applies to the origin: a CONNECT tunnel for https, absolute-form
 requests for http.
 """
@@ -38,8 +40,16 @@ KEEPALIVE_EXPIRY_S: Final = 30.0
 HIGH_WATER: Final = 64 * 1024
 """Unread body bytes at which reading from the socket pauses."""
 LOW_WATER: Final = 16 * 1024
-NOT_HTTP: Final = "malformed HTTP answer"
-"""How a parse failure's message begins (adapters/http.py tells it from a dropped connection by it)."""
+
+
+class MalformedAnswer(httpx.RemoteProtocolError):
+    """The upstream answered with bytes that are not HTTP (a wrong port, a broken proxy): it is there,
+    so this is not an outage, and `adapters/http.py` tells it from a dropped connection by its type."""
+
+
+class _NotSent(ConnectionResetError):
+    """The connection was closed before any byte of the request was written: safe to send elsewhere."""
+
 
 _live_transports: weakref.WeakSet[H1Transport] = weakref.WeakSet()
 """Every transport not yet garbage-collected, so a metrics scrape can count connections (not per request)."""
@@ -71,7 +81,6 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self.complete = False
         self.broken: BaseException | None = None
-        self.received_any = False
         self.reusable = False
         self.idle_since = 0.0
         self.used = False
@@ -116,8 +125,9 @@ class _Connection(asyncio.Protocol):
     # Sending
 
     def send(self, head: bytes, body: bytes) -> None:
+        """Write one request; raises `_NotSent` (and writes nothing) if the connection is already closed."""
         if self._transport is None or self._transport.is_closing():
-            raise ConnectionResetError("the server closed the connection")
+            raise _NotSent("the server closed the connection")
         self._parser = httptools.HttpResponseParser(self)
         self._status = 0
         self._headers = []
@@ -125,7 +135,6 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self.complete = False
         self.broken = None
-        self.received_any = False
         self.used = True
         self._headers_done = self._loop.create_future()
         self._transport.write(head + body if len(body) < 16384 else head)
@@ -135,7 +144,6 @@ class _Connection(asyncio.Protocol):
     # Receiving (httptools callbacks)
 
     def data_received(self, data: bytes) -> None:
-        self.received_any = True
         if self._parser is None:  # disposed of: nothing more is read
             return
         try:
@@ -143,7 +151,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:  # pragma: no cover - never asked for
             self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"{NOT_HTTP}: {exc}"))
+            self._fail(MalformedAnswer(f"malformed HTTP answer: {exc}"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -327,20 +335,23 @@ class H1Transport(httpx.AsyncBaseTransport):
         read_timeout = timeouts.get("read", self._read_timeout)
         for attempt in (1, 2):
             connection = await self._acquire(origin, timeouts)
-            reused = connection.used
             try:
                 connection.send(head, body)
+            except _NotSent:
+                self.release(connection)
+                if attempt == 1:
+                    continue  # a keep-alive connection the server had closed, nothing written: a fresh one
+                raise httpx.ConnectError("the server closed the connection") from None
+            try:
                 status, headers = await connection.wait_headers(read_timeout)
             except TimeoutError:
                 connection.close()
                 self.release(connection)
                 raise httpx.ReadTimeout("timed out waiting for the answer") from None
             except BaseException as exc:
+                # The request went out: it is never sent again, whatever happened to the connection.
                 connection.close()
                 self.release(connection)
-                stale = reused and attempt == 1 and not connection.received_any
-                if stale and not isinstance(exc, httpx.HTTPError | asyncio.CancelledError):
-                    continue  # a keep-alive connection the server had already closed: try a fresh one
                 if isinstance(exc, httpx.HTTPError | asyncio.CancelledError):
                     raise
                 raise httpx.ReadError(f"connection reset: {exc}") from exc
@@ -492,4 +503,4 @@ def _request_head(request: httpx.Request, forwarding_proxy: Proxy | None = None)
     return b"".join(lines)
 
 
-__all__ = ("NOT_HTTP", "H1Transport", "open_connections")
+__all__ = ("H1Transport", "MalformedAnswer", "open_connections")

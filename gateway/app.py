@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
@@ -19,10 +20,11 @@ from adapters.errors import UpstreamError
 from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
 from gateway.api.embeddings import create_embeddings
+from gateway.api.messages import api_version, count_tokens, create_message
 from gateway.api.responses import StoredResponseAction, create_response, input_items, retrieve
 from gateway.api.responses import cancel as cancel_response
 from gateway.api.responses import delete as delete_response
-from gateway.edge.asgi import Receive, Scope, Send, read_body, respond
+from gateway.edge.asgi import Receive, Scope, Send, header, read_body, respond
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
 from gateway.edge.middleware import RequestMiddleware
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
@@ -33,6 +35,7 @@ from gateway.errors import (
     NotFoundError,
     RequestTooLargeError,
     error_response,
+    surface_of,
 )
 from gateway.limits import RateLimits, create_rate_limits
 from gateway.observability.logs import flush_periodically, get_logger
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Settings
     from gateway.context import RequestInfo
+    from gateway.translation.messages import ApiVersion
 
 OWNER: Final = "llm-gateway"
 API_VERSION: Final = "0.1.0"
@@ -63,7 +67,21 @@ class Pipeline(Protocol):
         router: Router,
         raw_body: bytes,
         *,
-        request_id: str,
+        key: KeyPolicy | None,
+        limits: RateLimits | None,
+        info: RequestInfo,
+    ) -> Awaitable[ChatResult]: ...
+
+
+class MessagesPipeline(Protocol):
+    """An Anthropic Messages endpoint (`gateway.api.messages`): a pipeline that also takes the version."""
+
+    def __call__(
+        self,
+        router: Router,
+        raw_body: bytes,
+        *,
+        version: ApiVersion,
         key: KeyPolicy | None,
         limits: RateLimits | None,
         info: RequestInfo,
@@ -106,8 +124,14 @@ class Gateway:
     def ready(self) -> bool:
         return self._router is not None
 
-    def authenticate(self, headers: Iterable[tuple[bytes, bytes]], info: RequestInfo) -> KeyPolicy | None:
-        """The caller's key policy (None when running without keys); raises a 401 otherwise."""
+    def authenticate(
+        self, headers: Iterable[tuple[bytes, bytes]], info: RequestInfo, *, anthropic: bool = False
+    ) -> KeyPolicy | None:
+        """The caller's key policy (None when running without keys); raises a 401 otherwise.
+
+        Anthropic clients send the key as `x-api-key` (which then wins over `Authorization`, as on
+        Anthropic's API) or as `Authorization: Bearer` (the Python SDK 2.x, `ANTHROPIC_AUTH_TOKEN`).
+        """
         if self.keys is None:
             return None
         # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
@@ -115,8 +139,10 @@ class Gateway:
         for name, value in headers:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
-            elif name == b"api-key":
+            elif (name == b"x-api-key" and anthropic) or (name == b"api-key" and api_key is None):
                 api_key = value.decode("latin-1")
+        if anthropic and api_key:
+            authorization = None
         policy = self.keys.authenticate(authorization, api_key)
         info.key_id = policy.id
         return policy
@@ -182,23 +208,33 @@ def create_app(settings: Settings) -> Litestar:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def inference_route(path: str, name: str, pipeline: Pipeline) -> ASGIRouteHandler:
-        """A raw ASGI route for an inference endpoint: key, body, then the pipeline's answer."""
+    def inference_route(
+        path: str, name: str, pipeline: Pipeline | None = None, *, messages: MessagesPipeline | None = None
+    ) -> ASGIRouteHandler:
+        """A raw ASGI route for an inference endpoint: key, body, then the pipeline's answer.
+
+        `messages`: an Anthropic Messages endpoint instead, which also needs `anthropic-version`.
+        """
 
         @asgi(path, name=name, copy_scope=False)
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["method"] != "POST":
                 raise MethodNotAllowedError(f"Invalid method for URL ({scope['method']} {scope['path']})")
             info: RequestInfo = scope["state"]["request_info"]
-            key = gateway.authenticate(scope["headers"], info)
+            key = gateway.authenticate(scope["headers"], info, anthropic=messages is not None)
+            run: Pipeline
+            if messages is not None:
+                run = functools.partial(messages, version=api_version(header(scope, b"anthropic-version")))
+            else:
+                assert pipeline is not None
+                run = pipeline
             http = settings.http
             body = await read_body(scope, receive, limit=http.max_body_bytes, timeout_s=http.body_timeout_s)
 
             def produce() -> Awaitable[ChatResult]:
-                return pipeline(
+                return run(
                     gateway.router,
                     body,
-                    request_id=info.request_id,
                     key=key,
                     limits=gateway.limits,
                     info=info,
@@ -211,12 +247,15 @@ def create_app(settings: Settings) -> Litestar:
     chat_completions = inference_route("/v1/chat/completions", "chat_completions", chat_completion)
     completions = inference_route("/v1/completions", "completions", text_completion)
     embeddings = inference_route("/v1/embeddings", "embeddings", create_embeddings)
+    messages = inference_route("/v1/messages", "messages", messages=create_message)
+    messages_count_tokens = inference_route(
+        "/v1/messages/count_tokens", "messages_count_tokens", messages=count_tokens
+    )
 
     async def responses_pipeline(
         router: Router,
         raw_body: bytes,
         *,
-        request_id: str,
         key: KeyPolicy | None,
         limits: RateLimits | None,
         info: RequestInfo,
@@ -224,7 +263,6 @@ def create_app(settings: Settings) -> Litestar:
         return await create_response(
             router,
             raw_body,
-            request_id=request_id,
             key=key,
             limits=limits,
             info=info,
@@ -310,6 +348,8 @@ def create_app(settings: Settings) -> Litestar:
             responses,
             *stored_responses,
             embeddings,
+            messages,
+            messages_count_tokens,
             list_models,
             get_model,
             metrics_endpoint,
@@ -371,15 +411,23 @@ def request_info(request: Request[Any, Any, Any]) -> RequestInfo:
     return info
 
 
-def _render(exc: GatewayError | UpstreamError) -> Response[bytes]:
-    status, body, headers = error_response(exc)
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+def _render(
+    request: Request[Any, Any, Any], exc: GatewayError | UpstreamError, status: int | None = None
+) -> Response[bytes]:
+    """The error in the envelope of the route's clients (OpenAI's, or Anthropic's on /v1/messages)."""
+    surface = surface_of(request.scope["path"])
+    info = request.scope["state"].get("request_info")
+    request_id = info.request_id if info is not None else None
+    code, body, headers = error_response(exc, surface, request_id=request_id)
+    if surface == "anthropic" and request_id:
+        headers = {**headers, "request-id": request_id}
+    return Response(body, status_code=status or code, media_type="application/json", headers=headers)
 
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, GatewayError | UpstreamError)
     _note_error(request, exc.code or exc.error_type)
-    return _render(exc)
+    return _render(request, exc)
 
 
 def _note_error(request: Request[Any, Any, Any], code: str) -> None:
@@ -395,21 +443,19 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
     if exc.status_code == 404:
         error = NotFoundError(f"Invalid URL ({where})")
     elif exc.status_code == 405:
-        error = NotFoundError(f"Invalid method for URL ({where})")
-        return Response(error_response(error)[1], status_code=405, media_type="application/json")
+        return _render(request, NotFoundError(f"Invalid method for URL ({where})"), 405)
     elif exc.status_code == 413:
         error = RequestTooLargeError("The request body is too large.")
     else:
-        error = InvalidRequestError(str(exc.detail))
-        return Response(error_response(error)[1], status_code=exc.status_code, media_type="application/json")
+        return _render(request, InvalidRequestError(str(exc.detail)), exc.status_code)
     _note_error(request, error.code or error.error_type)
-    return _render(error)
+    return _render(request, error)
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     _note_error(request, "internal_error")
-    return _render(GatewayError("The gateway hit an internal error while handling the request."))
+    return _render(request, GatewayError("The gateway hit an internal error while handling the request."))
 
 
 __all__ = ("Gateway", "create_app", "request_info")

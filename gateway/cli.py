@@ -1,4 +1,4 @@
-"""`gateway serve` and `gateway check-config`."""
+"""`gateway serve`, `gateway check-config` and `gateway config-schema`."""
 
 from __future__ import annotations
 
@@ -33,9 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     check = commands.add_parser("check-config", help="validate a config file: prints 'ok' or every problem")
     check.add_argument("path")
+    schema = commands.add_parser(
+        "config-schema", help="write the config's JSON Schema (for editors' completion and checks)"
+    )
+    schema.add_argument("--output", "-o", help="file to write (default: standard output)")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "config-schema":
+        return config_schema(args.output)
     return run_server(
         args.config or default_config_path(), host=args.host, port=args.port, workers=args.workers
     )
@@ -48,6 +54,23 @@ def check_config(path: str) -> int:
         print(exc.render(), file=sys.stderr)
         return 1
     print("ok")
+    return 0
+
+
+def config_schema(output: str | None) -> int:
+    """The JSON Schema editors use: `# yaml-language-server: $schema=<file>` at the top of a config."""
+    from gateway.config_reference import schema_text
+
+    text = schema_text()
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        print(f"{output}: cannot write the schema: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -122,4 +145,4 @@ def app_from_environment() -> object:
     return create_app(settings)
 
 
-__all__ = ("app_from_environment", "check_config", "main", "run_server")
+__all__ = ("app_from_environment", "check_config", "config_schema", "main", "run_server")

@@ -4,6 +4,14 @@
 YAML path (e.g. `backends.cloudflare.api_token: must not be empty (CLOUDFLARE_API_TOKEN is not set)`),
 never a traceback. Interpolation happens on string values after YAML parsing, so a secret containing
 `#` or `:` cannot change the document's structure.
+
+What one value may be is said by its type (`Meta` bounds and patterns, `Literal` choices): msgspec
+checks it, the JSON Schema (`gateway config-schema`) tells editors, and the reference page
+(`python -m gateway.config_reference`) tells readers, all from the same declaration. A `Meta` may word
+its refusal with `extra={"problem": ...}`. What needs more than one value (references between
+sections, duplicates, `key` vs `key_sha256`, an empty value that `when_unconfigured` may excuse, a file
+that must exist) is checked by hand below, after the types; so are the per-key and per-model limits,
+the key id and digest and the Redis scheme, whose problems are reported together with those checks.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -22,7 +32,7 @@ from msgspec import Meta
 
 from adapters import BackendConfigs
 from adapters import proxy as proxies
-from adapters.mock.adapter import MockConfig
+from adapters.mock import MockConfig
 
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -44,14 +54,23 @@ _KEY_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,63}")
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$([^`]*)`$")
+_PATH_STEP: Final = re.compile(r"[^.\[\]]+")
+_REFUSED_VALUE: Final = re.compile(r"Expected `[^`]+` |Invalid enum value")
+"""msgspec's words for a value of the right type that a `Meta` bound, pattern or `Literal` refuses."""
 
 
 class Listen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the gateway accepts connections; `gateway serve --host/--port` override it."""
+
     host: str = "127.0.0.1"
-    port: int = 8080
+    """Address to bind: `127.0.0.1` for this machine only, `0.0.0.0` for every interface."""
+    port: Annotated[int, Meta(ge=1, le=65535, extra={"problem": "must be between 1 and 65535"})] = 8080
+    """TCP port."""
 
 
 class HTTPLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Bounds on what a client may send, and how long shutdown waits; every one is optional."""
+
     max_body_bytes: Annotated[int, Meta(ge=1024)] = DEFAULT_MAX_BODY_BYTES
     """Largest request body accepted; larger ones get a 413 before they are read."""
     body_timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_BODY_TIMEOUT_S
@@ -67,60 +86,82 @@ class HTTPLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     is closed."""
     header_timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_HEADER_TIMEOUT_S
     """A request head must arrive within this of its first byte (or of the connection opening); a
-    client trickling it slower (slowloris) has its connection closed."""
+    client trickling it slower (slowloris) has its connection closed. Idle keep-alive connections are
+    closed after uvicorn's 5 s."""
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One place a model can be served from: a backend and the model name it knows."""
+
     backend: str
     """A key of `backends`."""
     model: str
     """The model name the backend knows, e.g. `@cf/meta/llama-3.3-70b-instruct-fp8-fast`."""
     weight: Annotated[float, Meta(gt=0)] | None = None
-    """Adjacent targets with a weight share load in this proportion; the group keeps its place in order."""
+    """Adjacent targets with a weight share load in this proportion (a random order per request); the
+    group as a whole keeps its place in the list."""
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A public model (the key of `models:` is the name clients send as `model`) and where it is served."""
+
     targets: list[Target]
-    """Tried in order."""
+    """Tried in order, at least one; what fails over and what does not is in the operations guide."""
     kind: Literal["chat", "embeddings"] = "chat"
     """What the model serves: `chat` (`/v1/chat/completions`, `/v1/completions`) or `embeddings`
     (`/v1/embeddings`). Calling a model on the other kind's endpoint is a 400 naming the right one."""
     aliases: list[str] = msgspec.field(default_factory=list)
-    """Extra public names for this model."""
+    """Extra public names for this model (e.g. `gpt-4o-mini` for clients that cannot change the name)."""
     vision: bool = False
     """The targets accept image parts; otherwise images are refused with a 400."""
     json_mode: bool = True
     """The targets honour `response_format` (JSON mode): Workers AI's llama, hermes, qwen and gpt-oss
-    families and vLLM do. False: `response_format` is refused with a 400 (or dropped, see below)."""
+    families and vLLM do, hence the default. False: `response_format` (`json_object`, `json_schema`)
+    is refused with a 400 naming the parameter and the model (or dropped, see `drop_unsupported`)
+    instead of reaching a backend that would fail or ignore it."""
     drop_unsupported: bool = False
-    """Drop parameters the gateway cannot honour for this model (log a note) instead of answering 400."""
-    default_max_tokens: int = DEFAULT_MAX_TOKENS
-    """`max_tokens` sent upstream when the client sets none."""
+    """Parameters the gateway would refuse for this model (`logprobs`, `top_logprobs`, `logit_bias`,
+    audio, image parts on a non-vision model, `prediction`, `web_search_options`, `response_format`
+    without `json_mode`; for completions `suffix`, `logprobs`, `best_of` above `n`) are dropped
+    instead of answered with a 400, and the gateway logs `unsupported_parameters_dropped` with the
+    request id, the model and the parameters. Useful for a model migrated from OpenAI whose clients
+    send such parameters by habit; leave it off where a silent difference would hurt."""
+    default_max_tokens: Annotated[int, Meta(ge=1, extra={"problem": "must be at least 1"})] = (
+        DEFAULT_MAX_TOKENS
+    )
+    """`max_tokens` sent upstream when the client sets none (Workers AI would otherwise stop at 256)."""
     timeout_s: Annotated[float, Meta(gt=0)] = DEFAULT_MODEL_TIMEOUT_S
-    """Deadline for all attempts together, until a stream's first token or a whole answer is in hand."""
+    """Deadline for all attempts together, until a stream's first token or a whole answer is in hand.
+    Keep each backend's `timeout_s` below it, or a hung first target uses it up."""
     rpm: int | None = None
-    """Requests per minute to this model from all keys together (protects a backend)."""
+    """Requests per minute to this model from all keys together (protects a backend); at least 1."""
     tpm: int | None = None
-    """Prompt + completion tokens per minute to this model from all keys together."""
+    """Prompt + completion tokens per minute to this model from all keys together; at least 1."""
 
 
 class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One client API key (`keys:` entry): who it is, what it may use, and how much."""
 
     id: str
-    """Names the key in logs, metrics and rate-limit messages; the key itself never appears."""
+    """Names the key in logs, metrics and rate-limit messages; the key itself never appears. 1-64
+    characters: letters, digits and `. _ : @ / -`, unique among the keys."""
     key: str | None = None
     """The secret itself (usually `${VAR}`), or ..."""
     key_sha256: str | None = None
-    """... its SHA-256 as 64 hex digits, so the config need not hold the secret."""
+    """... its SHA-256 as 64 hex digits (`printf %s "$KEY"` piped into `sha256sum`), so the config
+    need not hold the secret. Exactly one of `key` and `key_sha256`; every key distinct."""
     rpm: int | None = None
-    """Requests per minute."""
+    """Requests per minute; at least 1, or leave it out for no limit."""
     tpm: int | None = None
-    """Prompt + completion tokens per minute."""
+    """Prompt + completion tokens per minute; at least 1, or leave it out for no limit."""
     max_concurrency: int | None = None
-    """Requests in flight at once, across all replicas."""
+    """Requests in flight at once, across all replicas; at least 1, or leave it out for no limit."""
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Public model names (or aliases) the key may use; `"*"` for all."""
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
 
 
 class ResponsesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -136,21 +177,33 @@ class ResponsesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole file: `backends` and `models` are required, everything else has a default."""
+
     listen: Listen = Listen()
+    """Where to accept connections."""
     http: HTTPLimits = HTTPLimits()
+    """Request size and time bounds, and the shutdown grace period."""
     backends: dict[str, BackendConfigs]
+    """Upstream services by name (a non-empty mapping), each with a `kind`."""
     models: dict[str, ModelConfig]
-    log_level: str = "info"
-    """debug, info, warning or error."""
-    log_format: str = "auto"
-    """json, console, or auto (console on a terminal, JSON otherwise)."""
+    """Public model names (a non-empty mapping) and the targets that serve them."""
+    log_level: Annotated[LogLevel, Meta(extra={"problem": "must be one of debug, info, warning, error"})] = (
+        "info"
+    )
+    """Least severe log events written (upper case works too); `$GATEWAY_LOG_LEVEL` overrides it."""
+    log_format: Annotated[LogFormat, Meta(extra={"problem": "must be one of auto, json, console"})] = "auto"
+    """`auto` is console on a terminal and one JSON line per event otherwise; `$GATEWAY_LOG_FORMAT`
+    overrides it."""
     keys: list[KeyConfig] | None = None
-    """Client API keys; without this section the gateway is open to anyone who can reach it."""
+    """Client API keys, a non-empty list; without this section the gateway is open to anyone who can
+    reach it (and says so at start-up)."""
     redis_url: str = ""
-    """Shared rate-limit store; empty: limits are kept in process (a single instance)."""
+    """Shared rate-limit store (`redis://`, `rediss://`, `unix://`, `redis+cluster://`,
+    `rediss+cluster://`); empty: limits are kept in process (a single instance)."""
     rate_limit_failure_mode: Literal["open", "closed"] = "open"
     """When the store is unreachable: serve without limits (open) or refuse with a 503 (closed)."""
     responses: ResponsesSettings = ResponsesSettings()
+    """Stored `/v1/responses`: how long they are kept and how large they may be (docs/responses.md)."""
 
 
 class LoadedConfig(msgspec.Struct, frozen=True):
@@ -232,50 +285,104 @@ def _join(path: str, key: str) -> str:
 
 
 def _validate(raw: Any, problems: list[str], unset: dict[str, list[str]]) -> Settings | None:
+    """Settings from the interpolated YAML, or None when its shape is wrong; problems go to `problems`.
+
+    A value refused by a bound that words its own problem (`Meta(extra={"problem": ...})`, on fields
+    with a default) is reported and left out, so the checks across values still run and the file's
+    problems are listed together, as when those bounds were checked by hand.
+    """
     if not isinstance(raw, dict):
         problems.append("the top level must be a mapping of keys (listen, backends, models, ...)")
         return None
+    if isinstance(raw.get("log_level"), str):
+        raw = {**raw, "log_level": raw["log_level"].lower()}
     fields = {field.encode_name: field for field in msgspec.structs.fields(Settings)}
+    shaped = True
     for key in raw:
         if key not in fields:
             problems.append(f"{key}: unknown key (known keys: {', '.join(sorted(fields))})")
+            shaped = False
+    clean: dict[str, Any] = {}
     for key, field in fields.items():
         if key not in raw:
             if field.required:
                 problems.append(f"{key}: missing required section")
+                shaped = False
             continue
         value = raw[key]
         if key in ("backends", "models"):
             if not isinstance(value, dict) or not value:
                 problems.append(f"{key}: must be a non-empty mapping of names to definitions")
+                shaped = False
                 continue
             entry_type = BackendConfigs if key == "backends" else ModelConfig
-            for name, entry in value.items():
-                _convert(entry, entry_type, f"{key}.{name}", problems, unset)
+            entries = {
+                name: _convert(e, entry_type, f"{key}.{name}", problems, unset) for name, e in value.items()
+            }
+            shaped &= all(entry is not _MISSHAPEN for entry in entries.values())
+            clean[key] = entries
         elif key == "keys":
             if not isinstance(value, list) or not value:
                 problems.append("keys: must be a non-empty list of keys (remove the section to run open)")
+                shaped = False
                 continue
-            for i, entry in enumerate(value):
-                _convert(entry, KeyConfig, f"keys[{i}]", problems, unset)
+            items = [
+                _convert(entry, KeyConfig, f"keys[{i}]", problems, unset) for i, entry in enumerate(value)
+            ]
+            shaped &= all(item is not _MISSHAPEN for item in items)
+            clean[key] = items
         else:
-            _convert(value, field.type, key, problems, unset)
-    if problems:
+            converted = _convert(value, field.type, key, problems, unset)
+            shaped &= converted is not _MISSHAPEN
+            if converted is not _LEFT_OUT:
+                clean[key] = converted
+    if not shaped:
         return None
-    settings = msgspec.convert(raw, Settings, strict=False)
+    settings = msgspec.convert(clean, Settings, strict=False)
     _check_references(settings, problems, unset)
     _check_keys_and_limits(settings, problems, unset)
     return settings
 
 
+_MISSHAPEN: Final = object()
+"""`_convert`'s answer for a value of the wrong shape (type, unknown or missing key, other bounds)."""
+_LEFT_OUT: Final = object()
+"""`_convert`'s answer for a whole value refused by a worded bound: leave it out, the default applies."""
+
+
 def _convert(value: Any, type_: Any, path: str, problems: list[str], unset: dict[str, list[str]]) -> Any:
-    try:
-        return msgspec.convert(value, type_, strict=False)
-    except msgspec.ValidationError as exc:
-        message, where = _split_msgspec_error(str(exc))
-        full = _join(path, where) if where else path
-        problems.append(f"{full}: {message}{_unset_hint(full, unset)}")
-        return None
+    """`value` checked against `type_`: the raw value to build the settings from, less the values refused
+    by worded bounds (each reported), or `_MISSHAPEN` (reported too)."""
+    while True:
+        try:
+            msgspec.convert(value, type_, strict=False)
+            return value
+        except msgspec.ValidationError as exc:
+            message, where = _split_msgspec_error(str(exc))
+            declared = _declared_problem(type_, where) if _REFUSED_VALUE.match(message) else None
+            full = _join(path, where) if where else path
+            problems.append(f"{full}: {declared or message}{_unset_hint(full, unset)}")
+            if declared is None:
+                return _MISSHAPEN
+            if not where:
+                return _LEFT_OUT
+            value = _without(value, _PATH_STEP.findall(where))
+            if value is _MISSHAPEN:
+                return _MISSHAPEN
+
+
+def _without(value: Any, steps: list[str]) -> Any:
+    """A copy of `value` without the mapping key at the end of `steps`, or `_MISSHAPEN` if there is none."""
+    head, rest = steps[0], steps[1:]
+    if isinstance(value, dict) and head in value:
+        if not rest:
+            return {key: item for key, item in value.items() if key != head}
+        inner = _without(value[head], rest)
+        return _MISSHAPEN if inner is _MISSHAPEN else {**value, head: inner}
+    if isinstance(value, list) and head.isdigit() and int(head) < len(value) and rest:
+        inner = _without(value[int(head)], rest)
+        return _MISSHAPEN if inner is _MISSHAPEN else [*value[: int(head)], inner, *value[int(head) + 1 :]]
+    return _MISSHAPEN
 
 
 def _split_msgspec_error(text: str) -> tuple[str, str]:
@@ -289,6 +396,49 @@ def _split_msgspec_error(text: str) -> tuple[str, str]:
     if message.startswith("Invalid value") and where.endswith("kind"):
         message += " (known kinds: " + ", ".join(_backend_kinds()) + ")"
     return message, where
+
+
+def _declared_problem(type_: Any, where: str) -> str | None:
+    """How the `Meta` of the value at `where` (a msgspec path below `type_`) words its refusal, if it does."""
+    for step in _PATH_STEP.findall(where):
+        type_ = _child_type(type_, step)
+        if type_ is None:
+            return None
+    for meta in _metas(type_):
+        if meta.extra and "problem" in meta.extra:
+            return str(meta.extra["problem"])
+    return None
+
+
+def _child_type(type_: Any, step: str) -> Any:
+    for member in _members(type_):
+        origin = typing.get_origin(member)
+        if step.isdigit() and origin is list:
+            return typing.get_args(member)[0]
+        if origin is dict:
+            return typing.get_args(member)[1]
+        if isinstance(member, type) and issubclass(member, msgspec.Struct):
+            found = typing.get_type_hints(member, include_extras=True).get(step)
+            if found is not None:
+                return found
+    return None
+
+
+def _members(type_: Any) -> list[Any]:
+    """`type_` without its `Annotated` layer, split into the members of a union."""
+    if typing.get_origin(type_) is Annotated:
+        type_ = typing.get_args(type_)[0]
+    if isinstance(type_, types.UnionType) or typing.get_origin(type_) is typing.Union:
+        return [m for arg in typing.get_args(type_) for m in _members(arg)]
+    return [type_]
+
+
+def _metas(type_: Any) -> list[Meta]:
+    if typing.get_origin(type_) is Annotated:
+        return [arg for arg in typing.get_args(type_)[1:] if isinstance(arg, Meta)]
+    if isinstance(type_, types.UnionType) or typing.get_origin(type_) is typing.Union:
+        return [meta for arg in typing.get_args(type_) for meta in _metas(arg)]
+    return []
 
 
 def _backend_kinds() -> list[str]:
@@ -314,12 +464,8 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
             problems.append(
                 f"backends.{name}.when_unconfigured: '{backend.when_unconfigured}' is not a backend"
             )
-        if backend.timeout_s <= 0:
-            problems.append(f"backends.{name}.timeout_s: must be greater than 0")
         if backend.tls_ca_file is not None and not Path(backend.tls_ca_file).is_file():
             problems.append(f"backends.{name}.tls_ca_file: no such file: {backend.tls_ca_file}")
-        if backend.max_concurrency is not None and backend.max_concurrency < 1:
-            problems.append(f"backends.{name}.max_concurrency: must be at least 1")
     public: dict[str, str] = {}
     for name, model in settings.models.items():
         if not model.targets:
@@ -333,8 +479,6 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
                 )
             if not target.model.strip():
                 problems.append(f"{path}.model: must not be empty{_unset_hint(path + '.model', unset)}")
-        if model.default_max_tokens < 1:
-            problems.append(f"models.{name}.default_max_tokens: must be at least 1")
         for public_name, path in [(name, f"models.{name}")] + [
             (alias, f"models.{name}.aliases[{i}]") for i, alias in enumerate(model.aliases)
         ]:
@@ -346,12 +490,6 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
                 )
             else:
                 public[public_name] = f"models.{name}"
-    if not 1 <= settings.listen.port <= 65535:
-        problems.append("listen.port: must be between 1 and 65535")
-    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
-        problems.append("log_level: must be one of debug, info, warning, error")
-    if settings.log_format not in ("auto", "json", "console"):
-        problems.append("log_format: must be one of auto, json, console")
 
 
 def _check_proxies(settings: Settings, environ: Mapping[str, str], problems: list[str]) -> None:

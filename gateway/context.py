@@ -1,18 +1,23 @@
-"""Facts about one request that its log line and metrics need, gathered while it is handled.
+"""The request context: facts about one request that its logs and metrics need, gathered while it
+is handled.
 
-`gateway.middleware.RequestMiddleware` creates one per HTTP request and puts it in the ASGI scope's
-state (`scope["state"]["request_info"]`); handlers fill it in; the middleware reads it once the
-response has been sent. Plain attributes, set where the fact is known: nothing here costs more than
-an assignment on the request path.
+`gateway.edge.middleware.RequestMiddleware` creates one `RequestInfo` per HTTP request, binds it once
+(`bind_request`: a context variable, so every task the request starts sees it too) and puts it in the
+ASGI scope's state (`scope["state"]["request_info"]`); handlers fill it in; the middleware reads it
+once the response has been sent. Every log line written while the request is handled carries its
+`request_id` (and `key` and `model` once known) through `add_request_fields`, a structlog processor,
+so no function takes a `request_id` just to log it. Plain attributes, set where the fact is known:
+nothing here costs more than an assignment on the request path.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.translation.writer import AnswerStats
+    from gateway.translation.framing import AnswerStats
 
 
 class RequestInfo:
@@ -98,4 +103,33 @@ class RequestInfo:
         return self.stats.error_code if self.stats is not None else None
 
 
-__all__ = ("RequestInfo",)
+_current: ContextVar[RequestInfo | None] = ContextVar("request_info", default=None)
+
+
+def bind_request(info: RequestInfo) -> Token[RequestInfo | None]:
+    """Make `info` the current request's context (for this task and the tasks it starts)."""
+    return _current.set(info)
+
+
+def unbind_request(token: Token[RequestInfo | None]) -> None:
+    _current.reset(token)
+
+
+def current_request() -> RequestInfo | None:
+    """The context of the request being handled; None outside one (start-up, background probes)."""
+    return _current.get()
+
+
+def add_request_fields(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: the current request's id, key and model on every line logged for it."""
+    info = _current.get()
+    if info is not None:
+        event.setdefault("request_id", info.request_id)
+        if info.key_id is not None:
+            event.setdefault("key", info.key_id)
+        if info.model is not None:
+            event.setdefault("model", info.model)
+    return event
+
+
+__all__ = ("RequestInfo", "add_request_fields", "bind_request", "current_request", "unbind_request")

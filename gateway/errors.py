@@ -15,13 +15,19 @@
     └── RoutingError                 no target of a model answered: 502/503/504, or the one failure's status
 
 Upstream failures arrive as `adapters.errors.UpstreamError`; `error_response` renders both kinds, so
-no other module formats an error body.
+no other module formats an error body. The route chooses the envelope (`surface_of`): OpenAI's
+everywhere, Anthropic's (`{"type": "error", "error": {"type", "message"}}`, its type names per status,
+`anthropic-ratelimit-*` headers) on `/v1/messages` and below.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Final, Literal
 
+import msgspec
+
+from gateway.anthropic import responses as anthropic
 from gateway.openai.responses import ErrorBody, ErrorDetail, encoder
 
 if TYPE_CHECKING:
@@ -121,8 +127,24 @@ class RoutingError(GatewayError):
         self.error_type = error_type
 
 
-def error_response(exc: GatewayError | UpstreamError) -> tuple[int, bytes, dict[str, str]]:
-    """(status, OpenAI error body, headers) for any error the gateway reports."""
+Surface = Literal["openai", "anthropic"]
+ANTHROPIC_PATH: Final = "/v1/messages"
+_TOKEN_COUNTS: Final = re.compile(r"\d+")
+
+
+def surface_of(path: str) -> Surface:
+    """Whose error envelope a route's clients parse."""
+    if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+        return "anthropic"
+    return "openai"
+
+
+def error_response(
+    exc: GatewayError | UpstreamError, surface: Surface = "openai", *, request_id: str | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """(status, error body in the surface's envelope, headers) for any error the gateway reports."""
+    if surface == "anthropic":
+        return anthropic_error_response(exc, request_id)
     if isinstance(exc, GatewayError):
         detail = ErrorDetail(message=exc.message, type=exc.error_type, param=exc.param, code=exc.code)
         return exc.status_code, encoder.encode(ErrorBody(detail)), exc.headers
@@ -144,13 +166,42 @@ def upstream_headers(exc: UpstreamError) -> dict[str, str]:
     return headers
 
 
-def in_band_error(exc: GatewayError | UpstreamError) -> bytes:
+def anthropic_error_response(
+    exc: GatewayError | UpstreamError, request_id: str | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """(status, Anthropic error body, headers): the type name follows the status, as Anthropic's does."""
+    status = exc.status_code
+    message = exc.message
+    if exc.code == "context_length_exceeded":
+        message = prompt_too_long(message)
+    detail = anthropic.ErrorDetail(anthropic.error_type(status), message)
+    body = anthropic.ErrorBody(type="error", error=detail, request_id=request_id or msgspec.UNSET)
+    headers = exc.headers if isinstance(exc, GatewayError) else upstream_headers(exc)
+    return status, anthropic.encoder.encode(body), anthropic.rate_limit_headers(headers)
+
+
+def prompt_too_long(message: str) -> str:
+    """Anthropic's wording for a context overflow, which clients such as Claude Code recover on:
+    `prompt is too long: N tokens > M maximum` (vLLM says the maximum first, then the request)."""
+    numbers = [int(n) for n in _TOKEN_COUNTS.findall(message)]
+    if len(numbers) >= 2:
+        maximum, requested = numbers[0], numbers[1]
+        return f"prompt is too long: {requested} tokens > {maximum} maximum ({message})"
+    return f"prompt is too long: {message}"
+
+
+def in_band_error(
+    exc: GatewayError | UpstreamError, surface: Surface = "openai", *, request_id: str | None = None
+) -> bytes:
     """An SSE event carrying an error, for failures after the stream has begun."""
-    _, body, _ = error_response(exc)
+    _, body, _ = error_response(exc, surface, request_id=request_id)
+    if surface == "anthropic":
+        return b"event: error\ndata: " + body + b"\n\n"
     return b"data: " + body + b"\n\n"
 
 
 __all__ = (
+    "ANTHROPIC_PATH",
     "AuthenticationError",
     "GatewayError",
     "InvalidRequestError",
@@ -162,10 +213,14 @@ __all__ = (
     "RequestTooLargeError",
     "RoutingError",
     "ServiceUnavailableError",
+    "Surface",
     "TokenRateLimitError",
     "UnsupportedParameterError",
+    "anthropic_error_response",
     "error_body",
     "error_response",
     "in_band_error",
+    "prompt_too_long",
+    "surface_of",
     "upstream_headers",
 )

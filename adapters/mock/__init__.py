@@ -1,5 +1,13 @@
-"""The built-in mock backend (`kind: mock`): deterministic answers that follow the request, no network."""
+"""The built-in mock backend (`kind: mock`): deterministic answers that follow the request, no network.
 
-from adapters.mock.adapter import MockAdapter, MockConfig, create
+config.py    the `kind: mock` block
+answers.py   the answers it makes up (there is no upstream: no request narrowing, no error table)
+adapter.py   `MockAdapter`
+"""
 
-__all__ = ("MockAdapter", "MockConfig", "create")
+from adapters.mock.adapter import MockAdapter, create
+from adapters.mock.config import MockConfig
+
+Config = MockConfig
+
+__all__ = ("Config", "MockAdapter", "MockConfig", "create")

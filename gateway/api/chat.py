@@ -4,9 +4,10 @@ Kept apart from the Litestar wiring so each phase is a plain function call that 
 measured) in order. The caller has already authenticated the key (before reading the body). The
 rate-limit decision needs the translated request's token estimate and comes before any upstream
 call; the answer's real usage is settled when it ends: before a whole answer is returned, before a
-stream's `data: [DONE]` (so the client's next request sees the charge), or, for a stream that fails or
-whose client goes away, when the relay closes. `serve_translated` (limit → route → write → settle) is
-shared with the legacy completions endpoint (`gateway.completions`).
+stream's last event (`data: [DONE]`; the writer's `final_event`, so the client's next request sees
+the charge), or, for a stream that fails or whose client goes away, when the relay closes.
+`serve_translated` (limit → route → write → settle) is shared with the legacy completions endpoint
+(`gateway.api.completions`) and Anthropic's Messages (`gateway.api.messages`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import msgspec
 
-from gateway.context import RequestInfo
 from gateway.edge.auth import check_model
 from gateway.errors import InvalidRequestError
 from gateway.observability.logs import get_logger
@@ -30,16 +30,17 @@ from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
 from gateway.routing.choices import open_answer
 from gateway.routing.router import require_kind
 from gateway.translation.translate import translate
-from gateway.translation.writer import DONE, FinalChunk, ResponseWriter
+from gateway.translation.writer import ResponseWriter
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
+    from gateway.context import RequestInfo
     from gateway.edge.auth import KeyPolicy
     from gateway.limits import Grant, RateLimits
     from gateway.routing.choices import MultiAnswer
     from gateway.routing.router import Answer, ResolvedModel, Router
+    from gateway.translation.framing import Writer
     from gateway.translation.translate import Translated
-    from gateway.translation.writer import Writer
 
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MSGSPEC_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
@@ -71,13 +72,10 @@ async def chat_completion(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
+    info: RequestInfo,
     key: KeyPolicy | None = None,
     limits: RateLimits | None = None,
-    info: RequestInfo | None = None,
 ) -> ChatResult:
-    if info is None:
-        info = RequestInfo(request_id)
     payload = decode_chat_request(raw_body)
     check_chat_request(payload, router.request_limits)
     info.stream = bool(payload.stream)
@@ -91,7 +89,6 @@ async def chat_completion(
         model,
         translated,
         ResponseWriter(translated),
-        request_id=request_id,
         key=key,
         limits=limits,
         info=info,
@@ -105,15 +102,12 @@ async def serve_translated(
     translated: Translated[CanonicalRequest],
     writer: Writer,
     *,
-    request_id: str,
+    info: RequestInfo,
     key: KeyPolicy | None,
     limits: RateLimits | None,
-    info: RequestInfo | None,
     explicit_max_tokens: bool,
 ) -> ChatResult:
     """limit → route → write → settle, for a translated request of any endpoint."""
-    if info is None:
-        info = RequestInfo(request_id)
     info.model = model.name
     info.stream = translated.request.stream
     info.prompt_estimate = translated.prompt_estimate
@@ -121,7 +115,6 @@ async def serve_translated(
     if translated.dropped:
         log.info(
             "unsupported_parameters_dropped",
-            request_id=request_id,
             model=model.name,
             params=list(translated.dropped),
         )
@@ -139,11 +132,9 @@ async def serve_translated(
     began = monotonic()
     try:
         if translated.n == 1:
-            answer: Answer | MultiAnswer = await router.open(
-                translated, model, request_id=request_id, info=info
-            )
+            answer: Answer | MultiAnswer = await router.open(translated, model, info=info)
         else:
-            answer = await open_answer(router, translated, model, request_id=request_id)
+            answer = await open_answer(router, translated, model, info=info)
             info.backend, info.attempts = answer.backend, answer.attempts
         info.upstream_s = monotonic() - began
     except BaseException:
@@ -196,9 +187,10 @@ class _Relay:
 
     async def stream(self) -> AsyncGenerator[bytes, None]:
         grant = self._grant
+        final = self._writer.final_event
         try:
             async for chunk in self._writer.stream(self._answer.events()):
-                if grant is not None and (chunk is DONE or type(chunk) is FinalChunk):
+                if chunk is final and grant is not None:
                     await grant.settle(tokens_used(self._writer))
                 yield chunk
         finally:
@@ -217,12 +209,19 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     return decode_request(chat_request_decoder, body)
 
 
-def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
-    """Strict decode of any endpoint's body; any problem becomes a 400 that names the parameter."""
+def decode_request(
+    decoder: msgspec.json.Decoder[_T],
+    body: bytes,
+    describe: Callable[[str], InvalidRequestError] | None = None,
+) -> _T:
+    """Strict decode of any endpoint's body; any problem becomes a 400 that names the parameter.
+
+    `describe` words a validation failure for the endpoint's clients (OpenAI's wording by default).
+    """
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
+        raise (describe or validation_error)(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The API expects a JSON payload "
@@ -235,10 +234,16 @@ def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         ) from None
 
 
-def validation_error(text: str) -> InvalidRequestError:
+def validation_parts(text: str) -> tuple[str, str]:
+    """(where, what) of a msgspec validation message, e.g. (`messages[0].role`, `Expected ...`)."""
     match = _MSGSPEC_PATH.search(text)
-    where = match.group(1) if match else ""
-    message = text[: match.start()] if match else text
+    if match is None:
+        return "", text
+    return match.group(1), text[: match.start()]
+
+
+def validation_error(text: str) -> InvalidRequestError:
+    where, message = validation_parts(text)
     if missing := re.match(r"Object missing required field `([^`]+)`", message):
         param = f"{where}.{missing.group(1)}" if where else missing.group(1)
         return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
@@ -261,4 +266,5 @@ __all__ = (
     "serve_translated",
     "tokens_used",
     "validation_error",
+    "validation_parts",
 )

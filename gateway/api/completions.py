@@ -30,10 +30,9 @@ async def text_completion(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
+    info: RequestInfo,
     key: KeyPolicy | None = None,
     limits: RateLimits | None = None,
-    info: RequestInfo | None = None,
 ) -> ChatResult:
     payload = decode_request(completion_request_decoder, raw_body)
     check_completion_request(payload, router.request_limits)
@@ -43,14 +42,12 @@ async def text_completion(
     translated = translate_completion(
         payload, public_model=model.name, model=model.config, native=model.native
     )
-    if info is not None:
-        info.user = payload.user  # for the log line, never upstream
+    info.user = payload.user  # for the log line, never upstream
     return await serve_translated(
         router,
         model,
         translated,
         TextWriter(translated),
-        request_id=request_id,
         key=key,
         limits=limits,
         info=info,

@@ -28,24 +28,21 @@ async def create_embeddings(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
+    info: RequestInfo,
     key: KeyPolicy | None = None,
     limits: RateLimits | None = None,
-    info: RequestInfo | None = None,
 ) -> ChatResult:
     payload = decode_request(embedding_request_decoder, raw_body)
     model = router.resolve(payload.model)
     check_model(key, payload.model, model.name)
     require_kind(model, payload.model, "embeddings")
     translated = translate_embeddings(payload, public_model=model.name)
-    if info is not None:
-        info.user = payload.user  # for the log line, never upstream
+    info.user = payload.user  # for the log line, never upstream
     return await serve_translated(
         router,
         model,
         translated,
         EmbeddingWriter(translated, base64=payload.encoding_format == "base64"),
-        request_id=request_id,
         key=key,
         limits=limits,
         info=info,

@@ -80,16 +80,15 @@ async def create_response(
     router: Router,
     raw_body: bytes,
     *,
-    request_id: str,
     key: KeyPolicy | None,
     limits: RateLimits | None,
-    info: RequestInfo | None,
+    info: RequestInfo,
     store: ResponseStore,
 ) -> ChatResult:
+    request_id = info.request_id
     payload = decode_request(responses_request_decoder, raw_body)
-    if info is not None:
-        info.stream = bool(payload.stream)
-        info.user, info.metadata = payload.user, payload.metadata  # for the log line, never upstream
+    info.stream = bool(payload.stream)
+    info.user, info.metadata = payload.user, payload.metadata  # for the log line, never upstream
     if payload.input is None and payload.previous_response_id is None:
         raise InvalidRequestError("Missing required parameter: 'input'.", param="input")
     model = router.resolve(payload.model)
@@ -141,7 +140,6 @@ async def create_response(
         model,
         translated,
         writer,
-        request_id=request_id,
         key=key,
         limits=limits,
         info=info,

@@ -12,7 +12,7 @@ import re
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.context import RequestInfo
+from gateway.context import RequestInfo, bind_request, unbind_request
 from gateway.ids import hex_id
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import route_of
@@ -51,6 +51,7 @@ class RequestMiddleware:
                 break
         request_id = raw_id.decode("ascii") if raw_id and _USABLE_ID.fullmatch(raw_id) else new_request_id()
         info = scope["state"]["request_info"] = RequestInfo(request_id, started)
+        bound = bind_request(info)
         id_header = (b"x-request-id", request_id.encode("ascii"))
         status = 0
 
@@ -72,6 +73,7 @@ class RequestMiddleware:
             metrics.finished(route, status, duration, info)
             if path not in QUIET_PATHS:
                 _log_line(info, scope["method"], path, status, duration)
+            unbind_request(bound)
 
 
 def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: float) -> None:

@@ -19,24 +19,24 @@ if TYPE_CHECKING:
 
 
 def check_chat_request(payload: ChatCompletionRequest, limits: HTTPLimits) -> None:
-    _check_length(len(payload.messages), limits.max_messages, "messages")
+    check_length(len(payload.messages), limits.max_messages, "messages")
     depth = limits.max_schema_depth
     if payload.tools is not None:
         for i, tool in enumerate(payload.tools):
-            _check_depth(tool.function.parameters, depth, f"tools[{i}].function.parameters")
+            check_depth(tool.function.parameters, depth, f"tools[{i}].function.parameters")
     if payload.functions is not None:
         for i, function in enumerate(payload.functions):
-            _check_depth(function.parameters, depth, f"functions[{i}].parameters")
+            check_depth(function.parameters, depth, f"functions[{i}].parameters")
     if type(payload.response_format) is JSONSchemaFormat:
-        _check_depth(payload.response_format.json_schema.schema, depth, "response_format.json_schema.schema")
+        check_depth(payload.response_format.json_schema.schema, depth, "response_format.json_schema.schema")
 
 
 def check_completion_request(payload: CompletionRequest, limits: HTTPLimits) -> None:
     if type(payload.prompt) is list:
-        _check_length(len(payload.prompt), limits.max_messages, "prompt")
+        check_length(len(payload.prompt), limits.max_messages, "prompt")
 
 
-def _check_length(length: int, limit: int, param: str) -> None:
+def check_length(length: int, limit: int, param: str) -> None:
     if length > limit:
         raise InvalidRequestError(
             f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
@@ -46,7 +46,7 @@ def _check_length(length: int, limit: int, param: str) -> None:
         )
 
 
-def _check_depth(schema: dict[str, Any] | None, limit: int, param: str) -> None:
+def check_depth(schema: dict[str, Any] | None, limit: int, param: str) -> None:
     if schema is not None and nesting_exceeds(schema, limit):
         raise InvalidRequestError(
             f"Invalid schema for '{param}': nested deeper than this gateway's limit of {limit} levels.",
@@ -73,4 +73,4 @@ def nesting_exceeds(value: object, limit: int) -> bool:
     return False
 
 
-__all__ = ("check_chat_request", "check_completion_request", "nesting_exceeds")
+__all__ = ("check_chat_request", "check_completion_request", "check_depth", "check_length", "nesting_exceeds")

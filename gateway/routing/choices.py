@@ -22,19 +22,21 @@ from adapters.canonical import Event, Indexed, PromptRequest
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
+    from gateway.context import RequestInfo
     from gateway.routing.router import Answer, ResolvedModel, Router
     from gateway.translation.translate import Translated
 
 
 async def open_answer(
-    router: Router, translated: Translated[CanonicalRequest], model: ResolvedModel, *, request_id: str
+    router: Router, translated: Translated[CanonicalRequest], model: ResolvedModel, *, info: RequestInfo
 ) -> Answer | MultiAnswer:
     """The answer to `translated`: one upstream call, or one per choice (the pipeline calls
     `Router.open` itself for a single choice)."""
     if translated.n == 1 or translated.request.n is not UNSET:
-        return await router.open(translated, model, request_id=request_id)
+        return await router.open(translated, model, info=info)
     branches = [branch(translated, index) for index in range(translated.n)]
-    tasks = [asyncio.ensure_future(router.open(one, model, request_id=request_id)) for one in branches]
+    # Each branch is one call of the same request: the answer's backend and attempts are noted below.
+    tasks = [asyncio.ensure_future(router.open(one, model, info=info, record=False)) for one in branches]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except BaseException:

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 from adapters.base import HealthChecked
-from adapters.canonical import EmbeddingRequest, PromptRequest
 from adapters.errors import UpstreamError, UpstreamTimeout
 from gateway.errors import InvalidRequestError, ModelNotFoundError, RoutingError, upstream_headers
 from gateway.observability.logs import get_logger
@@ -183,7 +182,6 @@ class Answer:
     __slots__ = (
         "_first",
         "_iterator",
-        "_request_id",
         "_slots",
         "_upstream",
         "attempts",
@@ -197,7 +195,6 @@ class Answer:
         upstream: UpstreamResponse | None,
         *,
         attempts: int,
-        request_id: str = "",
         collected: list[Event] | None = None,
         first: object = _END,
         iterator: AsyncIterator[Event] | None = None,
@@ -211,7 +208,6 @@ class Answer:
         self._first = first
         self._iterator = iterator
         self._slots = slots
-        self._request_id = request_id
 
     @property
     def backend(self) -> str:
@@ -231,7 +227,6 @@ class Answer:
             route = self.route
             log.warning(
                 "stream_failed_after_first_byte",
-                request_id=self._request_id,
                 backend=route.backend,
                 upstream_model=route.model,
                 code=exc.code,
@@ -320,14 +315,15 @@ class Router:
         translated: Translated[CanonicalRequest],
         model: ResolvedModel,
         *,
-        request_id: str,
-        info: RequestInfo | None = None,
+        info: RequestInfo,
+        record: bool = True,
     ) -> Answer:
         """The first target's answer that begins well; raises `RoutingError` when there is none.
 
         A client fault ends the request at once (another target would refuse it too): its error is
-        raised as the client's answer.
+        raised as the client's answer. `record`: note the attempts and the answering target in `info`.
         """
+        request_id = info.request_id
         now = monotonic()
         deadline = now + model.timeout_s
         failures: list[Failure] = []
@@ -348,7 +344,7 @@ class Router:
             attempts += 1
             outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
-                self._record(outcome, model, failures, attempts, info)
+                self._record(outcome, model, failures, attempts, info if record else None)
                 return outcome
             failures.append(outcome)
             now = monotonic()
@@ -368,10 +364,10 @@ class Router:
             attempts += 1
             outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
             if isinstance(outcome, Answer):
-                self._record(outcome, model, failures, attempts, info)
+                self._record(outcome, model, failures, attempts, info if record else None)
                 return outcome
             failures.append(outcome)
-        self._record(None, model, failures, attempts, info)
+        self._record(None, model, failures, attempts, info if record else None)
         raise _routing_error(model, failures, attempts)
 
     def _record(
@@ -382,7 +378,7 @@ class Router:
         attempts: int,
         info: RequestInfo | None,
     ) -> None:
-        """Note the outcome for the request's log line and the failover metrics."""
+        """Note the outcome for the request's log line (unless `info` is None) and the failover metrics."""
         if info is not None:
             info.attempts = attempts
             info.failovers = len(failures)
@@ -436,18 +432,10 @@ class Router:
         timed_out = False
         try:
             try:
-                if isinstance(request, EmbeddingRequest):
-                    upstream = await route.adapter.embed(
-                        request, route.model, request_id=f"{request_id}-{attempt}"
-                    )
-                elif isinstance(request, PromptRequest):
-                    upstream = await route.adapter.complete(
-                        request, route.model, request_id=f"{request_id}-{attempt}"
-                    )
-                else:
-                    upstream = await route.adapter.chat(
-                        request, route.model, request_id=f"{request_id}-{attempt}"
-                    )
+                # The request names its operation (chat, complete, ...): no branch here per surface.
+                upstream = await request.open_on(
+                    route.adapter, route.model, request_id=f"{request_id}-{attempt}"
+                )
                 iterator = upstream.events()
                 if request.stream:
                     first = await anext(iterator, _END)
@@ -464,7 +452,7 @@ class Router:
                 route.breaker.released(probe)
                 raise _from_upstream(exc, attempt) from exc
             route.breaker.failed(monotonic(), probe)
-            _log_failure(route, exc, request_id=request_id, model=model.name, attempt=attempt)
+            _log_failure(route, exc, attempt=attempt)
             return Failure.of(route, exc)
         except BaseException as exc:
             await _close(upstream, slots)
@@ -480,7 +468,6 @@ class Router:
             route,
             upstream,
             attempts=attempt,
-            request_id=request_id,
             first=first,
             iterator=iterator,
             slots=slots,
@@ -546,10 +533,9 @@ def _full(route: Route) -> Failure:
     )
 
 
-def _log_failure(route: Route, exc: UpstreamError, *, request_id: str, model: str, attempt: int) -> None:
+def _log_failure(route: Route, exc: UpstreamError, *, attempt: int) -> None:
+    # The request's id and model come with every line logged for it (gateway.context).
     fields = {
-        "request_id": request_id,
-        "model": model,
         "backend": route.backend,
         "upstream_model": route.model,
         "attempt": attempt,

@@ -24,8 +24,8 @@ from msgspec import UNSET
 from adapters.canonical import Embedding, EmbeddingRequest, Usage
 from gateway.errors import InvalidRequestError
 from gateway.openai.responses import EmbeddingList, EmbeddingObject, EmbeddingUsage, encoder
+from gateway.translation.framing import AnswerStats
 from gateway.translation.translate import Translated
-from gateway.translation.writer import AnswerStats
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest, Event
@@ -154,6 +154,8 @@ class EmbeddingWriter:
     """`Embedding` events → OpenAI's `CreateEmbeddingResponse` body (a whole answer, never a stream)."""
 
     __slots__ = ("base64", "stats", "translated")
+    final_event: bytes = b""
+    """Never sent: an embeddings answer is never a stream."""
 
     def __init__(self, translated: Translated[EmbeddingRequest], *, base64: bool) -> None:
         self.translated: Translated[CanonicalRequest] = translated

@@ -46,8 +46,9 @@ from gateway.openai.responses_api import (
     SummaryTextPart,
     encoder,
 )
+from gateway.translation.framing import AnswerStats, estimated_usage
 from gateway.translation.shaping import Shaper
-from gateway.translation.writer import AnswerStats, FinalChunk, ToolCalls, estimated_usage
+from gateway.translation.writer import ToolCalls
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
@@ -57,6 +58,10 @@ log = get_logger("gateway.responses")
 Persist = Callable[[ResponseObject], Awaitable[None]]
 _EMPTY_TEXT_PART: Final = OutputTextPart(text="")
 _EMPTY_SUMMARY_PART: Final = SummaryTextPart(text="")
+EVENT_END: Final = b"\n\n"
+"""The blank line that completes the terminal event, sent as its own chunk (the writer's
+`final_event`): the relay settles the answer's usage before it, so the client, which sees the event
+only once this arrives, sees the charge on its next request."""
 
 
 def response_id() -> str:
@@ -125,6 +130,7 @@ class ResponsesWriter:
         "_sse",
         "_usage",
         "final",
+        "final_event",
         "stats",
         "translated",
     )
@@ -140,6 +146,7 @@ class ResponsesWriter:
         self.translated = translated
         self.stats = AnswerStats()
         self.final: ResponseObject | None = None
+        self.final_event = EVENT_END
         self._shell = shell
         self._persist = persist
         self._max_calls = max_tool_calls
@@ -422,8 +429,10 @@ class ResponsesWriter:
         if self._persist is not None:
             await self._persist(final)
         self._emit(f"response.{final.status}", response=final)
-        yield FinalChunk(b"".join(frames))
+        terminal = b"".join(frames)
         frames.clear()
+        yield terminal[: -len(EVENT_END)]
+        yield EVENT_END
 
     def _failure_frames(self, exc: GatewayError | UpstreamError) -> bytes:
         """`response.failed`, then the `error` frame: nested `error` plus the flat fields (§1.5)."""

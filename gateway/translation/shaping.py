@@ -28,13 +28,15 @@ _encoder: Final = msgspec.json.Encoder()
 class StopFilter:
     """Cuts text at the first stop sequence, holding back a tail that might begin one."""
 
-    __slots__ = ("_firsts", "_held", "_longest", "_stops")
+    __slots__ = ("_firsts", "_held", "_longest", "_stops", "matched")
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = stops
         self._longest = max(len(s) for s in stops)
         self._firsts = frozenset(s[0] for s in stops)
         self._held = ""
+        self.matched: str | None = None
+        """The stop sequence that ended the text (Anthropic's answers name it)."""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """(text that may be sent now, whether a stop sequence matched: nothing after it is sent)."""
@@ -46,6 +48,7 @@ class StopFilter:
             found = text.find(stop)
             if found >= 0 and (cut < 0 or found < cut):
                 cut = found
+                self.matched = stop
         if cut >= 0:
             return text[:cut], True
         # Only the last (longest - 1) characters can begin a sequence that is not complete yet; hold
@@ -219,6 +222,11 @@ class Shaper:
             if tail:
                 events.append(TextDelta(tail))
         return events
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop sequence that matched, once `stopped`."""
+        return self._stop.matched if self._stop is not None else None
 
     def _cut(self, text: str) -> str:
         if self._stop is None or not text:

@@ -6,7 +6,7 @@ of empty text carrying its `finish_reason`; with `stream_options.include_usage` 
 `"choices": []` and the usage; then `data: [DONE]`. With `echo`, a choice's text begins with its
 prompt (in a stream, the prompt is the choice's first chunk). Choice i answers prompt i // n.
 
-Stop sequences, several choices and in-band errors work as for chat (`gateway.writer.ChoiceWriter`).
+Stop sequences, several choices and in-band errors work as for chat (`gateway.translation.framing`).
 Reasoning and tool calls have no place in a text completion and are left out.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from adapters.canonical import ChoiceEvent, Event, Finish, TextDelta, Usage
 from gateway.openai.responses import TextChoice, TextCompletion, TextUsage, encoder
-from gateway.translation.writer import ChoiceState, ChoiceWriter, finish_reason
+from gateway.translation.framing import ChoiceState, ChoiceWriter, finish_reason
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest

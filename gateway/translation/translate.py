@@ -14,7 +14,7 @@ choice.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import msgspec
 from msgspec import UNSET
@@ -36,6 +36,7 @@ from adapters.canonical import (
     Tool,
     ToolCall,
     ToolChoice,
+    extensions,
 )
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.openai.requests import (
@@ -138,8 +139,7 @@ def translate(
         response_format=UNSET if "response_format" in dropped else _response_format(body),
         stop=_stop(body.stop) or UNSET,
         reasoning_effort=_opt(body.reasoning_effort),
-        lora=_opt(body.lora),
-        raw=_opt(body.raw),
+        extensions=extensions(lora=body.lora, raw=body.raw),
         n=n if n > 1 and _native_n(n, body.temperature, native) else UNSET,
         logit_bias=UNSET if body.logit_bias is None or "logit_bias" not in native else body.logit_bias,
     )
@@ -152,7 +152,7 @@ def translate(
         stop=_stop(body.stop),
         prompt_estimate=estimate_prompt_tokens(request),
         n=n,
-        recover_tools=() if tool_choice is UNSET else _recoverable(tools, tool_choice),
+        recover_tools=() if tool_choice is UNSET else recoverable_tools(tools, tool_choice),
         dropped=tuple(dropped) if dropped else (),
     )
 
@@ -186,7 +186,7 @@ def translate_completion(
         problems.append(("best_of", "Ranking extra samples ('best_of' above 'n')"))
     if body.suffix:
         problems.append(("suffix", "Inserting text before a suffix ('suffix')"))
-    _refuse_or_drop(problems, public_model, model, dropped)
+    refuse_or_drop(problems, public_model, model, dropped)
     n = len(prompts) * samples
     native_n = _native_n(samples, body.temperature, native)
     request = PromptRequest(
@@ -201,8 +201,7 @@ def translate_completion(
         frequency_penalty=_opt(body.frequency_penalty),
         presence_penalty=_opt(body.presence_penalty),
         stop=_stop(body.stop) or UNSET,
-        lora=_opt(body.lora),
-        raw=_opt(body.raw),
+        extensions=extensions(lora=body.lora, raw=body.raw),
         n=samples if native_n else UNSET,
         logit_bias=_opt(body.logit_bias) if "logit_bias" in native and "logit_bias" not in dropped else UNSET,
     )
@@ -245,7 +244,7 @@ def _native_n(n: int, temperature: float | None, native: frozenset[str]) -> bool
     return n > 1 and "n" in native and not (temperature is not None and temperature < GREEDY_TEMPERATURE)
 
 
-def _recoverable(tools: list[Tool], choice: ToolChoice | msgspec.UnsetType) -> tuple[str, ...]:
+def recoverable_tools(tools: list[Tool], choice: ToolChoice | msgspec.UnsetType) -> tuple[str, ...]:
     if isinstance(choice, NamedToolChoice):
         return (choice.function.name,)
     if choice == "required":
@@ -284,10 +283,10 @@ def _unsupported(
     ):
         problems.append(("response_format", "JSON mode ('response_format')"))
     if problems:
-        _refuse_or_drop(problems, public_model, model, dropped)
+        refuse_or_drop(problems, public_model, model, dropped)
 
 
-def _refuse_or_drop(
+def refuse_or_drop(
     problems: list[tuple[str, str]], public_model: str, model: ModelConfig, dropped: list[str]
 ) -> None:
     """Refuse the first problem with a 400, or drop them all for a model with `drop_unsupported`."""
@@ -318,7 +317,7 @@ def _tools(body: ChatCompletionRequest) -> tuple[list[Tool], ToolChoice | msgspe
         specs = [tool.function for tool in body.tools]
     else:
         specs = []
-    tools = [_tool(spec) for spec in specs]
+    tools = [function_tool(spec.name, spec.description, spec.parameters) for spec in specs]
     names = {tool.function.name for tool in tools}
     choice: ToolChoice | msgspec.UnsetType = UNSET
     raw_choice = body.tool_choice if body.functions is None else body.function_call
@@ -345,13 +344,14 @@ def _tools(body: ChatCompletionRequest) -> tuple[list[Tool], ToolChoice | msgspe
     return tools, choice
 
 
-def _tool(spec: FunctionSpec) -> Tool:
-    parameters = dict(spec.parameters) if spec.parameters else dict(DEFAULT_PARAMETERS)
+def function_tool(name: str, description: str | None, parameters: dict[str, Any] | None) -> Tool:
+    """A canonical tool; every surface's tool definitions go through here."""
+    parameters = dict(parameters) if parameters else dict(DEFAULT_PARAMETERS)
     parameters.setdefault("type", "object")
     if parameters.get("type") == "object":
         parameters.setdefault("properties", {})
     # Never send an empty (falsy) description: some Workers AI models reject it as invalid input.
-    return Tool(FunctionDefinition(spec.name, spec.description or spec.name, parameters))
+    return Tool(FunctionDefinition(name, description or name, parameters))
 
 
 def _response_format(body: ChatCompletionRequest) -> ResponseFormat | msgspec.UnsetType:
@@ -487,6 +487,9 @@ __all__ = (
     "COMPLETION_MAX_TOKENS",
     "Translated",
     "estimate_prompt_tokens",
+    "function_tool",
+    "recoverable_tools",
+    "refuse_or_drop",
     "translate",
     "translate_completion",
 )

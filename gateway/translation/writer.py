@@ -1,40 +1,26 @@
 """Canonical events → OpenAI `chat.completion` JSON or `chat.completion.chunk` SSE.
 
-Every framing rule lives here, so all backends behave alike: `role` only in the first delta; a tool
+The chat framing rules beyond the shared ones (`framing.py`): `role` only in the first delta; a tool
 call's `id`/`type`/`name` only in its first delta, with dense indexes in order of appearance and ids
-the gateway generates (upstream ids collide across turns on some models); `finish_reason` on its own
-final chunk; the usage chunk (`choices: []`) last, when `stream_options.include_usage` asks for it;
-then `data: [DONE]`. A failure after the first byte is sent in-band as `data: {"error": {...}}` and
-the stream ends without `[DONE]`, so no client mistakes a cut answer for a finished one.
-
-Two paths. A plain request (one choice, no stop sequence, no forced tool) streams through one tight
-loop that does nothing per chunk beyond framing it. Everything else goes through `ChoiceWriter`, which
-keeps one `ChoiceState` per choice: the gateway's own rules (`gateway.shaping`: stop sequences, a forced
-tool call written as text) and, with `n` > 1, choices interleaved with their own `index` (each one's
-role chunk sent first, in index order, as the SDK's accumulator needs). A stop sequence ends its
-choice at once: with one choice the upstream is closed, with several the merged answer is told to
-close that choice's upstream. `gateway.text_writer` frames legacy text completions on the same base.
+the gateway generates (upstream ids collide across turns on some models); reasoning as
+`reasoning_content`. Each choice is a `_ChatChoice` on the shared `ChoiceWriter`.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Final
 
 from adapters.canonical import (
     ChoiceEvent,
     Event,
     Finish,
-    Indexed,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
     Usage,
 )
-from adapters.errors import UpstreamError
-from gateway.errors import GatewayError, in_band_error
 from gateway.ids import hex_id
 from gateway.observability.logs import get_logger
 from gateway.openai.responses import (
@@ -50,23 +36,21 @@ from gateway.openai.responses import (
     ToolCallOut,
     encoder,
 )
-from gateway.translation.shaping import Shaper
+from gateway.translation.framing import (
+    DONE,
+    ChoiceState,
+    ChoiceWriter,
+    estimated_usage,
+    finish_reason,
+    stream_failure,
+)
 
 if TYPE_CHECKING:
     from adapters.canonical import CanonicalRequest
     from gateway.translation.translate import Translated
 
-_ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
-DONE: Final = b"data: [DONE]\n\n"
-"""The last event of a complete stream (the very object `stream` yields, so `is` recognises it)."""
-
-
-class FinalChunk(bytes):
-    """The last chunk of a complete stream that has no `[DONE]` (Responses' terminal event): the
-    relay settles the answer's usage before sending it, as it does before `DONE`."""
-
-
 log = get_logger("gateway.writer")
+_ROLE_DELTA: Final = encoder.encode(ChunkDelta(role="assistant", content="", refusal=None))
 _CHOICE_TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
 
@@ -76,30 +60,6 @@ def completion_id() -> str:
 
 def tool_call_id() -> str:
     return "call_" + hex_id(12)
-
-
-class AnswerStats:
-    """What one answer produced, for usage accounting, limits and the request's log line."""
-
-    __slots__ = ("chars", "error_code", "finish_reason", "first_token_at", "usage")
-
-    def __init__(self) -> None:
-        self.first_token_at: float | None = None
-        self.usage: Usage | None = None
-        self.chars = 0
-        self.finish_reason: str | None = None
-        self.error_code: str | None = None
-
-
-class Writer(Protocol):
-    """What the pipeline needs from a writer (chat or text completions)."""
-
-    translated: Translated[CanonicalRequest]
-    stats: AnswerStats
-
-    def stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]: ...
-
-    def complete(self, events: Iterable[Event]) -> bytes: ...
 
 
 class _ToolCall:
@@ -145,217 +105,6 @@ class ToolCalls:
         if arguments:
             call.arguments.append(arguments)
         return index, call, newly_named, arguments
-
-
-def finish_reason(
-    upstream: str | None, *, stopped: bool, called_tools: bool, usage: Usage | None, max_tokens: int
-) -> str:
-    """The OpenAI finish reason of one choice (before the legacy-functions rename)."""
-    if stopped:
-        reason = "stop"
-    elif upstream is not None:
-        reason = upstream
-    elif usage is not None and usage.completion_tokens >= max_tokens:
-        reason = "length"  # Workers AI's legacy answers carry no finish reason: infer truncation
-    else:
-        reason = "stop"
-    if called_tools and reason == "stop":
-        reason = "tool_calls"
-    return reason
-
-
-def estimated_usage(prompt_tokens: int, chars: int) -> Usage:
-    """For an answer whose upstream reported nothing (or that a stop sequence ended early)."""
-    return Usage(prompt_tokens, math.ceil(chars / 4))
-
-
-class ChoiceState:
-    """One choice of an answer on the general path: its shaping, its framing state, what it produced.
-
-    Subclasses frame for chat (`_ChatChoice`) and for text completions (`text_writer._TextChoice`):
-    `begin`/`feed`/`end` return the SSE chunks to send, `collect`/`result` build a whole answer.
-    """
-
-    __slots__ = ("chars", "finish", "index", "shaper", "usage")
-
-    def __init__(self, index: int, translated: Translated[CanonicalRequest]) -> None:
-        self.index = index
-        self.shaper = (
-            Shaper(translated.stop, translated.recover_tools)
-            if translated.stop or translated.recover_tools
-            else None
-        )
-        self.finish: str | None = None
-        self.usage: Usage | None = None
-        self.chars = 0
-
-    @property
-    def done(self) -> bool:
-        """A stop sequence ended this choice: whatever else its upstream sends is ignored."""
-        return self.shaper is not None and self.shaper.stopped
-
-    def begin(self) -> list[bytes]:
-        return []
-
-    def feed(self, event: ChoiceEvent) -> list[bytes]:
-        raise NotImplementedError
-
-    def end(self, usage: Usage | None) -> list[bytes]:
-        raise NotImplementedError
-
-    def collect(self, event: ChoiceEvent) -> None:
-        raise NotImplementedError
-
-    def result(self, usage: Usage | None) -> Any:
-        """The choice as its endpoint's body writes it (`Choice`, `TextChoice`)."""
-        raise NotImplementedError
-
-
-_C = TypeVar("_C", bound=ChoiceState)
-
-
-class ChoiceWriter:
-    """The general path: any number of choices, each through the gateway's own rules."""
-
-    __slots__ = ("_created", "_id", "_model_json", "_shell", "_usage", "stats", "translated")
-
-    object_json: bytes = b""
-    """`","object":<the chunks' object>,"created":`, JSON (set by each framing)."""
-
-    def __init__(self, translated: Translated[CanonicalRequest], completion_id: str) -> None:
-        self.translated = translated
-        self.stats = AnswerStats()
-        self._id = completion_id
-        self._created = created = int(time.time())
-        self._model_json = model_json = encoder.encode(translated.public_model)
-        self._usage: Usage | None = None  # a usage event not tied to one choice: the whole answer's
-        # Everything before a chunk's `choices`, encoded once per answer rather than once per token.
-        self._shell = b"".join(
-            (
-                b'data: {"id":"',
-                completion_id.encode(),
-                self.object_json,
-                str(created).encode(),
-                b',"model":',
-                model_json,
-                b',"system_fingerprint":null,',
-            )
-        )
-
-    def _choices(self) -> Sequence[ChoiceState]:
-        raise NotImplementedError
-
-    def _usage_json(self, usage: Usage) -> bytes:
-        raise NotImplementedError
-
-    async def _stream_choices(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-        stats = self.stats
-        choices = self._choices()
-        count = len(choices)
-        close_choice: Callable[[int], Awaitable[None]] | None = getattr(events, "close_choice", None)
-        running = count
-        try:
-            for choice in choices:
-                for chunk in choice.begin():
-                    if stats.first_token_at is None:
-                        stats.first_token_at = time.monotonic()
-                    yield chunk
-            async for event in events:
-                inner: ChoiceEvent
-                if isinstance(event, Indexed):
-                    if not 0 <= event.choice < count:
-                        continue
-                    choice = choices[event.choice]
-                    inner = event.event
-                elif type(event) is Usage:
-                    self._usage = stats.usage = event
-                    continue
-                else:
-                    choice = choices[0]
-                    inner = event
-                if type(inner) is Usage:
-                    choice.usage = inner
-                    continue
-                if choice.done:
-                    continue
-                chars = choice.chars
-                chunks = choice.feed(inner)
-                stats.chars += choice.chars - chars  # kept current: a client may leave mid-answer
-                for chunk in chunks:
-                    if stats.first_token_at is None:
-                        stats.first_token_at = time.monotonic()
-                    yield chunk
-                if choice.done:
-                    running -= 1
-                    if not running:
-                        break  # every choice has ended: the relay closes the upstream now
-                    if close_choice is not None:
-                        await close_choice(choice.index)
-        except (UpstreamError, GatewayError) as exc:
-            stats.error_code = exc.code or "upstream_error"
-            yield in_band_error(exc)
-            return
-        except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
-            log.error("stream_failed", exc_info=exc)
-            stats.error_code = "internal_error"
-            yield in_band_error(
-                GatewayError("The gateway failed while relaying the answer.", code="internal_error")
-            )
-            return
-        single = self._usage if count == 1 else None
-        for choice in choices:
-            for chunk in choice.end(choice.usage or single):
-                yield chunk
-        usage = self._total_usage(choices)
-        if self.translated.include_usage:
-            yield self._shell + b'"choices":[],"usage":' + self._usage_json(usage) + b"}\n\n"
-        yield DONE
-
-    def _total_usage(self, choices: Sequence[ChoiceState]) -> Usage:
-        """The whole answer's usage: the upstream's, else each choice's (estimated where missing)."""
-        stats = self.stats
-        stats.chars = sum(choice.chars for choice in choices)
-        stats.finish_reason = choices[0].finish
-        if self._usage is not None:
-            usage = self._usage
-        else:
-            estimate = self.translated.prompt_estimate
-            parts = [choice.usage or estimated_usage(estimate, choice.chars) for choice in choices]
-            if len(parts) == 1:
-                usage = parts[0]
-            else:
-                usage = Usage(
-                    sum(p.prompt_tokens for p in parts),
-                    sum(p.completion_tokens for p in parts),
-                    _sum_optional(p.cached_tokens for p in parts),
-                    _sum_optional(p.reasoning_tokens for p in parts),
-                )
-        stats.usage = usage
-        return usage
-
-    def _results(self, events: Iterable[Event], choices: list[_C]) -> tuple[list[Any], Usage]:
-        """Each choice's result and the whole answer's usage, for a body collected in full."""
-        choices = self._collect(events, choices)
-        single = self._usage if len(choices) == 1 else None
-        return [choice.result(choice.usage or single) for choice in choices], self._total_usage(choices)
-
-    def _collect(self, events: Iterable[Event], choices: list[_C]) -> list[_C]:
-        """Every event of a whole answer, handed to its choice."""
-        count = len(choices)
-        for event in events:
-            if isinstance(event, Indexed):
-                if 0 <= event.choice < count:
-                    choices[event.choice].collect(event.event)
-            elif type(event) is Usage:
-                self._usage = event
-            else:
-                choices[0].collect(event)
-        return choices
-
-
-def _sum_optional(values: Iterable[int | None]) -> int | None:
-    present = [v for v in values if v is not None]
-    return sum(present) if present else None
 
 
 class _ChatChoice(ChoiceState):
@@ -519,6 +268,10 @@ class ResponseWriter(ChoiceWriter):
     def stream(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         """SSE bytes for a stream whose upstream has already produced (or is about to produce) events."""
         translated = self.translated
+        # `_plain_stream` repeats the general path's framing for one plain choice, because every token
+        # pays for it: the writer's work per streamed text event is 1.0-1.3 us with it and 2.0-2.8 us
+        # through `ChoiceWriter` (tests/bench_api.py, 2026-12-02; `make bench` on that loaded 2-core
+        # machine could not resolve the difference from noise).
         if translated.n == 1 and not translated.stop and not translated.recover_tools:
             return self._plain_stream(events)
         return self._stream_choices(events)
@@ -585,16 +338,8 @@ class ResponseWriter(ChoiceWriter):
                     stats.usage = event
                 elif type(event) is Finish:
                     finish = event.reason
-        except (UpstreamError, GatewayError) as exc:
-            stats.error_code = exc.code or "upstream_error"
-            yield in_band_error(exc)
-            return
-        except Exception as exc:  # a bug must still end the stream visibly, never as a silent stop
-            log.error("stream_failed", exc_info=exc)
-            stats.error_code = "internal_error"
-            yield in_band_error(
-                GatewayError("The gateway failed while relaying the answer.", code="internal_error")
-            )
+        except Exception as exc:  # noqa: BLE001 - every failure ends the stream in-band (stream_failure)
+            yield stream_failure(stats, exc)
             return
         if not started:
             yield prefix + _ROLE_DELTA + _CHOICE_TAIL
@@ -618,71 +363,14 @@ class ResponseWriter(ChoiceWriter):
 
     def complete(self, events: Iterable[Event]) -> bytes:
         """The `chat.completion` body for an answer collected in full."""
-        translated = self.translated
-        if translated.n == 1 and not translated.stop and not translated.recover_tools:
-            return self._plain_complete(events)
+        # No single-choice fast path here (unlike `stream`): in process it saved under 5% of a whole
+        # answer's gateway time (tests/bench_api.py, p50 127-134 us with it, 130-143 us without).
         results, usage = self._results(events, self._choices())
         completion = ChatCompletion(
             id=self._id,
             created=self._created,
             model=self.translated.public_model,
             choices=results,
-            usage=_usage_out(usage),
-        )
-        return encoder.encode(completion)
-
-    def _plain_complete(self, events: Iterable[Event]) -> bytes:
-        """One choice and none of the gateway's own rules: a straight pass over the events."""
-        translated = self.translated
-        stats = self.stats
-        tools = ToolCalls(single=translated.single_tool_call)
-        texts: list[str] = []
-        reasoning: list[str] = []
-        finish: str | None = None
-        for event in events:
-            if type(event) is TextDelta:
-                texts.append(event.text)
-            elif type(event) is ToolCallDelta:
-                tools.feed(event)
-            elif type(event) is ReasoningDelta:
-                reasoning.append(event.text)
-            elif type(event) is Usage:
-                stats.usage = event
-            elif type(event) is Finish:
-                finish = event.reason
-        text = "".join(texts)
-        calls = [call for call in tools.calls if call.name is not None]
-        stats.chars = len(text) + sum(len(a) for call in calls for a in call.arguments)
-        message = AssistantMessageOut(content=text if text or not calls else None)
-        if reasoning:
-            message.reasoning_content = "".join(reasoning)
-        legacy = translated.legacy_functions
-        if calls and legacy:
-            first = calls[0]
-            message.function_call = FunctionCallOut(first.name or "", "".join(first.arguments))
-        elif calls:
-            message.tool_calls = [
-                ToolCallOut(call.id, FunctionCallOut(call.name or "", "".join(call.arguments)))
-                for call in calls
-            ]
-        reason = finish_reason(
-            finish,
-            stopped=False,
-            called_tools=bool(calls),
-            usage=stats.usage,
-            max_tokens=translated.request.max_tokens,
-        )
-        if reason == "tool_calls" and legacy:
-            reason = "function_call"
-        stats.finish_reason = reason
-        usage = stats.usage
-        if usage is None:
-            usage = stats.usage = estimated_usage(translated.prompt_estimate, stats.chars)
-        completion = ChatCompletion(
-            id=self._id,
-            created=self._created,
-            model=translated.public_model,
-            choices=[Choice(index=0, message=message, finish_reason=reason)],
             usage=_usage_out(usage),
         )
         return encoder.encode(completion)
@@ -717,17 +405,4 @@ def _tool_arguments(index: int, arguments: str, legacy: bool) -> ChunkDelta:
     return ChunkDelta(tool_calls=[ToolCallDeltaOut(index, FunctionCallOut(arguments=arguments))])
 
 
-__all__ = (
-    "DONE",
-    "AnswerStats",
-    "ChoiceState",
-    "ChoiceWriter",
-    "FinalChunk",
-    "ResponseWriter",
-    "ToolCalls",
-    "Writer",
-    "completion_id",
-    "estimated_usage",
-    "finish_reason",
-    "tool_call_id",
-)
+__all__ = ("ResponseWriter", "ToolCalls", "completion_id", "tool_call_id")

@@ -13,7 +13,7 @@ import yaml
 from compose_spec import PyCompose
 
 from adapters.proxy import ENVIRONMENT_VARIABLES
-from adapters.vllm.adapter import VLLMConfig
+from adapters.vllm import VLLMConfig
 from gateway.config import parse_config
 from tests.deploy.helpers import (
     DEPLOY,

@@ -16,8 +16,8 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 
 from adapters.proxy import ENVIRONMENT_VARIABLES, ProxyPolicy
-from adapters.vllm.adapter import VLLMConfig
-from adapters.workers_ai.adapter import WorkersAIConfig
+from adapters.vllm import VLLMConfig
+from adapters.workers_ai import WorkersAIConfig
 from gateway.app import create_app
 from gateway.config import Settings, parse_config
 from tests.deploy.helpers import (

@@ -321,3 +321,49 @@ def test_model_capability_flags_default_and_parse() -> None:
     assert (model.json_mode, model.drop_unsupported) == (False, True)
     typo = VALID.replace("    aliases: [gpt-4o-mini]", "    drop_unsuported: true")
     assert any("drop_unsuported" in problem for problem in problems_of(typo, env))
+
+
+def test_bounds_declared_in_the_types_keep_their_own_words() -> None:
+    """`Meta` bounds and `Literal` choices are checked by msgspec, worded as the config's own problems."""
+    text = """
+listen: {port: 70000}
+log_level: loud
+log_format: xml
+backends:
+  gpu: {kind: vllm, base_url: "http://g/v1", timeout_s: 0}
+  full: {kind: mock, max_concurrency: 0}
+models:
+  m: {default_max_tokens: 0, targets: [{backend: gpu, model: x}]}
+"""
+    assert problems_of(text) == [
+        "listen.port: must be between 1 and 65535",
+        "backends.gpu.timeout_s: must be greater than 0",
+        "backends.full.max_concurrency: must be at least 1",
+        "models.m.default_max_tokens: must be at least 1",
+        "log_level: must be one of debug, info, warning, error",
+        "log_format: must be one of auto, json, console",
+    ]
+
+
+def test_log_level_is_read_in_any_case() -> None:
+    text = "log_level: WARNING\nbackends: {d: {kind: mock}}\nmodels: {m: {targets: [{backend: d, model: x}]}}"
+    assert parse_config(text, environ={}).settings.log_level == "warning"
+
+
+def test_worded_bounds_are_reported_together_with_the_checks_across_values() -> None:
+    """A bound moved into the types still leaves the other problems of the file (and entry) in view."""
+    text = """
+backends:
+  gpu: {kind: vllm, base_url: "http://g/v1", timeout_s: -1, max_concurrency: 0}
+models:
+  m: {default_max_tokens: 0, targets: [{backend: nope, model: x}]}
+keys:
+  - {id: a, key: k, rpm: 0}
+"""
+    assert problems_of(text) == [
+        "backends.gpu.timeout_s: must be greater than 0",
+        "backends.gpu.max_concurrency: must be at least 1",
+        "models.m.default_max_tokens: must be at least 1",
+        "models.m.targets[0].backend: 'nope' is not defined under backends (defined: gpu)",
+        "keys[0].rpm: must be at least 1 (leave it out for no limit)",
+    ]

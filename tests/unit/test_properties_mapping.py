@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.errors import UpstreamStatusError
-from adapters.workers_ai.adapter import upstream_body
+from adapters.workers_ai.request import upstream_body
 from gateway.api.chat import decode_chat_request
 from gateway.config import HTTPLimits, ModelConfig, Target
 from gateway.errors import GatewayError

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.sse import SSEAnswer
-from adapters.vllm.adapter import chunk_events
-from adapters.workers_ai.adapter import StreamParser
+from adapters.vllm.answers import chunk_events
+from adapters.workers_ai.answers import StreamParser
 from gateway.api.chat import decode_chat_request
 from gateway.config import ModelConfig, Target
 from gateway.translation.translate import translate

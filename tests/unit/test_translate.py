@@ -109,7 +109,13 @@ def test_json_schema_is_unwrapped_to_the_bare_schema() -> None:
 
 def test_extensions_pass_through() -> None:
     request = run(top_k=5, repetition_penalty=1.1, lora="my-lora", raw=True, seed=3).request
-    assert (request.top_k, request.repetition_penalty, request.lora, request.raw, request.seed) == (
+    assert (
+        request.top_k,
+        request.repetition_penalty,
+        request.extensions.lora,
+        request.extensions.raw,
+        request.seed,
+    ) == (
         5,
         1.1,
         "my-lora",
@@ -344,7 +350,12 @@ def test_completion_maps_onto_the_prompt_schema() -> None:
     request = result.request
     assert request.prompt == "Once upon a time"
     assert (request.max_tokens, request.temperature, request.top_p, request.seed) == (30, 0.5, 0.9, 7)
-    assert (request.stop, request.presence_penalty, request.raw, request.lora) == (["\n"], -0.5, True, "x")
+    assert (request.stop, request.presence_penalty, request.extensions.raw, request.extensions.lora) == (
+        ["\n"],
+        -0.5,
+        True,
+        "x",
+    )
     assert result.stop == ["\n"]
     assert (result.n, result.prompts, result.samples, result.echo) == (1, ("Once upon a time",), 1, False)
 

@@ -13,6 +13,7 @@ import pytest
 
 from adapters.canonical import (
     ChatRequest,
+    Extensions,
     Finish,
     FunctionDefinition,
     Indexed,
@@ -28,19 +29,33 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.errors import UpstreamProtocolError, UpstreamStatusError
-from adapters.vllm.adapter import (
+from adapters.upstream import Fault
+from adapters.vllm.answers import (
     answer_events,
     chunk_events,
-    completion_body,
     multi_answer_events,
     multi_chunk_events,
     multi_text_chunk_events,
-    parse_error_body,
-    status_error,
     text_answer_events,
     text_chunk_events,
-    upstream_body,
 )
+from adapters.vllm.errors import ERRORS, parse_error_body
+from adapters.vllm.request import completion_body, upstream_body
+
+
+def status_error(
+    backend: str,
+    status: int,
+    message: str,
+    upstream_type: str | None,
+    param: str | None,
+    retry_after: float | None,
+    input_param: str = "messages",
+) -> UpstreamStatusError:
+    """vLLM's error table applied to what an error body said."""
+    fault = Fault(message, type=upstream_type, param=param)
+    return ERRORS.error(backend, status, fault, retry_after, input_param=input_param)
+
 
 TOOL = Tool(FunctionDefinition("get_weather", "Weather", {"type": "object", "properties": {}}))
 
@@ -138,7 +153,7 @@ def test_tools_and_choices_in_openai_form() -> None:
 def test_workers_ai_extensions_are_client_faults(field: str) -> None:
     value: Any = "adapter" if field == "lora" else True
     with pytest.raises(UpstreamStatusError) as info:
-        upstream_body(request(**{field: value}), "m")
+        upstream_body(request(extensions=Extensions(**{field: value})), "m")
     assert (info.value.client_fault, info.value.code, info.value.param) == (
         True,
         "unsupported_parameter",
@@ -484,7 +499,7 @@ def test_completion_body_uses_the_same_narrowing() -> None:
         "stop": ["\n"],
     }
     with pytest.raises(UpstreamStatusError) as info:
-        completion_body(PromptRequest(prompt="a", max_tokens=1, raw=True), "m")
+        completion_body(PromptRequest(prompt="a", max_tokens=1, extensions=Extensions(raw=True)), "m")
     assert info.value.param == "raw"
 
 

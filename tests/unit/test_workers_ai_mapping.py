@@ -13,6 +13,8 @@ import pytest
 
 from adapters.canonical import (
     ChatRequest,
+    Event,
+    Extensions,
     Finish,
     FunctionDefinition,
     Message,
@@ -26,7 +28,23 @@ from adapters.canonical import (
     Usage,
 )
 from adapters.errors import UpstreamStatusError
-from adapters.workers_ai.adapter import StreamParser, prompt_body, result_events, status_error, upstream_body
+from adapters.upstream import Fault
+from adapters.workers_ai import answers
+from adapters.workers_ai.answers import StreamParser
+from adapters.workers_ai.errors import ERRORS
+from adapters.workers_ai.request import prompt_body, upstream_body
+
+
+def result_events(result: Any, backend: str) -> list[Event]:
+    """The events of a non-streamed `result` (given decoded, as the fixtures read best)."""
+    return list(answers.result_events(msgspec.json.encode(result), backend))
+
+
+def status_error(
+    backend: str, status: int, cf_code: int | None, message: str, retry_after: float | None
+) -> UpstreamStatusError:
+    """The Workers AI error table applied to a status, a Cloudflare code and a message."""
+    return ERRORS.error(backend, status, Fault(message, code=cf_code), retry_after)
 
 
 def parse_stream(lines: list[dict[str, Any]]) -> list[object]:
@@ -374,8 +392,7 @@ def test_prompt_body_is_the_prompt_schema() -> None:
         prompt="Once upon",
         max_tokens=16,
         stream=True,
-        raw=True,
-        lora="my-adapter",
+        extensions=Extensions(raw=True, lora="my-adapter"),
         top_p=0.0,
         seed=0,
         stop=["\n"],

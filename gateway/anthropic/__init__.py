@@ -1,0 +1,1 @@
+"""Anthropic Messages wire shapes (msgspec Structs), as `gateway.openai` holds OpenAI's."""
