@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 from msgspec import Meta
+
+from adapters.secret import hide_secrets
 
 DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_COOLDOWN_S = 30.0
@@ -47,6 +49,11 @@ class BackendConfig(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True
     """
     breaker: BreakerConfig = BreakerConfig()
     """Circuit-breaker settings for every target on this backend."""
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields holding credentials: wrapped in `Secret`, so they never print (`adapters.secret`)."""
+
+    def __post_init__(self) -> None:
+        hide_secrets(self, "proxy", *self.secret_fields)  # a proxy URL may hold a password
 
     def required_values(self) -> dict[str, str]:
         """Values that must not be empty, by field name."""

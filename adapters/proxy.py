@@ -26,7 +26,7 @@ import asyncio
 import base64
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -60,7 +60,7 @@ class ProxyURLError(ValueError):
 class Proxy:
     host: str
     port: int
-    authorization: bytes | None
+    authorization: bytes | None = field(repr=False)  # never in a repr (a traceback, a debug print)
     """The `Proxy-Authorization` header value, from the URL's user and password (None: no credentials)."""
 
     @property

@@ -24,7 +24,16 @@ from gateway.api.messages import api_version, count_tokens, create_message
 from gateway.api.responses import StoredResponseAction, create_response, input_items, retrieve
 from gateway.api.responses import cancel as cancel_response
 from gateway.api.responses import delete as delete_response
-from gateway.edge.asgi import Receive, Scope, Send, header, read_body, respond
+from gateway.edge.asgi import (
+    CONNECTION_STATE,
+    ClientDisconnectedError,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+)
 from gateway.edge.auth import KeyPolicy, KeyRing, check_model
 from gateway.edge.middleware import RequestMiddleware
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
@@ -220,7 +229,9 @@ def create_app(settings: Settings) -> Litestar:
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["method"] != "POST":
                 raise MethodNotAllowedError(f"Invalid method for URL ({scope['method']} {scope['path']})")
-            info: RequestInfo = scope["state"]["request_info"]
+            state = scope["state"]
+            info: RequestInfo = state["request_info"]
+            info.http_10 = scope.get("http_version") == "1.0"
             key = gateway.authenticate(scope["headers"], info, anthropic=messages is not None)
             run: Pipeline
             if messages is not None:
@@ -229,7 +240,15 @@ def create_app(settings: Settings) -> Litestar:
                 assert pipeline is not None
                 run = pipeline
             http = settings.http
-            body = await read_body(scope, receive, limit=http.max_body_bytes, timeout_s=http.body_timeout_s)
+            try:
+                body = await read_body(
+                    scope, receive, limit=http.max_body_bytes, timeout_s=http.body_timeout_s
+                )
+            except ClientDisconnectedError:
+                # Gone before its body arrived (or it sent a malformed one): nobody to answer, and
+                # a client fault, not the gateway's (a 499 in the log line and the metrics).
+                info.client_closed = True
+                return
 
             def produce() -> Awaitable[ChatResult]:
                 return run(
@@ -240,7 +259,8 @@ def create_app(settings: Settings) -> Litestar:
                     info=info,
                 )
 
-            await respond(receive, send, produce)
+            if await respond(receive, send, produce, state.get(CONNECTION_STATE)):
+                info.client_closed = True
 
         return handler
 

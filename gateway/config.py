@@ -33,6 +33,7 @@ from msgspec import Meta
 from adapters import BackendConfigs
 from adapters import proxy as proxies
 from adapters.mock import MockConfig
+from adapters.secret import hide_secrets
 
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -44,6 +45,7 @@ DEFAULT_MAX_MESSAGES: Final = 2048
 DEFAULT_MAX_SCHEMA_DEPTH: Final = 32
 DEFAULT_MAX_HEADER_BYTES: Final = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 1_048_576
 DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
 DEFAULT_RESPONSES_TTL_S: Final = 30 * 24 * 3600
 DEFAULT_MAX_STORED_BYTES: Final = 8 * 1024 * 1024
@@ -88,6 +90,8 @@ class HTTPLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """A request head must arrive within this of its first byte (or of the connection opening); a
     client trickling it slower (slowloris) has its connection closed. Idle keep-alive connections are
     closed after uvicorn's 5 s."""
+    max_output_tokens: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_OUTPUT_TOKENS
+    """Largest `max_tokens` / `max_completion_tokens` a request may ask for; more gets a 400."""
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -159,6 +163,9 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Public model names (or aliases) the key may use; `"*"` for all."""
 
+    def __post_init__(self) -> None:
+        hide_secrets(self, "key")  # never printed, logged or serialised (`adapters.secret`)
+
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -204,6 +211,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """When the store is unreachable: serve without limits (open) or refuse with a 503 (closed)."""
     responses: ResponsesSettings = ResponsesSettings()
     """Stored `/v1/responses`: how long they are kept and how large they may be (docs/responses.md)."""
+
+    def __post_init__(self) -> None:
+        hide_secrets(self, "redis_url")  # it may carry a password
 
 
 class LoadedConfig(msgspec.Struct, frozen=True):

@@ -24,8 +24,10 @@ class RequestInfo:
     __slots__ = (
         "attempts",
         "backend",
+        "client_closed",
         "error_code",
         "failovers",
+        "http_10",
         "key_id",
         "metadata",
         "model",
@@ -71,6 +73,10 @@ class RequestInfo:
         """The request's `user` field (logged, never forwarded to Cloudflare)."""
         self.metadata: dict[str, str] | None = None
         """The request's `metadata` (logged, never forwarded to Cloudflare)."""
+        self.client_closed = False
+        """The client left before its response was complete (logged and counted as status 499)."""
+        self.http_10 = False
+        """The request came over HTTP/1.0, which has no chunked framing for a stream."""
 
     @property
     def first_token_s(self) -> float | None:

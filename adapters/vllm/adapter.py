@@ -16,6 +16,7 @@ from msgspec import UNSET
 
 from adapters.errors import UpstreamStatusError
 from adapters.http import Endpoint, build_client, transport_errors
+from adapters.secret import reveal
 from adapters.upstream import Upstream
 from adapters.vllm import answers, embeddings
 from adapters.vllm.errors import ERRORS, parse_error_body
@@ -43,7 +44,7 @@ class VLLMAdapter:
         self._upstream = Upstream(name, config, errors=ERRORS, parse_error=parse_error_body)
         headers = {"content-type": "application/json"}
         if config.api_key:
-            headers["authorization"] = f"Bearer {config.api_key}"
+            headers["authorization"] = f"Bearer {reveal(config.api_key)}"
         base_url = config.base_url.rstrip("/")
         self._chat = Endpoint(f"{base_url}/chat/completions", headers)
         self._completions = Endpoint(f"{base_url}/completions", headers)

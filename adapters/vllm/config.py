@@ -12,6 +12,7 @@ class VLLMConfig(BackendConfig, tag="vllm", frozen=True, kw_only=True):
     """The OpenAI base URL of `vllm serve`, with `/v1`, e.g. `http://gpu-1:8000/v1`; required."""
     api_key: str = ""
     """vLLM's `--api-key`, if it was started with one."""
+    secret_fields = ("api_key",)
 
     def required_values(self) -> dict[str, str]:
         return {"base_url": self.base_url}

@@ -13,6 +13,7 @@ from typing import Final
 import msgspec
 
 from adapters.config import BackendConfig
+from adapters.secret import hide_secrets, reveal
 
 DEFAULT_BASE_URL: Final = "https://api.cloudflare.com/client/v4"
 AI_GATEWAY_BASE_URL: Final = "https://gateway.ai.cloudflare.com/v1"
@@ -32,6 +33,9 @@ class AIGatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     base_url: str = AI_GATEWAY_BASE_URL
     """AI Gateway's API root; the account and gateway ids are appended."""
 
+    def __post_init__(self) -> None:
+        hide_secrets(self, "token")
+
 
 class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True):
     """Cloudflare Workers AI's REST API (`POST {base_url}/accounts/{account_id}/ai/run/{model}`)."""
@@ -44,8 +48,10 @@ class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True
     """Cloudflare's API root (must not be empty); tests point it at an emulator."""
     ai_gateway: AIGatewayConfig | None = None
     """Route through Cloudflare AI Gateway instead of `base_url` (then leave `base_url` out)."""
+    secret_fields = ("account_id", "api_token")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.ai_gateway is not None and self.base_url != DEFAULT_BASE_URL:
             raise ValueError("set either base_url or ai_gateway (ai_gateway.base_url), not both")
 
@@ -63,16 +69,16 @@ class WorkersAIConfig(BackendConfig, tag="workers-ai", frozen=True, kw_only=True
     def run_url(self) -> str:
         """The URL that the model name is appended to."""
         if self.ai_gateway is None:
-            return f"{self.base_url.rstrip('/')}/accounts/{self.account_id}/ai/run/"
+            return f"{self.base_url.rstrip('/')}/accounts/{reveal(self.account_id)}/ai/run/"
         gateway = self.ai_gateway
-        return f"{gateway.base_url.rstrip('/')}/{self.account_id}/{gateway.gateway_id}/workers-ai/"
+        return f"{gateway.base_url.rstrip('/')}/{reveal(self.account_id)}/{gateway.gateway_id}/workers-ai/"
 
     def headers(self) -> dict[str, str]:
-        headers = {"authorization": f"Bearer {self.api_token}", "content-type": "application/json"}
+        headers = {"authorization": f"Bearer {reveal(self.api_token)}", "content-type": "application/json"}
         if self.ai_gateway is not None:
             headers |= AI_GATEWAY_SINGLE_ATTEMPT
             if self.ai_gateway.token:
-                headers["cf-aig-authorization"] = f"Bearer {self.ai_gateway.token}"
+                headers["cf-aig-authorization"] = f"Bearer {reveal(self.ai_gateway.token)}"
         return headers
 
 

@@ -110,6 +110,15 @@ async def serve_translated(
     """limit → route → write → settle, for a translated request of any endpoint."""
     info.model = model.name
     info.stream = translated.request.stream
+    if info.stream and info.http_10:
+        # HTTP/1.0 has no chunked framing, and a close-delimited SSE body cannot tell the client
+        # whether the stream ended or was cut: refuse before any limit or upstream call.
+        raise InvalidRequestError(
+            "Streaming needs HTTP/1.1: this request came over HTTP/1.0, which cannot frame a stream. "
+            "Send it over HTTP/1.1, or with stream set to false.",
+            param="stream",
+            code="streaming_requires_http_1_1",
+        )
     info.prompt_estimate = translated.prompt_estimate
     info.stats = writer.stats
     if translated.dropped:

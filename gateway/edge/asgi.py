@@ -37,6 +37,20 @@ class ClientDisconnectedError(Exception):
     """The client went away before its request was read; there is nobody to answer."""
 
 
+CONNECTION_STATE: Final = "http_connection"
+"""`scope["state"]` key of the server's per-request connection state (`gateway.edge.server` puts
+uvicorn's request cycle there): its `disconnected` flag is set the moment the server knows the
+client has gone, before the ASGI `http.disconnect` message reaches a waiting task."""
+
+SERVER_STATUS_STATE: Final = "server_status"
+"""`scope["state"]` key of a status the HTTP server sent on the app's behalf (400 for a malformed
+chunked body, which the app only sees as a disconnect)."""
+
+
+class Connection(Protocol):
+    disconnected: bool
+
+
 class Result(Protocol):
     """What an endpoint produces: a whole JSON body, or an SSE body still to be generated, and work
     to finish once the response is sent (or abandoned), such as settling a rate-limit grant."""
@@ -99,14 +113,24 @@ def encode_headers(
     return encoded
 
 
-async def respond(receive: Receive, send: Send, produce: Callable[[], Awaitable[Result]]) -> None:
+async def respond(
+    receive: Receive,
+    send: Send,
+    produce: Callable[[], Awaitable[Result]],
+    connection: Connection | None = None,
+) -> bool:
     """Produce and send a result; a client disconnect at any point cancels the work at once.
+    Returns True when the client left before the response was complete.
 
     The disconnect is watched for on the receive channel (servers may silently drop writes to a
     closed connection), and cancels an anyio scope, so the upstream call is closed and the clean-up
-    (settling tokens, releasing slots) still runs, shielded.
+    (settling tokens, releasing slots) still runs, shielded. A stream also checks the server's
+    `connection` flag after every chunk: when the upstream has already finished, the relay may never
+    wait for anything, so the watcher's task would not run until the whole answer had been written
+    into the closed connection (and charged and logged as delivered).
     """
     result: Result | None = None
+    left = False
     with anyio.CancelScope() as cancel_scope:
 
         def on_message(future: asyncio.Future[Message]) -> None:
@@ -137,7 +161,11 @@ async def respond(receive: Receive, send: Send, produce: Callable[[], Awaitable[
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 async for chunk in result.stream:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    if connection is not None and connection.disconnected:
+                        left = True  # stop producing: nothing more reaches the client
+                        break
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
@@ -147,10 +175,14 @@ async def respond(receive: Receive, send: Send, produce: Callable[[], Awaitable[
                         await result.stream.aclose()
                     if result.finish is not None:
                         await result.finish()
+    return left or cancel_scope.cancel_called
 
 
 __all__ = (
+    "CONNECTION_STATE",
+    "SERVER_STATUS_STATE",
     "ClientDisconnectedError",
+    "Connection",
     "RequestTimeoutError",
     "Result",
     "encode_headers",

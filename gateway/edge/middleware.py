@@ -13,6 +13,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.context import RequestInfo, bind_request, unbind_request
+from gateway.edge.asgi import SERVER_STATUS_STATE
 from gateway.ids import hex_id
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import route_of
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 _USABLE_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 """Client ids are echoed in headers and logs: printable ASCII without spaces, at most 128 bytes."""
 QUIET_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+CLIENT_CLOSED_REQUEST: Final = 499
+"""Logged and counted for a request whose client left before its response was complete (nginx's
+status for it): a client fault, never a 5xx, whatever the app was doing when it happened."""
 
 log = get_logger("gateway.request")
 
@@ -54,22 +58,37 @@ class RequestMiddleware:
         bound = bind_request(info)
         id_header = (b"x-request-id", request_id.encode("ascii"))
         status = 0
+        complete = streaming = False
+        metrics = self._metrics
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, complete, streaming
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), id_header]
+                if info.stream and status == 200:
+                    streaming = True
+                    metrics.stream_opened()
+            elif not message.get("more_body", False):
+                complete = True
             await send(message)
 
         path: str = scope["path"]
         route = route_of(path)
-        metrics = self._metrics
         metrics.started(route)
         try:
             await self._app(scope, receive, send_with_id)
         finally:
             duration = monotonic() - started
+            if streaming:
+                metrics.stream_closed()
+            server_status = scope["state"].get(SERVER_STATUS_STATE)
+            if server_status is not None:  # the server answered for the app (a malformed body)
+                status = server_status
+                info.error_code = info.error_code or "invalid_http_request"
+            elif info.client_closed and not complete:
+                status = CLIENT_CLOSED_REQUEST
+                info.error_code = info.error_code or "client_closed_request"
             metrics.finished(route, status, duration, info)
             if path not in QUIET_PATHS:
                 _log_line(info, scope["method"], path, status, duration)
@@ -104,4 +123,4 @@ def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: 
     )
 
 
-__all__ = ("QUIET_PATHS", "RequestMiddleware", "new_request_id")
+__all__ = ("CLIENT_CLOSED_REQUEST", "QUIET_PATHS", "RequestMiddleware", "new_request_id")

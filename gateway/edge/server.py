@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Final
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_HEADER_BYTES, HTTPLimits
-from gateway.errors import GatewayError, error_response
+from gateway.edge.asgi import CONNECTION_STATE, SERVER_STATUS_STATE
+from gateway.errors import GatewayError, InvalidRequestError, error_response
 
 
 class RequestHeaderFieldsTooLargeError(GatewayError):
@@ -33,15 +34,32 @@ class _HeadTooLarge(Exception):
 
 
 _STATUS_431: Final = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+_STATUS_400: Final = b"HTTP/1.1 400 Bad Request\r\n"
+
+
+def _envelope(status_line: bytes, error: GatewayError) -> bytes:
+    _, body, _ = error_response(error)
+    head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    return status_line + head + body
 
 
 def _response_431(limit: int) -> bytes:
-    error = RequestHeaderFieldsTooLargeError(
-        f"The request's headers are larger than the gateway's limit of {limit} bytes."
+    return _envelope(
+        _STATUS_431,
+        RequestHeaderFieldsTooLargeError(
+            f"The request's headers are larger than the gateway's limit of {limit} bytes."
+        ),
     )
-    _, body, _ = error_response(error)
-    head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    return _STATUS_431 + head + body
+
+
+_RESPONSE_400: Final = _envelope(
+    _STATUS_400,
+    InvalidRequestError(
+        "The request is not valid HTTP/1.1 (a malformed request line, header or chunked body).",
+        code="invalid_http_request",
+    ),
+)
+"""The parser's refusals in OpenAI's envelope (uvicorn's own is plain text), built once."""
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -91,8 +109,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         # uvicorn answers every parser error with a plain-text 400; a head over the limit is a 431.
         if self._head_too_large:
             self._reject_head()
-        else:
-            super().send_400_response(msg)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A malformed body of a request the app is reading: the app only sees the disconnect
+            # that follows, so tell its log line and metrics what the client was answered.
+            cycle.scope["state"][SERVER_STATUS_STATE] = 400
+            if cycle.response_started:  # the app had answered already: nothing more can be said
+                self.transport.close()
+                return
+        if not self.transport.is_closing():
+            self.transport.write(_RESPONSE_400)
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -118,6 +146,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._in_head = False
         self._disarm_head_timer()
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:  # not for an upgrade request
+            # The app checks `disconnected` while it streams (`gateway.edge.asgi.respond`).
+            self.cycle.scope["state"][CONNECTION_STATE] = self.cycle
 
     def _reject_head(self) -> None:
         self._in_head = False

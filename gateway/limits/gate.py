@@ -140,6 +140,10 @@ class RateLimits:
                 for _ in range(requests):
                     ticket = Ticket(hex_id(8)) if scope.max_concurrency else None
                     outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket)
+                    if not self.store_available:
+                        # Recovery is the store answering, whatever it decided: a 429 counts too,
+                        # or the next outage would go unreported.
+                        self._recovered()
                     if not outcome.admitted:
                         await grant._give_back()
                         info.rate_limit = f"refused_{outcome.refused}"
@@ -157,8 +161,6 @@ class RateLimits:
                 code="rate_limit_store_unavailable",
                 headers={"retry-after": "1"},
             ) from None
-        if not self.store_available:
-            self._recovered()
         info.rate_limit = "admitted"
         grant.headers = _headers(grant._held)
         return grant

@@ -429,7 +429,14 @@ class _Batcher:
         try:
             try:
                 async with self._calls:
-                    results = await self._execute(batch)
+                    try:
+                        results = await self._execute(batch)
+                    except _StaleConnection:
+                        # A pooled connection from before a Redis restart (or one the server
+                        # dropped) failed before any reply: nothing ran, so the whole batch is sent
+                        # once more, on a new connection. Its idle neighbours are as stale.
+                        await self._client.connection_pool.disconnect(inuse_connections=False)
+                        results = await self._execute(batch, fresh=True)
                     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
                     if missing:
                         for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
@@ -460,26 +467,46 @@ class _Batcher:
                 future.set_result(result)
 
     async def _execute(
-        self, batch: list[tuple[AsyncScript, tuple[str, ...], tuple[str | int, ...], asyncio.Future[Any]]]
+        self,
+        batch: list[tuple[AsyncScript, tuple[str, ...], tuple[str | int, ...], asyncio.Future[Any]]],
+        *,
+        fresh: bool = False,
     ) -> list[Any]:
-        """One round trip on one pooled connection; per-call errors (NOSCRIPT) come back as values."""
+        """One round trip on one pooled connection (a new one if `fresh`); per-call errors (NOSCRIPT)
+        come back as values.
+
+        Raises:
+            _StaleConnection: the connection failed before Redis answered anything (safe to resend).
+        """
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        results: list[Any] = []
         try:
+            if fresh:
+                await connection.disconnect()
+                await connection.connect()
             packed = b"".join(_pack_evalsha(script.sha, keys, args) for script, keys, args, _ in batch)
             await connection.send_packed_command(packed, check_health=False)
-            results: list[Any] = []
             for _ in batch:
                 try:
                     results.append(await connection.read_response())
                 except ResponseError as exc:
                     results.append(exc)
             return results
+        except (RedisConnectionError, OSError) as exc:
+            await connection.disconnect(nowait=True)
+            if results or fresh:
+                raise  # some replies came (the rest may have run) or a new connection failed too
+            raise _StaleConnection(str(exc)) from exc
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
         finally:
             await pool.release(connection)
+
+
+class _StaleConnection(RedisConnectionError):
+    """A connection failed before any reply, so no call in its batch ran: it may be resent once."""
 
 
 _PREFIXES: dict[tuple[str, tuple[str, ...], int], bytes] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import IO, Any, Final
 import msgspec
 import structlog
 
+from adapters.secret import MASK, Secret
 from gateway.context import add_request_fields
 
 _LEVELS: Final = {
@@ -27,8 +29,27 @@ _LEVELS: Final = {
     "error": logging.ERROR,
 }
 FLUSH_INTERVAL_S: Final = 0.2
+TRACEBACKS: Final = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+"""Tracebacks as dicts, without frame locals: a frame's locals may hold a request's Authorization
+header or the settings (every credential); structlog's default renders them all."""
+CONSOLE_TRACEBACKS: Final[structlog.typing.ExceptionRenderer] = (
+    structlog.dev.RichTracebackFormatter(show_locals=False)
+    if importlib.util.find_spec("rich") is not None
+    else structlog.dev.plain_traceback
+)
+"""The console's tracebacks, without frame locals either (structlog's default shows them)."""
 LOG_BUFFER_BYTES: Final = 64 * 1024
-_json: Final = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _unsupported(value: Any) -> str:
+    # A `Secret` is a str subclass msgspec will not encode: it is written as its mask, like anything
+    # else without a JSON form is written as its repr.
+    return MASK if isinstance(value, Secret) else repr(value)
+
+
+_json: Final = msgspec.json.Encoder(enc_hook=_unsupported)
 
 
 def _dumps(event: Any, **_: Any) -> bytes:
@@ -88,13 +109,13 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if console:
-        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        processors = [*shared, structlog.dev.ConsoleRenderer(exception_formatter=CONSOLE_TRACEBACKS)]
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
         _output = None
     else:
         processors = [
             *shared,
-            structlog.processors.dict_tracebacks,
+            TRACEBACKS,
             structlog.processors.JSONRenderer(_dumps),
         ]
         output = _output = BufferedLineLogger(_stdout_writer())
@@ -129,4 +150,12 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
-__all__ = ("BufferedLineLogger", "configure_logging", "flush_logs", "flush_periodically", "get_logger")
+__all__ = (
+    "CONSOLE_TRACEBACKS",
+    "TRACEBACKS",
+    "BufferedLineLogger",
+    "configure_logging",
+    "flush_logs",
+    "flush_periodically",
+    "get_logger",
+)

@@ -196,6 +196,12 @@ class Metrics:
         if completion:
             series.completion_tokens.inc(completion)
 
+    def stream_opened(self) -> None:
+        self.open_streams.inc()
+
+    def stream_closed(self) -> None:
+        self.open_streams.dec()
+
     def failover(self, model: str, backend: str, reason: str) -> None:
         self.failovers.labels(model, backend, reason).inc()
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 def check_chat_request(payload: ChatCompletionRequest, limits: HTTPLimits) -> None:
     check_length(len(payload.messages), limits.max_messages, "messages")
+    check_max_tokens(payload.max_tokens, limits.max_output_tokens, "max_tokens")
+    check_max_tokens(payload.max_completion_tokens, limits.max_output_tokens, "max_completion_tokens")
     depth = limits.max_schema_depth
     if payload.tools is not None:
         for i, tool in enumerate(payload.tools):
@@ -32,6 +34,7 @@ def check_chat_request(payload: ChatCompletionRequest, limits: HTTPLimits) -> No
 
 
 def check_completion_request(payload: CompletionRequest, limits: HTTPLimits) -> None:
+    check_max_tokens(payload.max_tokens, limits.max_output_tokens, "max_tokens")
     if type(payload.prompt) is list:
         check_length(len(payload.prompt), limits.max_messages, "prompt")
 
@@ -43,6 +46,24 @@ def check_length(length: int, limit: int, param: str) -> None:
             f"but got an array with length {length} instead.",
             param=param,
             code="array_above_max_length",
+        )
+
+
+def check_max_tokens(value: int | None, limit: int, param: str) -> None:
+    # JSON integers have no size limit (2**64, or thousands of digits, decode fine): bounded here,
+    # before the value reaches a token reservation or an upstream.
+    if value is not None and value > limit:
+        # Python refuses to print integers of more than 4,300 digits; echo huge ones by their size.
+        got = (
+            str(value)
+            if value < 10**20
+            else f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        )
+        raise InvalidRequestError(
+            f"Invalid '{param}': integer above maximum value. Expected a value <= {limit}, "
+            f"but got {got} instead.",
+            param=param,
+            code="integer_above_max_value",
         )
 
 
@@ -73,4 +94,11 @@ def nesting_exceeds(value: object, limit: int) -> bool:
     return False
 
 
-__all__ = ("check_chat_request", "check_completion_request", "check_depth", "check_length", "nesting_exceeds")
+__all__ = (
+    "check_chat_request",
+    "check_completion_request",
+    "check_depth",
+    "check_length",
+    "check_max_tokens",
+    "nesting_exceeds",
+)

@@ -12,8 +12,10 @@ base64 and URL-encoded forms.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -214,6 +216,11 @@ def _drive(
         chat("bad body", "llama", good, temperature="hot")
         chat("unknown model", "no-such-model", good)
         capture.response("bad json", client.post("/v1/chat/completions", content=b"{", headers=good))
+        # Clients that misbehave with a valid key, where an exception could escape with the request
+        # (and the settings) in scope: a dropped upload and a malformed chunked body, both routes.
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            for misbehaviour in ("dropped upload", "malformed chunked body"):
+                capture.text(f"{misbehaviour} {path}", _misbehave(gateway, path, misbehaviour))
         # Read-only endpoints.
         for path in (
             "/v1/models",
@@ -225,6 +232,29 @@ def _drive(
             "/x",
         ):
             capture.response(f"GET {path}", client.get(path, headers=good))
+
+
+def _misbehave(gateway: GatewayProcess, path: str, misbehaviour: str) -> bytes:
+    """Send a request with the good key over a raw socket, misbehave, and return what came back."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {CLIENT_KEY}\r\n"
+        "content-type: application/json\r\n"
+    )
+    if misbehaviour == "dropped upload":
+        data = (head + "content-length: 1000\r\n\r\n").encode() + b'{"model":'
+    else:
+        data = (head + "transfer-encoding: chunked\r\n\r\n").encode() + b'5\r\n{"mod\r\nZZ\r\n'
+    received = b""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        if misbehaviour == "dropped upload":
+            return received  # closed at once: nobody is left to answer
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 400 "), received
+    return received
 
 
 def _check_config_outputs(tmp_path: Path, workers_ai_url: str, vllm_url: str, redis_url: str) -> list[str]:
@@ -282,9 +312,11 @@ def test_no_secret_appears_in_anything_a_run_produces(
         sent = {r.headers.get("authorization") for r in [*workers_ai.requests, *vllm.requests]}
         for token in (CF_TOKEN, WRONG_CF_TOKEN, VLLM_KEY, WRONG_VLLM_KEY):
             assert f"Bearer {token}" in sent, token
-        assert any(
-            line.get("event") == "request" and line.get("key") == "team-plain" for line in gateway.log_lines()
-        )
+        lines = gateway.log_lines()
+        assert any(line.get("event") == "request" and line.get("key") == "team-plain" for line in lines)
+        # The misbehaving clients were logged as client faults, with no error line.
+        assert sum(1 for line in lines if line.get("event") == "request" and line.get("status") == 499) >= 2
+        assert not any(line.get("event") == "unhandled_exception" for line in lines)
     capture.text("gateway output", gateway.output())
     # The limiter did use the password-protected Redis (the password was right and in use).
     assert "rate_limit_store_unavailable" not in gateway.output()
