@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from litestar import Litestar, Request, Response, asgi, get
+from litestar import Litestar, Request, Response, asgi, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
@@ -21,6 +21,9 @@ from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
 from gateway.api.embeddings import create_embeddings
 from gateway.api.messages import api_version, count_tokens, create_message
+from gateway.api.responses import StoredResponseAction, create_response, input_items, retrieve
+from gateway.api.responses import cancel as cancel_response
+from gateway.api.responses import delete as delete_response
 from gateway.edge.asgi import (
     CONNECTION_STATE,
     ClientDisconnectedError,
@@ -51,6 +54,7 @@ from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
+from gateway.state.responses import ResponseStore, create_response_store
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler
@@ -106,6 +110,7 @@ class Gateway:
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
         """None: no `keys:` section, every request is served without a key."""
         self.limits: RateLimits | None = None
+        self._responses: ResponseStore | None = None
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
         self._prober: HealthProber | None = None
@@ -116,6 +121,13 @@ class Gateway:
         if self._router is None:
             raise GatewayError("the gateway is starting up or shutting down")
         return self._router
+
+    @property
+    def responses(self) -> ResponseStore:
+        """Stored Responses: in Redis when `redis_url` is set, else in process."""
+        if self._responses is None:
+            raise GatewayError("the gateway is starting up or shutting down")
+        return self._responses
 
     @property
     def ready(self) -> bool:
@@ -150,6 +162,7 @@ class Gateway:
         }
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
+        self._responses = create_response_store(self.settings.redis_url, self.settings.responses)
         self._tracing = configure_tracing()
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
@@ -174,6 +187,9 @@ class Gateway:
         if self.limits is not None:
             await self.limits.aclose()
             self.limits = None
+        if self._responses is not None:
+            await self._responses.aclose()
+            self._responses = None
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters = {}
@@ -256,6 +272,45 @@ def create_app(settings: Settings) -> Litestar:
         "/v1/messages/count_tokens", "messages_count_tokens", messages=count_tokens
     )
 
+    async def responses_pipeline(
+        router: Router,
+        raw_body: bytes,
+        *,
+        key: KeyPolicy | None,
+        limits: RateLimits | None,
+        info: RequestInfo,
+    ) -> ChatResult:
+        return await create_response(
+            router,
+            raw_body,
+            key=key,
+            limits=limits,
+            info=info,
+            store=gateway.responses,
+        )
+
+    responses = inference_route("/v1/responses", "responses", responses_pipeline)
+
+    def stored_response_route(route: Any, action: StoredResponseAction) -> Any:
+        """A route on one stored response (`gateway.api.responses`): key, then the action's JSON."""
+
+        async def handler(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
+            key = gateway.authenticate(request.scope["headers"], request_info(request))
+            body = await action(gateway.responses, key, response_id, request.query_params)
+            return Response(body, media_type="application/json")
+
+        return route(handler)
+
+    stored = "/v1/responses/{response_id:str}"
+    stored_responses = [
+        stored_response_route(get(stored, name="get_response"), retrieve),
+        stored_response_route(delete(stored, status_code=200, name="delete_response"), delete_response),
+        stored_response_route(
+            post(f"{stored}/cancel", status_code=200, name="cancel_response"), cancel_response
+        ),
+        stored_response_route(get(f"{stored}/input_items", name="list_input_items"), input_items),
+    ]
+
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
         key = gateway.authenticate(request.scope["headers"], request_info(request))
@@ -310,6 +365,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             chat_completions,
             completions,
+            responses,
+            *stored_responses,
             embeddings,
             messages,
             messages_count_tokens,

@@ -47,6 +47,8 @@ DEFAULT_MAX_HEADER_BYTES: Final = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 1_048_576
 DEFAULT_MODEL_TIMEOUT_S: Final = 120.0
+DEFAULT_RESPONSES_TTL_S: Final = 30 * 24 * 3600
+DEFAULT_MAX_STORED_BYTES: Final = 8 * 1024 * 1024
 """A model's total deadline until its answer begins, over every target tried."""
 
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -169,6 +171,18 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
 
 
+class ResponsesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Stored Responses (`/v1/responses` with `store`, the default): in Redis when `redis_url` is set."""
+
+    store_ttl_s: Annotated[int, Meta(ge=1)] = DEFAULT_RESPONSES_TTL_S
+    """How long a stored response (and the conversation it continues) can be read or continued."""
+    max_stored_bytes: Annotated[int, Meta(ge=1024)] = DEFAULT_MAX_STORED_BYTES
+    """Largest stored record (the response plus every input item before it); a larger one is not
+    stored, and the response says `store: false`."""
+    memory_budget_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024 * 1024
+    """Without Redis: the in-process store's size; the oldest responses are forgotten beyond it."""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole file: `backends` and `models` are required, everything else has a default."""
 
@@ -195,6 +209,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     `rediss+cluster://`); empty: limits are kept in process (a single instance)."""
     rate_limit_failure_mode: Literal["open", "closed"] = "open"
     """When the store is unreachable: serve without limits (open) or refuse with a 503 (closed)."""
+    responses: ResponsesSettings = ResponsesSettings()
+    """Stored `/v1/responses`: how long they are kept and how large they may be (docs/responses.md)."""
 
     def __post_init__(self) -> None:
         hide_secrets(self, "redis_url")  # it may carry a password

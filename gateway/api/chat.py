@@ -229,7 +229,7 @@ def decode_request(
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise (describe or _validation_error)(str(exc)) from None
+        raise (describe or validation_error)(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The API expects a JSON payload "
@@ -250,7 +250,7 @@ def validation_parts(text: str) -> tuple[str, str]:
     return match.group(1), text[: match.start()]
 
 
-def _validation_error(text: str) -> InvalidRequestError:
+def validation_error(text: str) -> InvalidRequestError:
     where, message = validation_parts(text)
     if missing := re.match(r"Object missing required field `([^`]+)`", message):
         param = f"{where}.{missing.group(1)}" if where else missing.group(1)
@@ -273,5 +273,6 @@ __all__ = (
     "decode_request",
     "serve_translated",
     "tokens_used",
+    "validation_error",
     "validation_parts",
 )

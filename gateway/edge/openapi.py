@@ -16,6 +16,7 @@ import msgspec
 
 from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingCreateRequest
 from gateway.openai.responses import ChatCompletion, EmbeddingList, ErrorBody, ModelList, TextCompletion
+from gateway.openai.responses_api import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
 
 OPENAPI_PATH: Final = "/schema/openapi.json"
 _REF: Final = "#/components/schemas/{name}"
@@ -69,9 +70,13 @@ def build_openapi(
             ChatCompletionRequest,
             CompletionRequest,
             EmbeddingCreateRequest,
+            ResponsesRequest,
             ChatCompletion,
             TextCompletion,
             EmbeddingList,
+            ResponseObject,
+            DeletedResponse,
+            InputItemList,
             ModelList,
             ErrorBody,
         ),
@@ -82,11 +87,14 @@ def build_openapi(
     for request, names in (
         ("ChatCompletionRequest", models),
         ("CompletionRequest", models),
+        ("ResponsesRequest", models),
         ("EmbeddingCreateRequest", embedding_models),
     ):
         if names:
             components[request]["properties"]["model"] = {"type": "string", "enum": list(names)}
     model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    stored = _errors(401, 404, 503)
     plain_ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
     document = {
         "openapi": "3.1.0",
@@ -104,6 +112,61 @@ def build_openapi(
                 "TextCompletion",
                 "`text_completion` server-sent events ending in `data: [DONE]`",
             ),
+            "/v1/responses": _inference(
+                "Create a model response (OpenAI's Responses API)",
+                "ResponsesRequest",
+                "ResponseObject",
+                "Responses server-sent events (`response.created` ... `response.completed`)",
+            ),
+            "/v1/responses/{response_id}": {
+                "get": {
+                    "summary": "Retrieve a stored response",
+                    "operationId": "getResponse",
+                    "parameters": [response_id],
+                    "responses": {"200": {"description": "OK", "content": _json("ResponseObject")}, **stored},
+                },
+                "delete": {
+                    "summary": "Delete a stored response",
+                    "operationId": "deleteResponse",
+                    "parameters": [response_id],
+                    "responses": {
+                        "200": {"description": "OK", "content": _json("DeletedResponse")},
+                        **stored,
+                    },
+                },
+            },
+            "/v1/responses/{response_id}/input_items": {
+                "get": {
+                    "summary": "List a stored response's input items",
+                    "operationId": "listInputItems",
+                    "parameters": [
+                        response_id,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {
+                            "name": "order",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["asc", "desc"]},
+                        },
+                        {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "OK", "content": _json("InputItemList")},
+                        **_errors(400, 401, 404, 503),
+                    },
+                }
+            },
+            "/v1/responses/{response_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a background response (the gateway has none: a stored one is a 400)",
+                    "operationId": "cancelResponse",
+                    "parameters": [response_id],
+                    "responses": {"200": {"description": "OK", "content": _json("ResponseObject")}, **stored},
+                }
+            },
             "/v1/embeddings": _inference(
                 "Create embeddings", "EmbeddingCreateRequest", "EmbeddingList", chunk_doc=None
             ),

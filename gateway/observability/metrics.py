@@ -38,9 +38,11 @@ if TYPE_CHECKING:
     from gateway.context import RequestInfo
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+STORED_RESPONSES: Final = "stored_responses"
 ROUTES: Final = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
+    "/v1/responses": "responses",
     "/v1/messages": "messages",
     "/v1/messages/count_tokens": "messages_count_tokens",
     "/v1/models": "models",
@@ -55,6 +57,8 @@ def route_of(path: str) -> str:
         return ROUTES[path]
     if path.startswith("/v1/models/"):
         return "models"
+    if path.startswith("/v1/responses/"):
+        return STORED_RESPONSES  # one label for every id: GET, DELETE, input_items, cancel
     return "other"
 
 
@@ -143,7 +147,9 @@ class Metrics:
             registry=registry,
         )
         self._series: dict[tuple[str, str, str, str, int, bool], _Series] = {}
-        self._in_flight = {route: self.in_flight.labels(route) for route in (*ROUTES.values(), "other")}
+        self._in_flight = {
+            route: self.in_flight.labels(route) for route in (*ROUTES.values(), STORED_RESPONSES, "other")
+        }
         self._runtime = RuntimeCollector()
         if registry is not None:
             registry.register(self._runtime)

@@ -40,10 +40,15 @@ CONFIG: dict[str, Any] = {
     },
 }
 EXAMPLES: dict[str, int] = {
-    # Per operation and generation mode: about 1,800 requests in all (about 120 s on a busy 2-core machine).
-    "POST /v1/chat/completions": 400,
-    "POST /v1/completions": 300,
-    "POST /v1/embeddings": 150,
+    # Per operation and generation mode: about 2,000 requests in all (count-bounded, no time floor).
+    "POST /v1/chat/completions": 300,
+    "POST /v1/completions": 200,
+    "POST /v1/embeddings": 100,
+    "POST /v1/responses": 250,
+    "GET /v1/responses/{response_id}": 20,
+    "DELETE /v1/responses/{response_id}": 20,
+    "GET /v1/responses/{response_id}/input_items": 30,
+    "POST /v1/responses/{response_id}/cancel": 20,
     "GET /v1/models/{model_id}": 60,
     "GET /v1/models": 20,
     "GET /healthz": 10,
@@ -97,6 +102,8 @@ def test_the_document_describes_the_inference_bodies(gateway: GatewayProcess) ->
     assert request["properties"]["model"]["enum"] == ["mock-model", "gpt-4o-mini", "mock-lenient"]
     assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert "/v1/completions" in document["paths"]
+    assert "/v1/responses" in document["paths"]
+    assert "/v1/responses/{response_id}/input_items" in document["paths"]
     embeddings = document["components"]["schemas"]["EmbeddingCreateRequest"]
     assert embeddings["properties"]["model"]["enum"] == ["mock-embeddings"]
     assert set(embeddings["required"]) == {"model", "input"}

@@ -236,7 +236,16 @@ def test_random_model_names_do_not_grow_the_label_sets(gateway: GatewayProcess) 
     models = {dict(labels).get("model") for _, labels in found} - {None}
     assert models <= {"llama", "resilient", "doomed", "tripped", "-"}
     routes = {dict(labels).get("route") for _, labels in found} - {None}
-    assert routes <= {"chat", "completions", "messages", "messages_count_tokens", "models", "other"}
+    assert routes <= {
+        "chat",
+        "completions",
+        "responses",
+        "stored_responses",
+        "messages",
+        "messages_count_tokens",
+        "models",
+        "other",
+    }
     assert len([name for name, _ in found if name == "gateway_requests_total"]) < 20
 
 
