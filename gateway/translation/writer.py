@@ -363,14 +363,75 @@ class ResponseWriter(ChoiceWriter):
 
     def complete(self, events: Iterable[Event]) -> bytes:
         """The `chat.completion` body for an answer collected in full."""
-        # No single-choice fast path here (unlike `stream`): in process it saved under 5% of a whole
-        # answer's gateway time (tests/bench_api.py, p50 127-134 us with it, 130-143 us without).
+        translated = self.translated
+        if translated.n == 1 and not translated.stop and not translated.recover_tools:
+            # The single-choice fast path pays: tests/bench_api.py on one pinned core, mean of a whole
+            # chat answer 87.7 us with it, 99.9 us without (2026-12-02), about 12 us of the ~340 us
+            # `make bench` measures per request.
+            return self._plain_complete(events)
         results, usage = self._results(events, self._choices())
         completion = ChatCompletion(
             id=self._id,
             created=self._created,
             model=self.translated.public_model,
             choices=results,
+            usage=_usage_out(usage),
+        )
+        return encoder.encode(completion)
+
+
+    def _plain_complete(self, events: Iterable[Event]) -> bytes:
+        """One choice and none of the gateway's own rules: a straight pass over the events."""
+        translated = self.translated
+        stats = self.stats
+        tools = ToolCalls(single=translated.single_tool_call)
+        texts: list[str] = []
+        reasoning: list[str] = []
+        finish: str | None = None
+        for event in events:
+            if type(event) is TextDelta:
+                texts.append(event.text)
+            elif type(event) is ToolCallDelta:
+                tools.feed(event)
+            elif type(event) is ReasoningDelta:
+                reasoning.append(event.text)
+            elif type(event) is Usage:
+                stats.usage = event
+            elif type(event) is Finish:
+                finish = event.reason
+        text = "".join(texts)
+        calls = [call for call in tools.calls if call.name is not None]
+        stats.chars = len(text) + sum(len(a) for call in calls for a in call.arguments)
+        message = AssistantMessageOut(content=text if text or not calls else None)
+        if reasoning:
+            message.reasoning_content = "".join(reasoning)
+        legacy = translated.legacy_functions
+        if calls and legacy:
+            first = calls[0]
+            message.function_call = FunctionCallOut(first.name or "", "".join(first.arguments))
+        elif calls:
+            message.tool_calls = [
+                ToolCallOut(call.id, FunctionCallOut(call.name or "", "".join(call.arguments)))
+                for call in calls
+            ]
+        reason = finish_reason(
+            finish,
+            stopped=False,
+            called_tools=bool(calls),
+            usage=stats.usage,
+            max_tokens=translated.request.max_tokens,
+        )
+        if reason == "tool_calls" and legacy:
+            reason = "function_call"
+        stats.finish_reason = reason
+        usage = stats.usage
+        if usage is None:
+            usage = stats.usage = estimated_usage(translated.prompt_estimate, stats.chars)
+        completion = ChatCompletion(
+            id=self._id,
+            created=self._created,
+            model=translated.public_model,
+            choices=[Choice(index=0, message=message, finish_reason=reason)],
             usage=_usage_out(usage),
         )
         return encoder.encode(completion)
