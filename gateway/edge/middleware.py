@@ -19,7 +19,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.context import RequestInfo, bind_request, unbind_request
-from gateway.edge.asgi import SERVER_STATUS_STATE
+from gateway.edge.asgi import CONNECTION_STATE, SERVER_STATUS_STATE
 from gateway.ids import hex_id
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import route_of
@@ -108,7 +108,12 @@ class RequestMiddleware:
             duration = monotonic() - started
             if streaming:
                 metrics.stream_closed()
-            server_status = scope["state"].get(SERVER_STATUS_STATE)
+            state = scope["state"]
+            # The server's request cycle refers to this scope: dropping it here breaks the cycle, so
+            # the request's objects are freed at once instead of waiting for the garbage collector
+            # (which showed as 2.5x the p99 latency under `make bench`).
+            state.pop(CONNECTION_STATE, None)
+            server_status = state.get(SERVER_STATUS_STATE)
             if server_status is not None:  # the server answered for the app (a malformed body)
                 status = server_status
                 info.error_code = info.error_code or "invalid_http_request"
