@@ -33,7 +33,7 @@ class UpstreamClient(httpx.AsyncClient):
 
     The gateway's upstream calls use no auth flows, redirects, cookies or event hooks, and httpx's
     generic handling of them costs more per request than the network round trip on loopback
-    (measured in the README's Performance section). Everything else is httpx's API, unchanged.
+    (measured in docs/performance.md). Everything else is httpx's API, unchanged.
     """
 
     async def send(

@@ -379,7 +379,6 @@ class ResponseWriter(ChoiceWriter):
         )
         return encoder.encode(completion)
 
-
     def _plain_complete(self, events: Iterable[Event]) -> bytes:
         """One choice and none of the gateway's own rules: a straight pass over the events."""
         translated = self.translated
