@@ -140,19 +140,6 @@ class Hedging:
         if self._metrics is not None:
             self._metrics.hedge(self.model, route.backend, outcome)
 
-    def race(
-        self,
-        router: Router,
-        translated: Translated[CanonicalRequest],
-        model: ResolvedModel,
-        request_id: str,
-        deadline: float,
-        info: RequestInfo | None,
-    ) -> Race:
-        """The hedging state of one request (it adds the request's share to the budget)."""
-        self.budget.request()
-        return Race(self, router, translated, model, request_id, deadline, info)
-
 
 def hedging_for(model: str, config: ModelConfig, metrics: Metrics | None) -> Hedging | None:
     """The model's `Hedging`, or None when it does not hedge (then nothing is paid per request)."""
@@ -162,7 +149,7 @@ def hedging_for(model: str, config: ModelConfig, metrics: Metrics | None) -> Hed
 
 
 class Race:
-    """One request's attempts, each raced against at most one hedge."""
+    """One request's attempts, each raced against at most one hedge (made per request by the router)."""
 
     __slots__ = (
         "_deadline",
@@ -190,6 +177,7 @@ class Race:
         deadline: float,
         info: RequestInfo | None,
     ) -> None:
+        hedging.budget.request()  # every request adds its share, hedged or not
         self._hedging = hedging
         self._router = router
         self._translated = translated

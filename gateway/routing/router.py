@@ -339,7 +339,9 @@ class Router:
         hedging = self._hedging.get(model) if self._hedging else None
         race = None
         if hedging is not None:
-            race = hedging.race(self, translated, model, request_id, deadline, info if record else None)
+            race = hedge.Race(
+                hedging, self, translated, model, request_id, deadline, info if record else None
+            )
         for position, route in enumerate(order):
             if now >= deadline or (failures and failures[-1].deadline):
                 failures.extend(_too_late(later, model) for later in order[position:])

@@ -100,33 +100,29 @@ def test_slow_first_token_is_beaten_by_a_hedge(upstreams: Upstreams, tmp_path: P
         assert hedge_metric(gateway, "vllm", "won") == 1
 
 
-def test_hedge_that_loses_is_closed(upstreams: Upstreams, tmp_path: Path) -> None:
-    """The first target answers while the hedge still hangs: the hedge's upstream call is closed."""
+@pytest.mark.parametrize(
+    ("hedge_fault", "outcome"),
+    [("hang", "lost"), ("status:500", "failed")],
+    ids=["hedge-hangs", "hedge-fails"],
+)
+def test_first_target_answers_when_the_hedge_does_not(
+    upstreams: Upstreams, tmp_path: Path, hedge_fault: str, outcome: str
+) -> None:
+    """The hedge hangs (it loses, and its upstream call is closed) or fails (the first is waited for)."""
     workers_ai, vllm = upstreams.workers_ai, upstreams.vllm
     config = upstreams.config(hedge_after_ms=100, hedge_max_ratio=1.0)
     with GatewayProcess(config, tmp_path) as gateway, client_for(gateway) as client:
         workers_ai.faults.push("first-delay:0.6")
-        vllm.faults.push("hang")
+        vllm.faults.push(hedge_fault)
         asked = ask(client, "chat", stream=True)
         assert (asked.backend, asked.text, asked.attempts) == ("cloudflare", ANSWER, 2)
         hedge = wait_for(lambda: chat_calls(vllm))
-        wait_for(lambda: hedge[0].disconnected)
-        (line,) = gateway.requests_logged(hedged="lost")
+        assert len(hedge) == 1
+        if outcome == "lost":
+            wait_for(lambda: hedge[0].disconnected)
+        (line,) = gateway.requests_logged(hedged=outcome)
         assert line["backend"] == "cloudflare"
-        assert hedge_metric(gateway, "vllm", "lost") == 1
-
-
-def test_failed_hedge_keeps_waiting_on_the_first(upstreams: Upstreams, tmp_path: Path) -> None:
-    workers_ai, vllm = upstreams.workers_ai, upstreams.vllm
-    config = upstreams.config(hedge_after_ms=100, hedge_max_ratio=1.0)
-    with GatewayProcess(config, tmp_path) as gateway, client_for(gateway) as client:
-        workers_ai.faults.push("first-delay:0.6")
-        vllm.faults.push("status:500")
-        asked = ask(client, "chat", stream=True)
-        assert (asked.backend, asked.text) == ("cloudflare", ANSWER)
-        assert chat_requests(vllm) == 1
-        (line,) = gateway.requests_logged(hedged="failed")
-        assert line["backend"] == "cloudflare"
+        assert hedge_metric(gateway, "vllm", outcome) == 1
 
 
 def test_hedge_max_ratio_bounds_the_hedges(upstreams: Upstreams, tmp_path: Path) -> None:
