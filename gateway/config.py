@@ -141,6 +141,18 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """Requests per minute to this model from all keys together (protects a backend); at least 1."""
     tpm: int | None = None
     """Prompt + completion tokens per minute to this model from all keys together; at least 1."""
+    hedge_after_ms: Annotated[int, Meta(ge=1, extra={"problem": "must be at least 1"})] | None = None
+    """Hedged first tokens: when a target has not produced its first event (a stream's first token,
+    or a whole answer) this many milliseconds after it was called, the same request is also sent to
+    the next eligible target and the first to answer wins; the other is closed at once. Off when
+    unset (and `hedge_after` is unset). See the reliability guide."""
+    hedge_after: Literal["p95"] | None = None
+    """`p95`: hedge after the target's own measured 95th percentile time to first event (the last
+    128 answers, at least 50 ms; no hedge until 20 answers were measured). Not with `hedge_after_ms`."""
+    hedge_max_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    """At most this share of the model's requests (per gateway process) start a hedge, so extra
+    upstream calls stay bounded; a token bucket with one hedge of slack and at most
+    `100 * hedge_max_ratio` hedges saved up."""
 
 
 class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -489,6 +501,8 @@ def _check_references(settings: Settings, problems: list[str], unset: dict[str, 
                 )
             if not target.model.strip():
                 problems.append(f"{path}.model: must not be empty{_unset_hint(path + '.model', unset)}")
+        if model.hedge_after_ms is not None and model.hedge_after is not None:
+            problems.append(f"models.{name}: set one of hedge_after_ms and hedge_after, not both")
         for public_name, path in [(name, f"models.{name}")] + [
             (alias, f"models.{name}.aliases[{i}]") for i, alias in enumerate(model.aliases)
         ]:

@@ -29,6 +29,7 @@ class RequestInfo:
         "error_param",
         "error_type",
         "failovers",
+        "hedged",
         "http_10",
         "key_id",
         "metadata",
@@ -81,6 +82,9 @@ class RequestInfo:
         """The request's `metadata` (logged, never forwarded to Cloudflare)."""
         self.client_closed = False
         """The client left before its response was complete (logged and counted as status 499)."""
+        self.hedged: str | None = None
+        """A hedge was started (gateway.routing.hedge): `won` (its answer was used), `lost` (the first
+        target answered first) or `failed`; None without a hedge."""
         self.http_10 = False
         """The request came over HTTP/1.0, which has no chunked framing for a stream."""
 

@@ -140,6 +140,7 @@ def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: 
         upstream_model=info.upstream_model,
         attempts=info.attempts,
         failovers=info.failovers,
+        hedged=info.hedged,
         stream=info.stream,
         error=info.error_code or info.error_type or info.answer_error,
         error_type=info.error_type,

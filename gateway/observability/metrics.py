@@ -113,6 +113,12 @@ class Metrics:
             ["model", "backend", "reason"],
             registry=registry,
         )
+        self.hedges = Counter(
+            "gateway_hedges",
+            "Hedged first tokens by hedge target: outcome started (every hedge), then won, lost or failed.",
+            ["model", "backend", "outcome"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "gateway_rate_limit_refusals",
             "Requests refused by a rate limit, by key, model and limit.",
@@ -204,6 +210,9 @@ class Metrics:
 
     def failover(self, model: str, backend: str, reason: str) -> None:
         self.failovers.labels(model, backend, reason).inc()
+
+    def hedge(self, model: str, backend: str, outcome: str) -> None:
+        self.hedges.labels(model, backend, outcome).inc()
 
     def breaker_changed(self, backend: str, upstream_model: str, state: str) -> None:
         self.breaker.labels(backend, upstream_model).set(BREAKER_STATES[state])

@@ -27,6 +27,7 @@ from adapters.base import HealthChecked
 from adapters.errors import UpstreamError, UpstreamTimeout
 from gateway.errors import InvalidRequestError, ModelNotFoundError, RoutingError, upstream_headers
 from gateway.observability.logs import get_logger
+from gateway.routing import hedge
 from gateway.routing.breaker import Breaker
 from gateway.routing.slots import Slots, acquire_any
 from gateway.timers import Deadline
@@ -269,6 +270,8 @@ class Router:
         breakers: dict[tuple[str, str], Breaker] = {}
         self._models: dict[str, ResolvedModel] = {}
         self._public: list[ResolvedModel] = []
+        self._hedging: dict[ResolvedModel, hedge.Hedging] = {}
+        """Models with `hedge_after_ms` or `hedge_after` (gateway.routing.hedge)."""
         for name, config in settings.models.items():
             routes = []
             for target in config.targets:
@@ -284,6 +287,9 @@ class Router:
                     )
                 routes.append(Route(self._backends[target.backend], target.model, breaker, target.weight))
             resolved = ResolvedModel(name, config, routes)
+            hedging = hedge.hedging_for(name, config, metrics)
+            if hedging is not None:
+                self._hedging[resolved] = hedging
             self._public.append(resolved)
             self._models[name] = resolved
             for alias in config.aliases:
@@ -330,10 +336,18 @@ class Router:
         waiting: list[Route] = []
         attempts = 0
         order = model.order()
+        hedging = self._hedging.get(model) if self._hedging else None
+        race = None
+        if hedging is not None:
+            race = hedge.Race(
+                hedging, self, translated, model, request_id, deadline, info if record else None
+            )
         for position, route in enumerate(order):
             if now >= deadline or (failures and failures[-1].deadline):
                 failures.extend(_too_late(later, model) for later in order[position:])
                 break
+            if race is not None and race.tried(route):
+                continue  # already called as a hedge
             skipped = _unavailable(route, now)
             if skipped is not None:
                 failures.append(skipped)
@@ -342,7 +356,10 @@ class Router:
                 waiting.append(route)
                 continue
             attempts += 1
-            outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
+            if race is None:
+                outcome = await self._traced(route, translated, model, attempts, request_id, deadline)
+            else:
+                outcome, attempts = await race.attempt(route, order, position, attempts, failures)
             if isinstance(outcome, Answer):
                 self._record(outcome, model, failures, attempts, info if record else None)
                 return outcome

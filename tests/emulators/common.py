@@ -94,10 +94,10 @@ class RecordedRequest:
 # --------------------------------------------------------------------------------------------------
 
 COMMON_FAULT_KINDS: Final = frozenset(
-    {"status", "hang", "delay", "slow", "cut", "abort", "malformed", "invalid-utf8", "huge"}
+    {"status", "hang", "delay", "slow", "cut", "abort", "malformed", "invalid-utf8", "huge", "first-delay"}
 )
 _NO_ARG_KINDS: Final = frozenset({"hang", "malformed", "invalid-utf8", "json-body", "unhealthy"})
-_SECONDS_KINDS: Final = frozenset({"delay", "slow"})
+_SECONDS_KINDS: Final = frozenset({"delay", "slow", "first-delay"})
 _COUNT_KINDS: Final = frozenset({"cut", "abort", "stream-error", "huge"})
 
 
@@ -951,6 +951,11 @@ class EmulatorBase:
             if kind == "cut":
                 body = body[: max(1, len(body) // 2)]
             headers = [*reply.headers, (b"content-length", str(len(body)).encode())]
+            if kind == "first-delay":  # a whole answer's first event is the answer itself
+                assert fault is not None
+                conn.watch()
+                if await conn.wait_gone(fault.seconds):
+                    return
             await conn.start(reply.status, headers)
             if kind == "abort":
                 assert fault is not None
@@ -967,6 +972,10 @@ class EmulatorBase:
         abort_after = fault.count if fault is not None and kind == "abort" else None
         conn.watch()
         await conn.start(reply.status, reply.headers)
+        if kind == "first-delay":  # headers at once, then nothing until the first event
+            assert fault is not None
+            if await conn.wait_gone(fault.seconds):
+                return
         for i, event in enumerate(events):
             if abort_after is not None and i >= abort_after:
                 break
