@@ -94,22 +94,23 @@ class UsageFigures(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
 
 
-class KeyStatus(msgspec.Struct, frozen=True, kw_only=True):
+class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a key and a team both show: limits, and budget and usage once those exist."""
+
     id: str
+    limits: Limits
+    budget: BudgetFigures | None = None
+    usage: UsageFigures | None = None
+
+
+class KeyStatus(AccountStatus, frozen=True, kw_only=True):
     source: Literal["config", "api"]
     team: str | None = None
     models: list[str]
-    limits: Limits
-    budget: BudgetFigures | None = None
-    usage: UsageFigures | None = None
 
 
-class TeamStatus(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
+class TeamStatus(AccountStatus, frozen=True, kw_only=True):
     keys: int
-    limits: Limits
-    budget: BudgetFigures | None = None
-    usage: UsageFigures | None = None
 
 
 class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
