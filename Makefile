@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test soak lint audit lock image-lock docs bench bench-compare check-config redis-server wrk clean
+.PHONY: run test soak lint audit lock image-lock docs bench bench-compare check-config redis-server chromium wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,16 @@ redis-server:
 	     (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)); \
 	  else echo "redis-server is missing: install it (e.g. apt-get install redis-server)" >&2; exit 1; fi; }
 
-test: $(VENV)/.installed-test redis-server
+# The status page's test drives Debian's chromium through Playwright (which cannot download browsers here).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium from Debian's packages"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); \
+	  else echo "/usr/bin/chromium is missing: install it (e.g. apt-get install chromium)" >&2; exit 1; fi; }
+
+test: $(VENV)/.installed-test redis-server chromium
 	$(BIN)/pytest
 
 # Steady mixed load with injected faults for a few minutes; fails if RSS, fds or tasks grow or errors

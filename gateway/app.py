@@ -17,6 +17,8 @@ from litestar.params import FromPath
 
 from adapters import Adapter, create_adapter
 from adapters.errors import UpstreamError
+from gateway.admin.listener import ListenerGate
+from gateway.admin.routes import admin_routes
 from gateway.api.chat import ChatResult, chat_completion
 from gateway.api.completions import text_completion
 from gateway.api.embeddings import create_embeddings
@@ -376,6 +378,7 @@ def create_app(settings: Settings) -> Litestar:
             healthz,
             readyz,
             openapi,
+            *admin_routes(gateway),
         ],
         openapi_config=None,  # `gateway.openapi` documents the raw inference routes Litestar cannot see
         lifespan=[lifespan],
@@ -389,7 +392,10 @@ def create_app(settings: Settings) -> Litestar:
     )
     # Outside routing and exception handling, so every response (404s and errors too) is covered.
     bare = bare_segments(route.path for route in app.routes)
-    app.asgi_handler = RequestMiddleware(app.asgi_handler, metrics, bare)  # type: ignore[assignment]
+    handler: Any = app.asgi_handler
+    if settings.admin is not None and settings.admin.listen is not None:
+        handler = ListenerGate(handler, settings.admin.listen.port)
+    app.asgi_handler = RequestMiddleware(handler, metrics, bare)  # type: ignore[assignment]
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -105,29 +106,67 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
             message=f"no redis_url: each of the {workers} workers counts rate limits on its own, so up to "
             f"{workers}x the configured rates get through; set redis_url for exact limits",
         )
+    sockets = [_bind(bind_host, bind_port)]
+    admin = settings.admin
+    if admin is not None and admin.listen is not None:
+        if admin.listen.port == bind_port:
+            print(f"admin.listen.port: {bind_port} is also the public port; pick another", file=sys.stderr)
+            return 1
+        # One server, two sockets: each worker serves both, `gateway.admin.listener` tells them apart.
+        sockets.append(_bind(admin.listen.host, admin.listen.port))
+        log.info("admin_listener", host=admin.listen.host, port=admin.listen.port)
+    app: Any
     if workers > 1:
         # Worker processes import the app by name: hand them the config path through the environment.
         os.environ[CONFIG_ENV] = os.path.abspath(path)
         # Metrics from every worker, whichever one a scrape reaches: prometheus multiprocess mode.
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
-        uvicorn.run(
-            "gateway.cli:app_from_environment",
-            factory=True,
-            workers=workers,
-            host=bind_host,
-            port=bind_port,
-            http=BoundedHeadProtocol,
-            **options,
-        )
+        app = "gateway.cli:app_from_environment"
     else:
         from gateway.app import create_app
 
         # uvicorn re-raises SIGTERM once its graceful shutdown is over, to whatever handler was there
         # before it: make that a clean exit (status 0) rather than "killed by SIGTERM" (143).
         signal.signal(signal.SIGTERM, _exit_cleanly)
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, http=BoundedHeadProtocol, **options)
+        app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        factory=workers > 1,
+        workers=workers,
+        host=bind_host,
+        port=bind_port,
+        http=BoundedHeadProtocol,
+        **options,
+    )
+    server = uvicorn.Server(config)
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass
+    if workers == 1 and not server.started:
+        return 3  # uvicorn's STARTUP_FAILURE: the app's lifespan failed
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound as uvicorn binds its own (it is shared by the worker processes)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

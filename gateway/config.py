@@ -179,6 +179,22 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         hide_secrets(self, "key")  # never printed, logged or serialised (`adapters.secret`)
 
 
+class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The admin API (`/admin/v1/...`), guarded by its own Bearer key (docs/control-plane.md)."""
+
+    listen: Listen | None = None
+    """A separate listener for the admin API, `/status` and `/metrics` (an internal address): they are
+    then served there only, and the public listener answers 404 for them. Left out: the admin API is
+    served on the public listener beside `/v1` (and `/metrics` stays there)."""
+    key: str | None = None
+    """The admin key itself (usually `${VAR}`), sent as `Authorization: Bearer <key>`, or ..."""
+    key_sha256: str | None = None
+    """... its SHA-256 as 64 hex digits (`gateway keys hash`). Exactly one of `key` and `key_sha256`."""
+
+    def __post_init__(self) -> None:
+        hide_secrets(self, "key")  # never printed, logged or serialised (`adapters.secret`)
+
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
 
@@ -223,6 +239,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """When the store is unreachable: serve without limits (open) or refuse with a 503 (closed)."""
     responses: ResponsesSettings = ResponsesSettings()
     """Stored `/v1/responses`: how long they are kept and how large they may be (docs/responses.md)."""
+    admin: AdminSettings | None = None
+    """The admin API and its key; without this section there is no admin API (docs/control-plane.md)."""
 
     def __post_init__(self) -> None:
         hide_secrets(self, "redis_url")  # it may carry a password
@@ -580,6 +598,7 @@ def _check_keys_and_limits(settings: Settings, problems: list[str], unset: dict[
                     f"{path}.models[{j}]: '{allowed}' is not a model name or alias under models "
                     f"(defined: {', '.join(sorted(public))})"
                 )
+    _check_admin(settings, problems, unset)
     url = settings.redis_url.strip()
     if url:
         scheme = urlsplit(url).scheme
@@ -590,7 +609,29 @@ def _check_keys_and_limits(settings: Settings, problems: list[str], unset: dict[
             )
 
 
-def key_digest(entry: KeyConfig) -> str:
+def _check_admin(settings: Settings, problems: list[str], unset: dict[str, list[str]]) -> None:
+    admin = settings.admin
+    if admin is None:
+        return
+    if admin.key is not None and admin.key_sha256 is not None:
+        problems.append("admin: set either key or key_sha256, not both")
+    elif admin.key is None and admin.key_sha256 is None:
+        problems.append("admin: missing key or key_sha256 (the admin API is never open)")
+    elif admin.key is not None and not admin.key.strip():
+        problems.append(f"admin.key: must not be empty{_unset_hint('admin.key', unset)}")
+    elif admin.key_sha256 is not None and not _SHA256_HEX.fullmatch(admin.key_sha256):
+        problems.append(
+            "admin.key_sha256: must be 64 hex digits (the SHA-256 of the key: `gateway keys hash`)"
+            f"{_unset_hint('admin.key_sha256', unset)}"
+        )
+    if admin.listen is not None and admin.listen.port == settings.listen.port:
+        problems.append(
+            f"admin.listen.port: {admin.listen.port} is the public listener's port; the admin "
+            "listener needs its own (or leave admin.listen out to serve the admin API on the public one)"
+        )
+
+
+def key_digest(entry: KeyConfig | AdminSettings) -> str:
     """The key's SHA-256 as lower-case hex, from `key` or `key_sha256`."""
     if entry.key is not None:
         return hashlib.sha256(entry.key.encode()).hexdigest()
@@ -641,6 +682,8 @@ def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret, for redaction and for tests that scan output for leaks."""
     secrets = [s for backend in settings.backends.values() for s in backend.secrets() if s]
     secrets += [entry.key for entry in settings.keys or [] if entry.key]
+    if settings.admin is not None and settings.admin.key:
+        secrets.append(settings.admin.key)
     secrets += [p for backend in settings.backends.values() if (p := proxies.proxy_password(backend.proxy))]
     password = urlsplit(settings.redis_url).password if settings.redis_url else None
     if password:
@@ -651,6 +694,7 @@ def secrets_of(settings: Settings) -> list[str]:
 __all__ = (
     "DEFAULT_CONFIG_PATH",
     "REDIS_SCHEMES",
+    "AdminSettings",
     "ConfigError",
     "HTTPLimits",
     "KeyConfig",

@@ -30,6 +30,7 @@ from gateway.observability.logs import get_logger
 from gateway.routing import hedge
 from gateway.routing.breaker import Breaker
 from gateway.routing.slots import Slots, acquire_any
+from gateway.routing.window import RollingWindow
 from gateway.timers import Deadline
 
 if TYPE_CHECKING:
@@ -84,14 +85,23 @@ class BackendState:
 class Route:
     """One target of a model: a backend and the model name it knows, with the target's breaker."""
 
-    __slots__ = ("adapter", "backend", "breaker", "model", "state", "weight")
+    __slots__ = ("adapter", "backend", "breaker", "model", "recent", "state", "weight")
 
-    def __init__(self, state: BackendState, model: str, breaker: Breaker, weight: float | None) -> None:
+    def __init__(
+        self,
+        state: BackendState,
+        model: str,
+        breaker: Breaker,
+        weight: float | None,
+        recent: RollingWindow | None = None,
+    ) -> None:
         self.state = state
         self.backend = state.name
         self.adapter = state.adapter
         self.model = model
         self.breaker = breaker
+        self.recent = recent if recent is not None else RollingWindow()
+        """The target's attempts over the last minutes (`/status`), shared like its breaker."""
         self.weight = weight
 
     def healthy(self, now: float) -> bool:
@@ -268,6 +278,7 @@ class Router:
             for name, config in settings.backends.items()
         }
         breakers: dict[tuple[str, str], Breaker] = {}
+        windows: dict[tuple[str, str], RollingWindow] = {}
         self._models: dict[str, ResolvedModel] = {}
         self._public: list[ResolvedModel] = []
         self._hedging: dict[ResolvedModel, hedge.Hedging] = {}
@@ -285,7 +296,10 @@ class Router:
                     breaker = breakers[key] = Breaker(
                         f"{target.backend}/{target.model}", breaker_config, on_change
                     )
-                routes.append(Route(self._backends[target.backend], target.model, breaker, target.weight))
+                window = windows.setdefault(key, RollingWindow())
+                routes.append(
+                    Route(self._backends[target.backend], target.model, breaker, target.weight, window)
+                )
             resolved = ResolvedModel(name, config, routes)
             hedging = hedge.hedging_for(name, config, metrics)
             if hedging is not None:
@@ -306,6 +320,10 @@ class Router:
     def public_names(self) -> list[str]:
         """Every public model name and alias, each once, in config order."""
         return list(self._models)
+
+    def models(self) -> list[ResolvedModel]:
+        """Every configured model (not its aliases), in config order."""
+        return list(self._public)
 
     def health_checked(self) -> list[BackendState]:
         """Backends that report their own health and are probed in the background."""
@@ -442,6 +460,7 @@ class Router:
         request = translated.request
         slots = route.state.slots
         probe = route.breaker.begin()
+        started = monotonic()
         upstream: UpstreamResponse | None = None
         collected: list[Event] | None = None
         first: object = _END
@@ -464,11 +483,14 @@ class Router:
             await _close(upstream, slots)
             if timed_out:  # the deadline's cancellation, reported by the adapter in its own words
                 route.breaker.released(probe)
+                route.recent.record(monotonic() - started, error=True)
                 return _past_deadline(route, model)
             if exc.client_fault:
                 route.breaker.released(probe)
                 raise _from_upstream(exc, attempt) from exc
-            route.breaker.failed(monotonic(), probe)
+            now = monotonic()
+            route.breaker.failed(now, probe)
+            route.recent.record(now - started, error=True)
             _log_failure(route, exc, attempt=attempt)
             return Failure.of(route, exc)
         except BaseException as exc:
@@ -478,6 +500,7 @@ class Router:
                 return _past_deadline(route, model)  # the deadline's own cancellation, withdrawn by disarm()
             raise
         route.breaker.succeeded(probe)
+        route.recent.record(monotonic() - started, error=False)
         if collected is not None:
             await _close(upstream, slots)
             return Answer(route, None, attempts=attempt, collected=collected)

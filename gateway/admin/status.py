@@ -1,0 +1,242 @@
+"""The status page: `GET /status` (HTML, no key) and its JSON, `GET /admin/v1/status` (admin key).
+
+The page and its two assets are static files from `gateway/admin/static/` (in the wheel), read once
+at start-up; the page asks for the admin key, keeps it in the tab's `sessionStorage` and polls the
+JSON every 2 s. The JSON is read from this process's state only (breakers, health verdicts, the
+router's rolling window per target, configured keys), so a poll costs no Redis round trip; keys made
+by the API, teams, usage and budgets come in through `KeyFigures`, filled by the modules that own them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Final, Literal
+
+import msgspec
+from litestar import Response, get
+
+from adapters.base import HealthChecked
+from gateway.errors import NotFoundError
+from gateway.routing.window import WindowFigures
+
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from gateway.app import Gateway
+    from gateway.routing.router import Route
+
+BreakerState = Literal["closed", "open", "half_open"]
+HealthState = Literal["healthy", "unhealthy", "unchecked"]
+
+ASSETS: Final = {
+    "status.js": "text/javascript; charset=utf-8",
+    "status.css": "text/css; charset=utf-8",
+}
+PAGE_HEADERS: Final = {
+    "cache-control": "no-store",
+    # Only the gateway's own assets, no inline script, no framing: the page handles the admin key.
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
+ASSET_HEADERS: Final = {
+    # Short: a new release's assets are picked up within minutes without versioned names.
+    "cache-control": "public, max-age=300",
+    "x-content-type-options": "nosniff",
+}
+
+
+class TargetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    backend: str
+    upstream_model: str
+    breaker: BreakerState
+    consecutive_failures: int
+    retry_in_s: float | None
+    """Seconds until an open breaker lets a probe through; None unless open."""
+    health: HealthState
+    health_detail: str | None
+    recent: WindowFigures
+
+
+class ModelStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    kind: str
+    aliases: list[str]
+    targets: list[TargetStatus]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+
+
+class BudgetFigures(msgspec.Struct, frozen=True, kw_only=True):
+    usd: float
+    period: str
+    spent_usd: float
+    resets_at: str
+    """ISO 8601 UTC."""
+
+
+class UsageFigures(msgspec.Struct, frozen=True, kw_only=True):
+    """This budget period's usage from the ledger."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    errors: int
+
+
+class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a key and a team both show: limits, and budget and usage once those exist."""
+
+    id: str
+    limits: Limits
+    budget: BudgetFigures | None = None
+    usage: UsageFigures | None = None
+
+
+class KeyStatus(AccountStatus, frozen=True, kw_only=True):
+    source: Literal["config", "api"]
+    team: str | None = None
+    models: list[str]
+
+
+class TeamStatus(AccountStatus, frozen=True, kw_only=True):
+    keys: int
+
+
+class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
+    generated_at: float
+    """Unix seconds."""
+    started_at: int
+    ready: bool
+    models: list[ModelStatus]
+    keys: list[KeyStatus]
+    teams: list[TeamStatus]
+    usage_source: str
+    """Where key and team usage comes from (`none` until a usage ledger fills it in)."""
+
+
+KeyFigures = Callable[["Gateway", list[KeyStatus]], "tuple[list[KeyStatus], list[TeamStatus], str]"]
+"""A hook from the keys/teams/usage modules: given the configured keys, the full key list (API keys
+added, usage and budgets filled in), the teams, and the name of the usage source."""
+
+
+def config_keys(gateway: Gateway, keys: list[KeyStatus]) -> tuple[list[KeyStatus], list[TeamStatus], str]:
+    """The default: configured keys only, no teams, no usage."""
+    return keys, [], "none"
+
+
+KEY_FIGURES: list[KeyFigures] = [config_keys]
+"""The hook in use (the last one): the API keys store and the usage ledger replace it when they land."""
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def gateway_status(gateway: Gateway) -> GatewayStatus:
+    now = time.monotonic()
+    models = []
+    if gateway.ready:
+        for model in gateway.router.models():
+            targets = [_target(route, now) for route in model.routes]
+            models.append(
+                ModelStatus(
+                    name=model.name,
+                    kind=model.config.kind,
+                    aliases=list(model.config.aliases),
+                    targets=targets,
+                )
+            )
+    configured = [
+        KeyStatus(
+            id=entry.id,
+            source="config",
+            models=list(entry.models),
+            limits=Limits(rpm=entry.rpm, tpm=entry.tpm, max_concurrency=entry.max_concurrency),
+        )
+        for entry in gateway.settings.keys or []
+    ]
+    keys, teams, usage_source = KEY_FIGURES[-1](gateway, configured)
+    return GatewayStatus(
+        generated_at=round(time.time(), 3),
+        started_at=gateway.started_at,
+        ready=gateway.ready,
+        models=models,
+        keys=keys,
+        teams=teams,
+        usage_source=usage_source,
+    )
+
+
+def _target(route: Route, now: float) -> TargetStatus:
+    breaker = route.breaker
+    state: BreakerState = "closed"
+    if breaker.open_until:
+        state = "open" if now < breaker.open_until and not breaker.probing else "half_open"
+    health_error = route.state.health_error
+    checked = isinstance(route.state.adapter, HealthChecked)
+    health: HealthState = "unhealthy" if health_error is not None else "healthy" if checked else "unchecked"
+    return TargetStatus(
+        backend=route.backend,
+        upstream_model=route.model,
+        breaker=state,
+        consecutive_failures=breaker.failures,
+        retry_in_s=round(breaker.retry_after(now), 1) if state == "open" else None,
+        health=health,
+        health_detail=health_error.summary if health_error is not None else None,
+        recent=route.recent.figures(now),
+    )
+
+
+def _static(name: str) -> bytes:
+    return resources.files("gateway.admin").joinpath("static", name).read_bytes()
+
+
+def api_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
+    """Under `/admin/v1`, behind the admin key."""
+
+    @get("/status", name="admin_status", sync_to_thread=False)
+    def status_json() -> Response[bytes]:
+        """Models, targets, breakers, health, recent figures, keys and teams (docs/control-plane.md)."""
+        body = _encoder.encode(gateway_status(gateway))
+        return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+    return [status_json]
+
+
+def page_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
+    """`/status` and its assets, without a key: the page asks for it."""
+    page = _static("status.html")
+    assets = {name: _static(name) for name in ASSETS}
+
+    @get("/status", name="status_page", sync_to_thread=False)
+    def status_page() -> Response[bytes]:
+        return Response(page, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @get("/status/assets/{name:str}", name="status_asset", sync_to_thread=False)
+    def status_asset(name: str) -> Response[bytes]:
+        if name not in assets:
+            raise NotFoundError(f"Invalid URL (GET /status/assets/{name})")
+        return Response(assets[name], media_type=ASSETS[name], headers=ASSET_HEADERS)
+
+    return [status_page, status_asset]
+
+
+__all__ = (
+    "KEY_FIGURES",
+    "GatewayStatus",
+    "KeyFigures",
+    "KeyStatus",
+    "TeamStatus",
+    "api_routes",
+    "gateway_status",
+    "page_routes",
+)
