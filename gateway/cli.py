@@ -1,4 +1,4 @@
-"""`gateway serve`, `gateway check-config` and `gateway config-schema`."""
+"""`gateway serve`, `check-config`, `config-schema` and `keys` (in `gateway.admin.cli`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.admin import cli as admin_cli
 from gateway.config import ConfigError, LoadedConfig, default_config_path, load_config
 from gateway.observability.logs import configure_logging, get_logger
 
@@ -38,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config-schema", help="write the config's JSON Schema (for editors' completion and checks)"
     )
     schema.add_argument("--output", "-o", help="file to write (default: standard output)")
+    admin_cli.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return admin_cli.run(args)
     if args.command == "check-config":
         return check_config(args.path)
     if args.command == "config-schema":

@@ -129,7 +129,7 @@ async def serve_translated(
     grant = None
     if limits is not None:
         grant = await limits.admit(
-            key.scope if key is not None else None,
+            key.scopes if key is not None else (),
             model.name,
             prompt_tokens=translated.prompt_estimate,
             max_tokens=translated.request.max_tokens,

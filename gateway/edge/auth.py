@@ -30,13 +30,23 @@ _MIN_HINT_LENGTH: Final = 20
 class KeyPolicy:
     """One configured key: its id, the models it may use (None: all) and its limits (None: none)."""
 
-    __slots__ = ("digest", "id", "models", "scope")
+    __slots__ = ("digest", "id", "models", "scope", "scopes")
 
-    def __init__(self, id: str, digest: bytes, models: frozenset[str] | None, scope: Scope | None) -> None:
+    def __init__(
+        self,
+        id: str,
+        digest: bytes,
+        models: frozenset[str] | None,
+        scope: Scope | None,
+        team: Scope | None = None,
+    ) -> None:
         self.id = id
         self.digest = digest
         self.models = models
         self.scope = scope
+        """The key's own limits, or None."""
+        self.scopes = tuple(s for s in (scope, team) if s is not None)
+        """The limited scopes a request with this key counts against: the key's, then its team's."""
 
     def allows(self, model: str) -> bool:
         """Whether the key may use the model with this canonical (not alias) name."""

@@ -15,7 +15,9 @@ by a crashed replica free themselves.
 from __future__ import annotations
 
 import hashlib
-from typing import Final, Literal, Protocol
+from typing import Annotated, Final, Literal, Protocol
+
+import msgspec
 
 WINDOW_S: Final = 60.0
 """Per-minute limits: the window is one minute. Tests shorten it through the limiters' constructors."""
@@ -25,14 +27,15 @@ LEASE_S: Final = 30.0
 """How long an in-flight ticket lives without renewal; its owner renews it every third of that."""
 KEY_PREFIX: Final = "llmgw"
 
-ScopeKind = Literal["key", "model"]
+ScopeKind = Literal["key", "team", "model"]
 Refusal = Literal["requests", "tokens", "concurrency"]
 
 
 class Scope:
-    """One set of limits: an API key's, or a public model's (shared by every key)."""
+    """One set of limits: an API key's, a team's (shared by its keys), or a public model's (shared by
+    every key)."""
 
-    __slots__ = ("keys", "kind", "max_concurrency", "name", "rpm", "tpm")
+    __slots__ = ("budget", "keys", "kind", "max_concurrency", "name", "rpm", "tpm")
 
     def __init__(
         self,
@@ -42,8 +45,11 @@ class Scope:
         rpm: int | None = None,
         tpm: int | None = None,
         max_concurrency: int | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.kind: ScopeKind = kind
+        self.budget = budget
+        """The key's or team's spend cap, or None (models have none)."""
         self.name = name
         self.rpm = rpm or 0
         self.tpm = tpm or 0
@@ -64,10 +70,22 @@ class Scope:
     @property
     def label(self) -> str:
         """How error messages name the scope (never a secret: key ids and model names only)."""
-        return self.name if self.kind == "key" else f"model {self.name}"
+        return self.name if self.kind == "key" else f"{self.kind} {self.name}"
 
     def __repr__(self) -> str:
         return f"Scope({self.kind}={self.name!r}, rpm={self.rpm}, tpm={self.tpm}, max={self.max_concurrency})"
+
+
+BudgetPeriod = Literal["day", "week", "month"]
+
+
+class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A spend cap in USD per UTC calendar period, for a key or a team."""
+
+    usd: Annotated[float, msgspec.Meta(ge=0)]
+    """The most the key (or team) may spend per period, in US dollars."""
+    period: BudgetPeriod
+    """`day`, `week` (from Monday) or `month`, in UTC."""
 
 
 class Ticket:
@@ -171,6 +189,8 @@ __all__ = (
     "LEASE_S",
     "SLOTS",
     "WINDOW_S",
+    "Budget",
+    "BudgetPeriod",
     "Limiter",
     "LimiterUnavailable",
     "Outcome",

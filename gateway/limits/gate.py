@@ -100,7 +100,7 @@ class RateLimits:
 
     async def admit(
         self,
-        key: Scope | None,
+        key_scopes: tuple[Scope, ...],
         model: str,
         *,
         prompt_tokens: int,
@@ -111,6 +111,8 @@ class RateLimits:
     ) -> Grant | None:
         """Reserve capacity for a request in every scope that applies, before any upstream call.
 
+        `key_scopes`: the limited scopes of the caller's key (its own, then its team's), or none.
+
         `requests` counts a request that makes several upstream calls (`n` choices) as that many
         requests, each reserving `prompt_tokens + max_tokens`; all or nothing, as for one.
         Returns None when no limit applies (or the store is down and the failure mode is open).
@@ -120,9 +122,9 @@ class RateLimits:
             ServiceUnavailableError: the store is down and the failure mode is closed (503).
         """
         model_scope = self._models.get(model)
-        if key is None and model_scope is None:
+        if not key_scopes and model_scope is None:
             return None
-        scopes = [scope for scope in (key, model_scope) if scope is not None]
+        scopes = [*key_scopes, model_scope] if model_scope is not None else key_scopes
         estimate = prompt_tokens + max_tokens
         grant = Grant(self, requests)
         try:

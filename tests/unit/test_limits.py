@@ -62,7 +62,7 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[LimiterF
         await limiter.aclose()
 
 
-def scope(**limits: int) -> Scope:
+def scope(**limits: Any) -> Scope:
     """A scope no other test uses (the Redis servers are shared by the session)."""
     return Scope("key", "t-" + os.urandom(6).hex(), **limits)
 
@@ -400,17 +400,17 @@ async def test_a_request_with_n_choices_counts_n_times_all_or_nothing(make_limit
     key = scope(rpm=5, tpm=1000, max_concurrency=4)
     info = RequestInfo()
     grant = await limits.admit(
-        key, "m", prompt_tokens=10, max_tokens=20, explicit_max_tokens=True, info=info, requests=3
+        (key,), "m", prompt_tokens=10, max_tokens=20, explicit_max_tokens=True, info=info, requests=3
     )
     assert grant is not None
     assert grant.headers["x-ratelimit-remaining-requests"] == "2"
     assert grant.headers["x-ratelimit-remaining-tokens"] == "910"
     with pytest.raises(RateLimitError):  # 3 more would be 6 requests (and 6 in flight)
         await limits.admit(
-            key, "m", prompt_tokens=10, max_tokens=20, explicit_max_tokens=True, info=info, requests=3
+            (key,), "m", prompt_tokens=10, max_tokens=20, explicit_max_tokens=True, info=info, requests=3
         )
     await grant.settle(100)  # the real usage of all three choices together
-    one = await limits.admit(key, "m", prompt_tokens=0, max_tokens=0, explicit_max_tokens=True, info=info)
+    one = await limits.admit((key,), "m", prompt_tokens=0, max_tokens=0, explicit_max_tokens=True, info=info)
     assert one is not None
     assert one.headers["x-ratelimit-remaining-requests"] == "1"  # the refusal counted nothing
     assert one.headers["x-ratelimit-remaining-tokens"] == "900"  # 3 reservations replaced by 100 in all
@@ -421,7 +421,7 @@ async def test_n_choices_that_can_never_fit_are_too_large() -> None:
     limits = RateLimits(MemoryLimiter(), models={})
     with pytest.raises(RateLimitError) as info:
         await limits.admit(
-            scope(tpm=100),
+            (scope(tpm=100),),
             "m",
             prompt_tokens=10,
             max_tokens=30,

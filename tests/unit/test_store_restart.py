@@ -29,13 +29,13 @@ POOLED = 16
 BURST = 100
 
 
-def team(**limits: int) -> Scope:
-    return Scope("key", "t-" + os.urandom(6).hex(), **limits)
+def team(rpm: int = 0, tpm: int = 0, max_concurrency: int = 0) -> Scope:
+    return Scope("key", "t-" + os.urandom(6).hex(), rpm=rpm, tpm=tpm, max_concurrency=max_concurrency)
 
 
 async def admit(gate: RateLimits, scope: Scope) -> object:
     return await gate.admit(
-        scope, "m", prompt_tokens=1, max_tokens=1, explicit_max_tokens=True, info=RequestInfo()
+        (scope,), "m", prompt_tokens=1, max_tokens=1, explicit_max_tokens=True, info=RequestInfo()
     )
 
 
