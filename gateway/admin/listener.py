@@ -16,8 +16,10 @@ from gateway.errors import NotFoundError, error_response
 if TYPE_CHECKING:
     from gateway.edge.asgi import Receive, Scope, Send
 
-ADMIN_PREFIXES: Final = ("/admin/", "/status", "/metrics")
-"""Paths served on the admin listener only (the admin API, the status page and its assets, metrics)."""
+ADMIN_PATHS: Final = frozenset({"/status", "/metrics"})
+ADMIN_PREFIXES: Final = ("/admin/", "/status/")
+"""With `ADMIN_PATHS`: served on the admin listener only (the admin API, the status page and its
+assets, metrics); `/statusx` or `/metrics/x` are ordinary public paths (404s there)."""
 PROBES: Final = frozenset({"/healthz", "/readyz"})
 """Served on both listeners: orchestrators may probe either."""
 
@@ -36,7 +38,8 @@ class ListenerGate:
             server = scope.get("server")
             on_admin = server is not None and server[1] == self._admin_port
             path: str = scope["path"]
-            if on_admin != path.startswith(ADMIN_PREFIXES) and not (on_admin and path in PROBES):
+            admin_path = path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES)
+            if on_admin != admin_path and not (on_admin and path in PROBES):
                 await _not_found(scope, send)
                 return
         await self._app(scope, receive, send)
@@ -53,4 +56,4 @@ async def _not_found(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ("ADMIN_PREFIXES", "PROBES", "ListenerGate")
+__all__ = ("ADMIN_PATHS", "ADMIN_PREFIXES", "PROBES", "ListenerGate")

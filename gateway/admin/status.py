@@ -180,7 +180,7 @@ def _target(route: Route, now: float) -> TargetStatus:
     breaker = route.breaker
     state: BreakerState = "closed"
     if breaker.open_until:
-        state = "open" if now < breaker.open_until and not breaker.probing else "half_open"
+        state = "open" if breaker.is_open(now) else "half_open"
     health_error = route.state.health_error
     checked = isinstance(route.state.adapter, HealthChecked)
     health: HealthState = "unhealthy" if health_error is not None else "healthy" if checked else "unchecked"

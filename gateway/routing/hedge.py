@@ -275,9 +275,9 @@ class Race:
             return
         now = monotonic()
         for candidate in order[position + 1 :]:
-            if self.tried(candidate) or candidate.state.health_error is not None:
+            if self.tried(candidate) or routing.unavailable(candidate, now) is not None:
                 continue
-            if candidate.breaker.available(now) and candidate.state.slots.try_acquire():
+            if candidate.state.slots.try_acquire():
                 break
         else:
             return

@@ -366,7 +366,7 @@ class Router:
                 break
             if race is not None and race.tried(route):
                 continue  # already called as a hedge
-            skipped = _unavailable(route, now)
+            skipped = unavailable(route, now)
             if skipped is not None:
                 failures.append(skipped)
                 continue
@@ -391,7 +391,7 @@ class Router:
                 break
             route = next(route for route in waiting if route.state.slots is slots)
             waiting.remove(route)
-            skipped = _unavailable(route, monotonic())
+            skipped = unavailable(route, monotonic())
             if skipped is not None:
                 slots.release()
                 failures.append(skipped)
@@ -535,7 +535,7 @@ def require_kind(model: ResolvedModel, name: str, kind: ModelKind) -> None:
         )
 
 
-def _unavailable(route: Route, now: float) -> Failure | None:
+def unavailable(route: Route, now: float) -> Failure | None:
     state = route.state
     if state.health_error is not None:
         return Failure(

@@ -43,6 +43,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / ".artifacts"
 TRIP_ONCE: dict[str, Any] = {"failure_threshold": 1, "cooldown_s": 600, "health_interval_s": 3600}
 CF_MODEL = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+HANG_GUARD_MS = 30_000
 
 
 @pytest.fixture
@@ -55,6 +56,9 @@ def browser(tmp_path: Path) -> Iterator[BrowserContext]:
             headless=True,
             args=CHROMIUM_ARGS,
         )
+        # Generous hang guards, not speed limits: Chromium on a busy 2-core machine can be slow.
+        context.set_default_timeout(HANG_GUARD_MS)
+        expect.set_options(timeout=HANG_GUARD_MS)
         yield context
         context.close()
 
