@@ -34,6 +34,7 @@ from adapters import BackendConfigs
 from adapters import proxy as proxies
 from adapters.mock import MockConfig
 from adapters.secret import hide_secrets
+from gateway.limits.base import Budget, Price
 
 DEFAULT_CONFIG_PATH: Final = "config/gateway.yaml"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -104,6 +105,9 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     weight: Annotated[float, Meta(gt=0)] | None = None
     """Adjacent targets with a weight share load in this proportion (a random order per request); the
     group as a whole keeps its place in the list."""
+    price: Price | None = None
+    """What this target's answers cost, when it differs from the model's `price` (a vLLM target on
+    your own GPUs may set 0)."""
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -141,6 +145,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """Requests per minute to this model from all keys together (protects a backend); at least 1."""
     tpm: int | None = None
     """Prompt + completion tokens per minute to this model from all keys together; at least 1."""
+    price: Price | None = None
+    """USD per million input and output tokens (`{input_per_mtok, output_per_mtok}`), what budgets
+    and the usage ledger charge for this model's answers; a target's own `price` wins. Unset: 0."""
     hedge_after_ms: Annotated[int, Meta(ge=1, extra={"problem": "must be at least 1"})] | None = None
     """Hedged first tokens: when a target has not produced its first event (a stream's first token,
     or a whole answer) this many milliseconds after it was called, the same request is also sent to
@@ -172,6 +179,9 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """Prompt + completion tokens per minute; at least 1, or leave it out for no limit."""
     max_concurrency: int | None = None
     """Requests in flight at once, across all replicas; at least 1, or leave it out for no limit."""
+    budget: Budget | None = None
+    """A spend cap, `{usd, period: day|week|month}` (UTC periods; weeks start on Monday), charged at the
+    models' `price`."""
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Public model names (or aliases) the key may use; `"*"` for all."""
 

@@ -15,6 +15,7 @@ by a crashed replica free themselves.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Annotated, Final, Literal, Protocol
 
 import msgspec
@@ -86,6 +87,24 @@ class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The most the key (or team) may spend per period, in US dollars."""
     period: BudgetPeriod
     """`day`, `week` (from Monday) or `month`, in UTC."""
+
+
+MICRO_USD: Final = 1_000_000
+"""Costs are counted in integer micro-dollars (exact sums in Redis, no float drift)."""
+
+
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What a model costs, in US dollars per million tokens."""
+
+    input_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Per million prompt (input) tokens."""
+    output_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Per million completion (output) tokens."""
+
+    def micro_usd(self, input_tokens: int, output_tokens: int) -> int:
+        """The cost of one answer in micro-dollars, rounded up (a budget never under-counts)."""
+        # USD per million tokens is micro-USD per token.
+        return math.ceil(input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok)
 
 
 class Ticket:
@@ -187,6 +206,7 @@ def format_duration(seconds: float) -> str:
 __all__ = (
     "KEY_PREFIX",
     "LEASE_S",
+    "MICRO_USD",
     "SLOTS",
     "WINDOW_S",
     "Budget",
@@ -194,6 +214,7 @@ __all__ = (
     "Limiter",
     "LimiterUnavailable",
     "Outcome",
+    "Price",
     "Refusal",
     "Scope",
     "ScopeKind",
