@@ -156,6 +156,7 @@ class Gateway:
             authorization = None
         policy = self.keys.authenticate(authorization, api_key)
         info.key_id = policy.id
+        info.team_id = policy.team_id
         return policy
 
     async def start(self) -> None:

@@ -17,6 +17,7 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from gateway.limits.base import Price
     from gateway.translation.framing import AnswerStats
 
 
@@ -34,12 +35,14 @@ class RequestInfo:
         "key_id",
         "metadata",
         "model",
+        "price",
         "prompt_estimate",
         "rate_limit",
         "request_id",
         "started",
         "stats",
         "stream",
+        "team_id",
         "upstream_model",
         "upstream_s",
         "user",
@@ -52,6 +55,8 @@ class RequestInfo:
         """`time.monotonic()` when the request arrived."""
         self.key_id: str | None = None
         """The calling API key's `id` (None when the gateway runs without keys)."""
+        self.team_id: str | None = None
+        """The calling key's team, if it belongs to one."""
         self.rate_limit: str | None = None
         """The limit decision: `admitted`, `refused_requests`, `refused_tokens`, `refused_concurrency`,
         `too_large`, `store_unavailable`; None when no limit applied."""
@@ -76,6 +81,8 @@ class RequestInfo:
         self.stats: AnswerStats | None = None
         """The writer's record of the answer: first token time, usage, finish reason."""
         self.prompt_estimate = 0
+        self.price: Price | None = None
+        """The answering target's price (budgets settle and the usage ledger charges with it)."""
         self.user: str | None = None
         """The request's `user` field (logged, never forwarded to Cloudflare)."""
         self.metadata: dict[str, str] | None = None

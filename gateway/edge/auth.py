@@ -30,7 +30,7 @@ _MIN_HINT_LENGTH: Final = 20
 class KeyPolicy:
     """One configured key: its id, the models it may use (None: all) and its limits (None: none)."""
 
-    __slots__ = ("digest", "id", "models", "scope", "scopes")
+    __slots__ = ("digest", "id", "models", "scope", "scopes", "team_id")
 
     def __init__(
         self,
@@ -39,8 +39,11 @@ class KeyPolicy:
         models: frozenset[str] | None,
         scope: Scope | None,
         team: Scope | None = None,
+        team_id: str | None = None,
     ) -> None:
         self.id = id
+        self.team_id = team_id
+        """The team the key belongs to (its usage is counted there too), or None."""
         self.digest = digest
         self.models = models
         self.scope = scope

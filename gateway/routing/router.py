@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from adapters.base import HealthChecked
 from adapters.errors import UpstreamError, UpstreamTimeout
 from gateway.errors import InvalidRequestError, ModelNotFoundError, RoutingError, upstream_headers
+from gateway.limits.base import Price
 from gateway.observability.logs import get_logger
 from gateway.routing import hedge
 from gateway.routing.breaker import Breaker
@@ -85,7 +86,7 @@ class BackendState:
 class Route:
     """One target of a model: a backend and the model name it knows, with the target's breaker."""
 
-    __slots__ = ("adapter", "backend", "breaker", "model", "recent", "state", "weight")
+    __slots__ = ("adapter", "backend", "breaker", "model", "price", "recent", "state", "weight")
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class Route:
         breaker: Breaker,
         weight: float | None,
         recent: RollingWindow | None = None,
+        price: Price | None = None,
     ) -> None:
         self.state = state
         self.backend = state.name
@@ -103,19 +105,40 @@ class Route:
         self.recent = recent if recent is not None else RollingWindow()
         """The target's attempts over the last minutes (`/status`), shared like its breaker."""
         self.weight = weight
+        self.price = price
+        """What this target's answers cost (its own `price`, else its model's); None: nothing."""
 
     def healthy(self, now: float) -> bool:
         return self.state.health_error is None and not self.breaker.is_open(now)
 
 
 class ResolvedModel:
-    __slots__ = ("_static_order", "_tiers", "config", "name", "native", "routes", "timeout_s")
+    __slots__ = (
+        "_static_order",
+        "_tiers",
+        "config",
+        "max_price",
+        "name",
+        "native",
+        "routes",
+        "timeout_s",
+    )
 
     def __init__(self, name: str, config: ModelConfig, routes: list[Route]) -> None:
         self.name = name
         self.config = config
         self.routes = routes
         self.timeout_s = config.timeout_s
+        prices = [route.price for route in routes if route.price is not None]
+        self.max_price: Price | None = (
+            Price(
+                input_per_mtok=max(p.input_per_mtok for p in prices),
+                output_per_mtok=max(p.output_per_mtok for p in prices),
+            )
+            if prices
+            else None
+        )
+        """The highest price any target may charge: what a budget reserves before the target is known."""
         natives = [route.adapter.native for route in routes]
         self.native: frozenset[str] = frozenset.intersection(*natives) if natives else frozenset()
         """Parameters every target honours itself (`Adapter.native`): only these may be sent upstream."""
@@ -298,7 +321,14 @@ class Router:
                     )
                 window = windows.setdefault(key, RollingWindow())
                 routes.append(
-                    Route(self._backends[target.backend], target.model, breaker, target.weight, window)
+                    Route(
+                        self._backends[target.backend],
+                        target.model,
+                        breaker,
+                        target.weight,
+                        window,
+                        target.price or config.price,
+                    )
                 )
             resolved = ResolvedModel(name, config, routes)
             hedging = hedge.hedging_for(name, config, metrics)
@@ -420,6 +450,7 @@ class Router:
             if answer is not None:
                 info.backend = answer.route.backend
                 info.upstream_model = answer.route.model
+                info.price = answer.route.price
         if failures and self._metrics is not None:
             for failure in failures:
                 self._metrics.failover(model.name, failure.route.backend, failure.kind)
