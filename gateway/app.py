@@ -49,6 +49,7 @@ from gateway.errors import (
     surface_of,
 )
 from gateway.limits import RateLimits, create_rate_limits
+from gateway.limits.redis import connect
 from gateway.observability.logs import flush_periodically, get_logger
 from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability.metrics import Metrics
@@ -56,6 +57,7 @@ from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
+from gateway.routing.shared_state import SharedBreakers
 from gateway.state.responses import ResponseStore, create_response_store
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ class Gateway:
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
         self._prober: HealthProber | None = None
+        self._shared_breakers: SharedBreakers | None = None
         self._tracing: Tracing | None = None
 
     @property
@@ -170,6 +173,11 @@ class Gateway:
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
+        if self.settings.redis_url:
+            self._shared_breakers = SharedBreakers(
+                connect(self.settings.redis_url), self._router.breakers, self.metrics
+            )
+            self._shared_breakers.start()
         if self.keys is None:
             log.warning(
                 "no_api_keys",
@@ -186,6 +194,9 @@ class Gateway:
         if self._prober is not None:
             await self._prober.stop()
             self._prober = None
+        if self._shared_breakers is not None:
+            await self._shared_breakers.stop()
+            self._shared_breakers = None
         self._router = None
         if self.limits is not None:
             await self.limits.aclose()

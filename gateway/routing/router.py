@@ -300,7 +300,9 @@ class Router:
             )
             for name, config in settings.backends.items()
         }
-        breakers: dict[tuple[str, str], Breaker] = {}
+        self.breakers: dict[tuple[str, str], Breaker] = {}
+        """One per target, by (backend, upstream model): shared by the models that name that target."""
+        breakers = self.breakers
         windows: dict[tuple[str, str], RollingWindow] = {}
         self._models: dict[str, ResolvedModel] = {}
         self._public: list[ResolvedModel] = []
