@@ -85,6 +85,8 @@ class SharedBreakers:
         self._pending: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
+        self.synced = asyncio.Event()
+        """Set once the first resync is done (subscribed, and the open breakers read)."""
 
     def start(self) -> None:
         for breaker in self._breakers.values():
@@ -175,6 +177,7 @@ class SharedBreakers:
                 self._changed(breaker)
         log.info("breakers_resynced", open=len(published), replica=self.replica)
         self._failing = False
+        self.synced.set()
 
     def _apply(self, raw: bytes) -> BreakerChange | None:
         """Apply one change from another process; the change, or None if it was not one."""
