@@ -55,10 +55,12 @@ from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
+from gateway.routing.affinity import SESSION_HEADER
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
 from gateway.routing.shared_state import SharedBreakers
 from gateway.state.responses import ResponseStore, create_response_store
+from gateway.translation.translate import session_token
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler
@@ -246,6 +248,9 @@ def create_app(settings: Settings) -> Litestar:
             state = scope["state"]
             info: RequestInfo = state["request_info"]
             info.http_10 = scope.get("http_version") == "1.0"
+            session = header(scope, SESSION_HEADER)
+            if session:
+                info.session = session_token(session)
             key = gateway.authenticate(scope["headers"], info, anthropic=messages is not None)
             run: Pipeline
             if messages is not None:
