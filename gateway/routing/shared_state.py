@@ -26,13 +26,12 @@ import time
 from typing import TYPE_CHECKING, Final
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.cluster import RedisCluster
 
     from gateway.observability.metrics import Metrics
     from gateway.routing.breaker import Breaker
@@ -130,7 +129,7 @@ class SharedBreakers:
                     else:
                         await client.hdel(OPEN_KEY, name)
                     await client.publish(CHANNEL, payload)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the publisher must outlive any failed call
                 # Dropped, not retried: the next resync publishes the opens still in force.
                 self._failed("publish", exc)
             else:
@@ -139,8 +138,11 @@ class SharedBreakers:
     async def _subscribe(self) -> None:
         attempt = 0
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = None
             try:
+                if isinstance(self._client, RedisCluster):
+                    await self._client.initialize()  # a cluster's pub/sub needs its slot map first
+                pubsub = self._client.pubsub()
                 await pubsub.subscribe(CHANNEL)
                 while True:
                     message = await pubsub.get_message(timeout=POLL_S)
@@ -154,11 +156,12 @@ class SharedBreakers:
                         self._apply(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the client raises, subscribe again later
                 self._failed("subscribe", exc)
             finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1
 

@@ -73,8 +73,12 @@ def test_remote_changes_never_shorten_a_local_open_and_never_publish() -> None:
     assert told == [breaker, breaker]
 
 
-async def test_an_open_and_a_close_reach_the_other_process(redis_server: RedisServer) -> None:
-    async with process(redis_server.url) as (a, on_a), process(redis_server.url) as (_, on_b):
+@pytest.mark.parametrize("store", ["redis_server", "redis_cluster"])
+async def test_an_open_and_a_close_reach_the_other_process(
+    request: pytest.FixtureRequest, store: str
+) -> None:
+    url = request.getfixturevalue(store).url
+    async with process(url) as (a, on_a), process(url) as (_, on_b):
         on_a.failed(time.monotonic(), probe=False)
         await eventually(lambda: on_b.is_open(time.monotonic()))
         # The same open-until time, give or take the clock conversions.
