@@ -53,8 +53,9 @@ class Breaker:
         """0 while closed; otherwise the monotonic time at which one probe may go through."""
         self.probing = False
         self.shared: Callable[[Breaker], None] | None = None
-        """Told when this process opened or closed the breaker (set by `gateway.routing.shared_state`,
-        which publishes it off the request path); never told of changes applied by `apply_remote`."""
+        """Told when this process opened the breaker, or closed it with a passing probe (set by
+        `gateway.routing.shared_state`, which publishes it off the request path); never told of
+        changes applied by `apply_remote`."""
 
     def available(self, now: float) -> bool:
         """Closed, or cooled down with no probe in flight."""
@@ -84,7 +85,9 @@ class Breaker:
             self.failures = 0
             self.open_until = 0.0
             self.probing = False
-            if self.shared is not None:
+            # Only a passing probe closes the breaker everywhere: an answer that was already in flight
+            # when it opened says less, and must not undo every other process's open.
+            if probe and self.shared is not None:
                 self.shared(self)
             return
         self.failures = 0

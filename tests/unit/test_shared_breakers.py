@@ -69,8 +69,14 @@ def test_remote_changes_never_shorten_a_local_open_and_never_publish() -> None:
     assert not breaker.apply_remote(100.0, 0.0, 0, "other")  # already closed
     assert told == []
     breaker.failed(100.0, probe=False)  # a local open is shared
-    breaker.succeeded(probe=False)  # and so is a local close
-    assert told == [breaker, breaker]
+    breaker.succeeded(probe=False)  # a close by an answer already in flight is not
+    assert told == [breaker]
+    breaker.failed(100.0, probe=False)
+    assert breaker.available(100.0 + CONFIG.cooldown_s)
+    probe = breaker.begin()
+    assert probe
+    breaker.succeeded(probe)  # a close by a passing probe is
+    assert told == [breaker, breaker, breaker]
 
 
 @pytest.mark.parametrize("store", ["redis_server", "redis_cluster"])
@@ -83,7 +89,7 @@ async def test_an_open_and_a_close_reach_the_other_process(
         await eventually(lambda: on_b.is_open(time.monotonic()))
         # The same open-until time, give or take the clock conversions.
         assert abs(on_b.open_until - on_a.open_until) < 0.5
-        on_a.succeeded(probe=False)
+        on_a.succeeded(probe=True)
         await eventually(lambda: not on_b.open_until)
         # A's own messages came back to it too, and were ignored: nothing re-opened there.
         assert not on_a.open_until
