@@ -69,12 +69,13 @@ def chat(gateway: GatewayProcess) -> httpx.Response:
     return response
 
 
+def logged(gateway: GatewayProcess, event: str, **match: Any) -> list[dict[str, Any]]:
+    lines = gateway.log_lines(settle_s=0)
+    return [line for line in lines if line.get("event") == event and match.items() <= line.items()]
+
+
 def opened(gateway: GatewayProcess, source: str) -> list[dict[str, Any]]:
-    return [
-        line
-        for line in gateway.log_lines(settle_s=0)
-        if line.get("event") == "circuit_opened" and line.get("source") == source
-    ]
+    return logged(gateway, "circuit_opened", source=source)
 
 
 def calls(emulator: VLLMEmulator) -> int:
@@ -89,9 +90,7 @@ def test_a_breaker_opened_on_one_replica_is_skipped_by_the_others(
     run = os.urandom(3).hex()
     settings = config(redis_server.url, broken_url, fallback_url, run)
     with GatewayProcess(settings, tmp_path) as a, GatewayProcess(settings, tmp_path) as b:
-        wait_for(lambda: all(
-            any(line.get("event") == "breakers_resynced" for line in g.log_lines(settle_s=0)) for g in (a, b)
-        ))  # fmt: skip
+        wait_for(lambda: logged(a, "breakers_resynced") and logged(b, "breakers_resynced"))
         for _ in range(THRESHOLD):
             assert chat(a).headers["x-gateway-backend"] == f"fallback-{run}"
         assert calls(broken) == THRESHOLD
