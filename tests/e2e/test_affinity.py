@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -116,6 +117,13 @@ def test_a_session_stays_on_one_replica_and_moves_only_when_that_replica_fails(
         home_emulator.healthy = True
         wait_for(lambda: health_logged(gateway, "backend_healthy", home))
         assert ask(client, session=SESSION) == (home, "1")
+        # The header names the session on Anthropic Messages too (no `prompt_cache_key` there).
+        with anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0, timeout=20) as claude:
+            raw = claude.messages.with_raw_response.create(
+                model="chat", max_tokens=16, messages=USER, extra_headers={"x-session-affinity": SESSION}
+            )
+        assert raw.headers["x-gateway-backend"] == home
+        assert home_emulator.requests[-1].headers["x-session-affinity"] == SESSION
 
         # A failed request opens its breaker: that request fails over to the session's second choice,
         # and the next ones go there directly.
