@@ -18,6 +18,7 @@ import msgspec
 from litestar import Response, get
 
 from adapters.base import HealthChecked
+from gateway.admin.usage import TodayUsage
 from gateway.errors import NotFoundError
 from gateway.routing.window import WindowFigures
 
@@ -122,7 +123,8 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
     keys: list[KeyStatus]
     teams: list[TeamStatus]
     usage_source: str
-    """Where key and team usage comes from (`none` until a usage ledger fills it in)."""
+    """Where key and team usage comes from: `redis` (every replica's, as last flushed), `memory`
+    (this process's), `unavailable` (Redis could not be read), `none` (before start-up)."""
 
 
 KeyFigures = Callable[["Gateway", list[KeyStatus]], "tuple[list[KeyStatus], list[TeamStatus], str]"]
@@ -141,7 +143,8 @@ KEY_FIGURES: list[KeyFigures] = [config_keys]
 _encoder: Final = msgspec.json.Encoder()
 
 
-def gateway_status(gateway: Gateway) -> GatewayStatus:
+def gateway_status(gateway: Gateway, today: TodayUsage | None = None) -> GatewayStatus:
+    """`today`: today's usage per key and team, read; None when it could not be."""
     now = time.monotonic()
     models = []
     if gateway.ready:
@@ -165,6 +168,13 @@ def gateway_status(gateway: Gateway) -> GatewayStatus:
         for entry in gateway.settings.keys or []
     ]
     keys, teams, usage_source = KEY_FIGURES[-1](gateway, configured)
+    if gateway.usage.source != "none":
+        usage_source = gateway.usage.source
+        if today is None:
+            usage_source = "unavailable"
+        else:
+            keys = [msgspec.structs.replace(k, usage=UsageFigures(**today.of_key(k.id))) for k in keys]
+            teams = [msgspec.structs.replace(t, usage=UsageFigures(**today.of_team(t.id))) for t in teams]
     return GatewayStatus(
         generated_at=round(time.time(), 3),
         started_at=gateway.started_at,
@@ -202,11 +212,13 @@ def _static(name: str) -> bytes:
 
 def api_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
     """Under `/admin/v1`, behind the admin key."""
+    today = TodayUsage(gateway.usage, gateway.settings.usage.flush_interval_s)
 
-    @get("/status", name="admin_status", sync_to_thread=False)
-    def status_json() -> Response[bytes]:
+    @get("/status", name="admin_status")
+    async def status_json() -> Response[bytes]:
         """Models, targets, breakers, health, recent figures, keys and teams (docs/control-plane.md)."""
-        body = _encoder.encode(gateway_status(gateway))
+        read = await today.refresh()
+        body = _encoder.encode(gateway_status(gateway, today if read else None))
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
     return [status_json]
