@@ -171,7 +171,11 @@ def test_usage_totals_equal_what_two_replicas_served(
 
     # The other replica's counters arrive within a flush interval: wait for all of them on both.
     for process in processes:
-        wait_for(lambda process=process: run_usage(process)["requests"] == total["requests"] or None)
+
+        def complete(process: GatewayProcess = process) -> bool:
+            return bool(run_usage(process)["requests"] == total["requests"])
+
+        wait_for(complete)
 
     by_key = {}
     for key in keys:
