@@ -2,9 +2,10 @@
 
 The page and its two assets are static files from `gateway/admin/static/` (in the wheel), read once
 at start-up; the page asks for the admin key, keeps it in the tab's `sessionStorage` and polls the
-JSON every 2 s. The JSON is read from this process's state only (breakers, health verdicts, the
-router's rolling window per target, configured keys), so a poll costs no Redis round trip; keys made
-by the API, teams, usage and budgets come in through `KeyFigures`, filled by the modules that own them.
+JSON every 2 s. The JSON is read from this process's state (breakers, health verdicts, the router's
+rolling window per target, configured keys), except today's usage per key and team, read from the
+usage ledger at most once per `usage.flush_interval_s` (`gateway.admin.usage.TodayUsage`); keys made
+by the API, teams and budgets come in through `KeyFigures`, filled by the modules that own them.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class BudgetFigures(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UsageFigures(msgspec.Struct, frozen=True, kw_only=True):
-    """This budget period's usage from the ledger."""
+    """Today's (UTC) usage from the ledger."""
 
     requests: int
     input_tokens: int

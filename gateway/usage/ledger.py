@@ -240,12 +240,19 @@ def create_usage_store(redis_url: str, settings: UsageSettings) -> UsageStore:
     return MemoryUsageStore(settings.retention_days)
 
 
+def _wall_offset() -> float:
+    """What to add to `time.monotonic()` to get Unix time."""
+    return time.time() - time.monotonic()
+
+
 class UsageLedger:
     """This process's pending counters and their flushing; `record` is the request path's part."""
 
     def __init__(self, settings: UsageSettings) -> None:
         self._interval_s = settings.flush_interval_s
-        self._pending: dict[Row, Counts] = {}
+        self._pending: dict[tuple[int, str | None, str | None, str | None], Counts] = {}
+        """By `Row`'s fields, as a plain tuple."""
+        self._wall_offset = _wall_offset()
         self._unsent: tuple[str, dict[Row, Counts]] | None = None
         """A batch whose write failed: resent (same id) before anything newer."""
         self._store: UsageStore | None = None
@@ -260,25 +267,35 @@ class UsageLedger:
         return self._store.kind if self._store is not None else "none"
 
     def record(self, info: RequestInfo, status: int) -> None:
-        """Count one finished request (called once per request, after its response was sent)."""
+        """Count one finished request (called once per request, after its response was sent).
+
+        The day is the UTC day the request arrived, from its monotonic start time and the wall clock's
+        offset (read once per flush: a clock read per request cost 0.3 us here, a `Row` 0.5 us, so
+        the key is a plain tuple).
+        """
         model = info.model
         key = info.key_id
         error = status >= 400 or info.answer_error is not None
         if model is None and (key is None or not error):
             return  # not a model request (a listing, a probe, the admin API) or an unknown caller
-        row = Row(int(time.time() // DAY_S), key, info.team_id, model)
-        counts = self._pending.get(row)
+        row = (int((info.started + self._wall_offset) // DAY_S), key, info.team_id, model)
+        pending = self._pending
+        counts = pending.get(row)
         if counts is None:
-            if len(self._pending) >= MAX_PENDING_ROWS:
+            if len(pending) >= MAX_PENDING_ROWS:
                 self._drop()
                 return
-            counts = self._pending[row] = [0, 0, 0, 0, 0]
+            counts = pending[row] = [0, 0, 0, 0, 0]
         counts[0] += 1
         # An error response carries no answer (a refusal's stats hold only its prompt estimate);
         # an answer that failed part-way (in-band error, client gone) is charged what it produced.
-        if info.stats is not None and status < 400:
-            input_tokens = info.prompt_tokens
-            output_tokens = info.completion_tokens
+        stats = info.stats
+        if stats is not None and status < 400:
+            usage = stats.usage
+            if usage is not None:
+                input_tokens, output_tokens = usage.prompt_tokens, usage.completion_tokens
+            else:
+                input_tokens, output_tokens = info.prompt_tokens, info.completion_tokens
             counts[1] += input_tokens
             counts[2] += output_tokens
             price = info.price
@@ -307,8 +324,9 @@ class UsageLedger:
         if store is None:
             return
         await self.flush()
-        lost = ([self._unsent[1]] if self._unsent else []) + [self._pending]
-        requests = sum(counts[0] for rows in lost for counts in rows.values())
+        requests = sum(counts[0] for counts in self._pending.values())
+        if self._unsent is not None:
+            requests += sum(counts[0] for counts in self._unsent[1].values())
         if requests:
             log.error("usage_not_written", requests=requests, message="the usage store could not be written")
         self._store = None
@@ -329,9 +347,11 @@ class UsageLedger:
                 if not await self._send(store, *self._unsent):
                     return
                 self._unsent = None
+            self._wall_offset = _wall_offset()
             if not self._pending:
                 return
-            rows, self._pending = self._pending, {}
+            pending, self._pending = self._pending, {}
+            rows = {Row._make(row): counts for row, counts in pending.items()}
             batch_id = os.urandom(12).hex()
             if not await self._send(store, batch_id, rows):
                 self._unsent = (batch_id, rows)

@@ -44,7 +44,7 @@ def answered(
     price: Price | None = PRICE,
     in_band_error: str | None = None,
 ) -> RequestInfo:
-    info = RequestInfo("req_test", 0.0)
+    info = RequestInfo("req_test", time.monotonic())
     info.key_id, info.team_id, info.model, info.price = key, team, model, price
     if usage is not None or in_band_error is not None:
         info.stats = AnswerStats()
