@@ -10,6 +10,7 @@ usage` (table, `--json`, `--csv`) against the running gateway.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import math
@@ -25,6 +26,7 @@ import openai
 import pytest
 import redis
 
+from gateway.cli import main
 from tests.gateway_process import ROOT, GatewayProcess
 from tests.waiting import wait_for
 
@@ -274,3 +276,68 @@ def test_bad_usage_parameters_are_400s_naming_the_parameter(tmp_path: Path) -> N
         body = httpx.get(url, params={"group_by": "model"}, headers=ADMIN).json()
         assert body["source"] == "memory"
         assert [(row["model"], row["requests"], row["errors"]) for row in body["data"]] == [("m", 1, 0)]
+
+
+def test_shutdown_writes_what_is_still_pending(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A flush interval longer than the test: only the shutdown's flush can have written the rows."""
+    key_id = "u" + os.urandom(3).hex()
+    config = {
+        "redis_url": redis_server.url,
+        "admin": {"key": ADMIN_KEY},
+        "usage": {"flush_interval_s": 60},
+        "backends": {"demo": {"kind": "mock", "token_delay_s": 0}},
+        "models": {"m": {"targets": [{"backend": "demo", "model": "x"}]}},
+        "keys": [{"id": key_id, "key": secret(key_id)}],
+    }
+    with GatewayProcess(config, tmp_path) as gateway:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret(key_id), max_retries=0)
+        answers = [
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi " * n}])
+            for n in range(1, 4)
+        ]
+        # Not from the usage API: reading it writes the process's pending counters first.
+        day = datetime.datetime.now(datetime.UTC).date().isoformat()
+    member = json.dumps([key_id, None, "m"], separators=(",", ":"))
+    with redis.Redis.from_url(redis_server.url) as store:
+        stored = store.hgetall(f"llmgw:{{usage:{day}}}:row:{member}")
+    assert {name.decode(): int(value) for name, value in stored.items()} == {
+        "requests": 3,
+        "input_tokens": sum(answer.usage.prompt_tokens for answer in answers if answer.usage),
+        "output_tokens": sum(answer.usage.completion_tokens for answer in answers if answer.usage),
+    }
+
+
+def test_the_cli_says_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process (`gateway.cli.main`, as `python -m gateway` runs it) against a running gateway."""
+    config = {
+        "admin": {"key": ADMIN_KEY},
+        "backends": {"demo": {"kind": "mock"}},
+        "models": {"m": {"targets": [{"backend": "demo", "model": "x"}]}},
+    }
+    for name in ("GATEWAY_ADMIN_URL", "GATEWAY_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with GatewayProcess(config, tmp_path) as gateway:
+
+        def cli(*args: str) -> tuple[int, str, str]:
+            status = main(["usage", *args])
+            out, err = capsys.readouterr()
+            return status, out, err
+
+        status, _, err = cli()
+        assert status == 2
+        assert "GATEWAY_ADMIN_URL" in err
+        status, out, err = cli("--admin-url", gateway.url, "--admin-key", "not-" + ADMIN_KEY)
+        assert status == 1
+        assert "401" in err
+        assert ADMIN_KEY not in err + out
+        monkeypatch.setenv("GATEWAY_ADMIN_URL", gateway.url)
+        monkeypatch.setenv("GATEWAY_ADMIN_KEY", ADMIN_KEY)
+        status, _, err = cli("--from", "2026-02-30")
+        assert status == 1
+        assert "Invalid 'from' date" in err
+        assert cli("--csv") == (0, "day,requests,input_tokens,output_tokens,cost_usd,errors\n", "")
+    status, _, err = cli("--csv")
+    assert status == 1
+    assert "cannot reach" in err

@@ -4,6 +4,7 @@ idempotent resend, retention, and the usage API's query parsing and grouping."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgspec
@@ -105,25 +106,32 @@ async def test_a_redis_outage_keeps_the_counters_and_writes_them_once_it_is_back
         await ledger.stop()
 
 
-async def test_a_resent_batch_is_counted_once() -> None:
-    with RedisServer() as server:
-        store = RedisUsageStore.from_url(server.url, 90)
-        rows = {
-            Row(today(), "k", "t", "m"): [1, 2, 3, 4, 5],
-            Row(today() - 1, "k", "t", "m"): [1, 1, 1, 1, 1],
-        }
-        for _ in range(3):
-            await store.write("same-batch", rows)
-        await store.write("next-batch", {Row(today(), "k", "t", "m"): [1, 0, 0, 0, 0]})
-        assert await store.read(today() - 1, today(), Match(team="t")) == {
-            Row(today(), "k", "t", "m"): [2, 2, 3, 4, 5],
-            Row(today() - 1, "k", "t", "m"): [1, 1, 1, 1, 1],
-        }
-        assert await store.read(today(), today(), Match(model="other")) == {}
-        async with Redis.from_url(server.url) as client:
+@pytest.mark.parametrize("store_fixture", ["redis_server", "redis_cluster"])
+async def test_a_resent_batch_is_counted_once(store_fixture: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue(store_fixture).url
+    key = "k-" + os.urandom(4).hex()  # the session's Redis holds other tests' rows too
+    store = RedisUsageStore.from_url(url, 90)
+    rows = {
+        Row(today(), key, "t", "m"): [1, 2, 3, 4, 5],
+        Row(today() - 1, key, "t", "m"): [1, 1, 1, 1, 1],
+        Row(today(), key, None, "m2"): [1, 0, 0, 0, 1],
+    }
+    for _ in range(3):
+        await store.write("batch-" + key, rows)
+    await store.write("next-" + key, {Row(today(), key, "t", "m"): [1, 0, 0, 0, 0]})
+    assert await store.read(today() - 1, today(), Match(key=key, team="t")) == {
+        Row(today(), key, "t", "m"): [2, 2, 3, 4, 5],
+        Row(today() - 1, key, "t", "m"): [1, 1, 1, 1, 1],
+    }
+    assert await store.read(today(), today(), Match(key=key, model="m2")) == {
+        Row(today(), key, None, "m2"): [1, 0, 0, 0, 1]
+    }
+    assert await store.read(today(), today(), Match(key=key, model="other")) == {}
+    if store_fixture == "redis_server":
+        async with Redis.from_url(url) as client:
             ttl = await client.ttl(RedisUsageStore.day_prefix(today()) + "index")
         assert 90 * DAY_S < ttl <= 91 * DAY_S
-        await store.aclose()
+    await store.aclose()
 
 
 async def test_stop_flushes_what_remains() -> None:
