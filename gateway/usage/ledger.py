@@ -343,11 +343,11 @@ class UsageLedger:
         if store is None:
             return
         async with self._lock:
+            self._wall_offset = _wall_offset()
             if self._unsent is not None:
                 if not await self._send(store, *self._unsent):
                     return
                 self._unsent = None
-            self._wall_offset = _wall_offset()
             if not self._pending:
                 return
             pending, self._pending = self._pending, {}

@@ -144,13 +144,10 @@ def test_usage_totals_equal_what_two_replicas_served(
         return groups
 
     def shown(counts: list[int]) -> dict[str, Any]:
-        requests, input_tokens, output_tokens, cost, errors = counts
+        """As the API shows counters: cost in USD (counted in micro-USD)."""
         return {
-            "requests": requests,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost_usd": cost / 1_000_000,
-            "errors": errors,
+            field: count / 1_000_000 if field == "cost_usd" else count
+            for field, count in zip(FIELDS, counts, strict=True)
         }
 
     everything = [0, 0, 0, 0, 0]
