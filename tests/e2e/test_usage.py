@@ -3,8 +3,9 @@
 Each replica serves a counted number of requests (streamed and not, for two keys and two models, plus
 refusals by a shared rpm limit); once flushed, `GET /admin/v1/usage` on either replica totals exactly
 what was sent: requests, the tokens the responses reported, the cost at the configured prices, and
-the errors. Then the grouping variants, the retention TTL in Redis, bad parameters, and `gateway
-usage` (table, `--json`, `--csv`) against the running gateway.
+the errors. Then the grouping variants, the retention TTL in Redis, bad parameters, `gateway usage`
+(table, `--json`, `--csv`, errors) against a running gateway, no Redis call per request, and the
+shutdown's flush.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import openai
@@ -28,10 +29,8 @@ import redis
 
 from gateway.cli import main
 from tests.gateway_process import ROOT, GatewayProcess
+from tests.redis_server import RedisServer
 from tests.waiting import wait_for
-
-if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
 
 ADMIN_KEY = "admin-usage-test-6d0f2a91c4"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -275,30 +274,41 @@ def test_bad_usage_parameters_are_400s_naming_the_parameter(tmp_path: Path) -> N
         assert [(row["model"], row["requests"], row["errors"]) for row in body["data"]] == [("m", 1, 0)]
 
 
-def test_shutdown_writes_what_is_still_pending(redis_server: RedisServer, tmp_path: Path) -> None:
-    """A flush interval longer than the test: only the shutdown's flush can have written the rows."""
+def script_calls(store: redis.Redis) -> int:
+    """EVALSHA and EVAL calls the server has run (the ledger's only writes are script calls)."""
+    stats = store.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+def test_no_round_trip_per_request_and_shutdown_writes_what_is_pending(tmp_path: Path) -> None:
+    """A flush interval longer than the test: the requests cause no Redis call (their key and model
+    have no limits, so the limiter makes none either), and only the shutdown's flush writes them, in
+    one script call. A Redis of its own, so no other test's calls are counted."""
     key_id = "u" + os.urandom(3).hex()
-    config = {
-        "redis_url": redis_server.url,
-        "admin": {"key": ADMIN_KEY},
-        "usage": {"flush_interval_s": 60},
-        "backends": {"demo": {"kind": "mock", "token_delay_s": 0}},
-        "models": {"m": {"targets": [{"backend": "demo", "model": "x"}]}},
-        "keys": [{"id": key_id, "key": secret(key_id)}],
-    }
-    with GatewayProcess(config, tmp_path) as gateway:
-        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret(key_id), max_retries=0)
-        answers = [
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi " * n}])
-            for n in range(1, 4)
-        ]
-        # Not from the usage API: reading it writes the process's pending counters first.
-        day = datetime.datetime.now(datetime.UTC).date().isoformat()
-    member = json.dumps([key_id, None, "m"], separators=(",", ":"))
-    with redis.Redis.from_url(redis_server.url) as store:
+    sent = 20
+    with RedisServer() as server, redis.Redis.from_url(server.url) as store:
+        config = {
+            "redis_url": server.url,
+            "admin": {"key": ADMIN_KEY},
+            "usage": {"flush_interval_s": 60},
+            "backends": {"demo": {"kind": "mock", "token_delay_s": 0}},
+            "models": {"m": {"targets": [{"backend": "demo", "model": "x"}]}},
+            "keys": [{"id": key_id, "key": secret(key_id)}],
+        }
+        with GatewayProcess(config, tmp_path) as gateway:
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret(key_id), max_retries=0)
+            answers = [
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi " * n}])
+                for n in range(1, sent + 1)
+            ]
+            # Not from the usage API: reading it writes the process's pending counters first.
+            day = datetime.datetime.now(datetime.UTC).date().isoformat()
+            assert script_calls(store) == 0
+        assert 1 <= script_calls(store) <= 2  # one batch (its EVALSHA again after loading the script)
+        member = json.dumps([key_id, None, "m"], separators=(",", ":"))
         stored = store.hgetall(f"llmgw:{{usage:{day}}}:row:{member}")
     assert {name.decode(): int(value) for name, value in stored.items()} == {
-        "requests": 3,
+        "requests": sent,
         "input_tokens": sum(answer.usage.prompt_tokens for answer in answers if answer.usage),
         "output_tokens": sum(answer.usage.completion_tokens for answer in answers if answer.usage),
     }
