@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import msgspec
 
+from gateway.edge.middleware import CLIENT_CLOSED_REQUEST
 from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
@@ -290,7 +291,7 @@ class UsageLedger:
         # An error response carries no answer (a refusal's stats hold only its prompt estimate);
         # an answer that failed part-way (in-band error, client gone) is charged what it produced.
         stats = info.stats
-        if stats is not None and status < 400:
+        if stats is not None and (status < 400 or status == CLIENT_CLOSED_REQUEST):
             usage = stats.usage
             if usage is not None:
                 input_tokens, output_tokens = usage.prompt_tokens, usage.completion_tokens

@@ -65,18 +65,19 @@ async def test_a_request_adds_requests_tokens_cost_and_errors_to_its_row() -> No
     ledger.record(answered(usage=Usage(1, 1), team="t"), 200)
     ledger.record(answered(usage=Usage(7, 3), team="t", in_band_error="upstream_error"), 200)
     ledger.record(answered(usage=Usage(50, 0), team="t"), 429)  # a refusal: no tokens charged
+    ledger.record(answered(usage=Usage(4, 6), team="t"), 499)  # the client left: charged what it got
     ledger.record(answered(key="k2", model=None), 404)  # a known key's error, no model
     ledger.record(answered(key="k2", model=None), 200)  # a listing: not usage
     ledger.record(answered(key=None, model=None), 401)  # nobody known: not counted
     ledger.record(answered(key=None, usage=Usage(3, 4), price=None), 200)  # no keys configured
     rows = await ledger.read(today(), today(), Match())
-    cost = PRICE.micro_usd(100, 20) + PRICE.micro_usd(1, 1) + PRICE.micro_usd(7, 3)
+    cost = PRICE.micro_usd(100, 20) + PRICE.micro_usd(1, 1) + PRICE.micro_usd(7, 3) + PRICE.micro_usd(4, 6)
     assert rows == {
-        Row(today(), "k1", "t", "m"): [4, 108, 24, cost, 2],
+        Row(today(), "k1", "t", "m"): [5, 112, 30, cost, 3],
         Row(today(), "k2", None, None): [1, 0, 0, 0, 1],
         Row(today(), None, None, "m"): [1, 3, 4, 0, 0],
     }
-    assert cost == 400 + 12 + 44  # µUSD: tokens x USD per million tokens (rounded up)
+    assert cost == 400 + 12 + 44 + 68  # µUSD: tokens x USD per million tokens (rounded up)
     await ledger.stop()
 
 
