@@ -61,6 +61,7 @@ from gateway.routing.router import Router
 from gateway.routing.shared_state import SharedBreakers
 from gateway.state.responses import ResponseStore, create_response_store
 from gateway.translation.translate import session_token
+from gateway.usage.ledger import UsageLedger, create_usage_store
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler
@@ -116,6 +117,8 @@ class Gateway:
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
         """None: no `keys:` section, every request is served without a key."""
         self.limits: RateLimits | None = None
+        self.usage = UsageLedger(settings.usage)
+        """The usage ledger: the request middleware records into it from the first request on."""
         self._responses: ResponseStore | None = None
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
@@ -171,6 +174,7 @@ class Gateway:
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
         self._responses = create_response_store(self.settings.redis_url, self.settings.responses)
+        self.usage.start(create_usage_store(self.settings.redis_url, self.settings.usage))
         self._tracing = configure_tracing()
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
@@ -206,6 +210,7 @@ class Gateway:
         if self._responses is not None:
             await self._responses.aclose()
             self._responses = None
+        await self.usage.stop()  # after the server drained: every request is recorded by now
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters = {}
@@ -412,7 +417,7 @@ def create_app(settings: Settings) -> Litestar:
     handler: Any = app.asgi_handler
     if settings.admin is not None and settings.admin.listen is not None:
         handler = ListenerGate(handler, settings.admin.listen.port)
-    app.asgi_handler = RequestMiddleware(handler, metrics, bare)  # type: ignore[assignment]
+    app.asgi_handler = RequestMiddleware(handler, metrics, bare, gateway.usage)  # type: ignore[assignment]
     return app
 
 
