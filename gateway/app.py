@@ -36,7 +36,7 @@ from gateway.edge.asgi import (
     read_body,
     respond,
 )
-from gateway.edge.auth import KeyPolicy, KeyRing, check_model
+from gateway.edge.auth import DigestIndex, KeyPolicy, KeyRing, authenticate, check_model
 from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Settings
     from gateway.context import RequestInfo
+    from gateway.keys.cache import ApiKeyCache
     from gateway.translation.messages import ApiVersion
 
 OWNER: Final = "llm-gateway"
@@ -110,7 +111,16 @@ class Gateway:
         self.metrics = metrics
         self.started_at = int(time.time())
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
-        """None: no `keys:` section, every request is served without a key."""
+        """The config file's `keys:`, or None."""
+        self.api_keys: ApiKeyCache | None = None
+        """Keys made through the admin API (with `admin:` and `redis_url`), or None."""
+        if settings.admin is not None and settings.redis_url.strip():
+            from gateway.keys.cache import ApiKeyCache
+            from gateway.keys.store import KeyStore
+
+            self.api_keys = ApiKeyCache(KeyStore.from_url(settings.redis_url.strip()), settings.models)
+        self._indexes: tuple[DigestIndex, ...] | None = None
+        """Where keys are looked up, config keys first; None: neither exists, requests need no key."""
         self.limits: RateLimits | None = None
         self._responses: ResponseStore | None = None
         self._adapters: dict[str, Adapter] = {}
@@ -143,7 +153,7 @@ class Gateway:
         Anthropic clients send the key as `x-api-key` (which then wins over `Authorization`, as on
         Anthropic's API) or as `Authorization: Bearer` (the Python SDK 2.x, `ANTHROPIC_AUTH_TOKEN`).
         """
-        if self.keys is None:
+        if self._indexes is None:
             return None
         # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
         authorization = api_key = None
@@ -154,7 +164,7 @@ class Gateway:
                 api_key = value.decode("latin-1")
         if anthropic and api_key:
             authorization = None
-        policy = self.keys.authenticate(authorization, api_key)
+        policy = authenticate(authorization, api_key, self._indexes)
         info.key_id = policy.id
         info.team_id = policy.team_id
         return policy
@@ -170,7 +180,11 @@ class Gateway:
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
-        if self.keys is None:
+        if self.api_keys is not None:
+            await self.api_keys.start()
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
+        if self._indexes is None:
             log.warning(
                 "no_api_keys",
                 message="no `keys:` section: the gateway serves anyone who can reach it, without a key",
@@ -180,6 +194,7 @@ class Gateway:
             store=self.limits.store,
             failure_mode=self.settings.rate_limit_failure_mode,
             keys=len(self.settings.keys or []),
+            api_keys=None if self.api_keys is None else len(self.api_keys.keys),
         )
 
     async def stop(self) -> None:
@@ -187,6 +202,8 @@ class Gateway:
             await self._prober.stop()
             self._prober = None
         self._router = None
+        if self.api_keys is not None:
+            await self.api_keys.aclose()
         if self.limits is not None:
             await self.limits.aclose()
             self.limits = None
