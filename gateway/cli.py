@@ -1,4 +1,4 @@
-"""`gateway serve`, `check-config`, `config-schema` and `keys` (in `gateway.admin.cli`)."""
+"""`gateway serve`, `check-config`, `config-schema`, and `keys` and `teams` (in `gateway.admin.cli`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema.add_argument("--output", "-o", help="file to write (default: standard output)")
     admin_cli.add_commands(commands)
     args = parser.parse_args(argv)
-    if args.command == "keys":
+    if args.command in ("keys", "teams"):
         return admin_cli.run(args)
     if args.command == "check-config":
         return check_config(args.path)
