@@ -253,9 +253,13 @@ def test_with_a_key_store_requests_need_a_key_even_without_a_keys_section(
         assert status_with(gateway.url, secret) == 200
 
 
-@pytest.fixture
-def replicas(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    processes = [GatewayProcess(config(redis_server.url), tmp_path) for _ in range(REPLICAS)]
+@pytest.fixture(scope="module")
+def replicas(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[GatewayProcess]]:
+    """Three gateway processes sharing the session's Redis, for this module's replica tests."""
+    directory = tmp_path_factory.mktemp("replicas")
+    processes = [GatewayProcess(config(redis_server.url), directory) for _ in range(REPLICAS)]
     try:
         for process in processes:
             process.start()
