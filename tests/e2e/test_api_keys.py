@@ -273,7 +273,11 @@ def seen_everywhere(urls: list[str], secret: str, status: int) -> float:
     """Seconds until every replica answers `status` for the secret (polled; hang guard only)."""
     started = time.monotonic()
     for url in urls:
-        wait_for(lambda url=url: status_with(url, secret) == status)  # type: ignore[misc]
+
+        def answered(url: str = url) -> bool:
+            return status_with(url, secret) == status
+
+        wait_for(answered)
     return time.monotonic() - started
 
 
