@@ -28,7 +28,7 @@ import anyio
 from gateway.edge.auth import DigestIndex, KeyPolicy, canonical_names
 from gateway.errors import GatewayError
 from gateway.keys.store import CHANNEL, STORE_TIMEOUT_S
-from gateway.limits.base import Scope
+from gateway.limits.base import Scope, ScopeKind
 from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class ApiKeyCache:
 
     def _replace(self, keys: dict[str, KeyRecord], teams: dict[str, TeamRecord]) -> None:
         """Rebuild everything from a full read and swap it in at once."""
-        self._team_scopes = {team_id: _team_scope(record) for team_id, record in teams.items()}
+        self._team_scopes = {team_id: _scope("team", record) for team_id, record in teams.items()}
         self.teams = teams
         fresh = DigestIndex()
         policies = {}
@@ -120,7 +120,7 @@ class ApiKeyCache:
             self._team_scopes.pop(team_id, None)
         else:
             self.teams[team_id] = record
-            self._team_scopes[team_id] = _team_scope(record)
+            self._team_scopes[team_id] = _scope("team", record)
         for member in [k for k in self.keys.values() if k.team == team_id]:
             self.put_key(member.id, member)
 
@@ -137,29 +137,18 @@ class ApiKeyCache:
             log.warning("api_keys_unknown_message", message=message[:100])
 
     def _build(self, record: KeyRecord) -> tuple[KeyPolicy, ...]:
-        scope = Scope(
-            "key",
-            record.id,
-            rpm=record.rpm,
-            tpm=record.tpm,
-            max_concurrency=record.max_concurrency,
-            budget=record.budget,
-        )
-        own = scope if scope.limited or scope.budget is not None else None
+        own = _scope("key", record)
         team = self._team_scopes.get(record.team) if record.team is not None else None
         allowed = (
             None if "*" in record.models else frozenset(self._canonical.get(m, m) for m in record.models)
         )
         expires = record.expires_at.timestamp() if record.expires_at is not None else None
-        current = KeyPolicy(
-            record.id,
-            bytes.fromhex(record.sha256),
-            allowed,
-            own,
-            team,
-            team_id=record.team,
-            valid_until=expires,
-        )
+
+        def policy(sha256: str, until: float | None) -> KeyPolicy:
+            digest = bytes.fromhex(sha256)
+            return KeyPolicy(record.id, digest, allowed, own, team, team_id=record.team, valid_until=until)
+
+        current = policy(record.sha256, expires)
         if record.previous_sha256 is None or record.previous_valid_until is None:
             return (current,)
         grace_end = record.previous_valid_until.timestamp()
@@ -167,16 +156,7 @@ class ApiKeyCache:
             grace_end = min(grace_end, expires)
         if grace_end <= time.time():
             return (current,)
-        previous = KeyPolicy(
-            record.id,
-            bytes.fromhex(record.previous_sha256),
-            allowed,
-            own,
-            team,
-            team_id=record.team,
-            valid_until=grace_end,
-        )
-        return (current, previous)
+        return (current, policy(record.previous_sha256, grace_end))
 
     async def _follow(self) -> None:
         """Subscribe, resync, apply messages; resync periodically; reconnect on failure. Forever."""
@@ -213,10 +193,10 @@ class ApiKeyCache:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-def _team_scope(record: TeamRecord) -> Scope | None:
-    """The team's shared scope, or None when it sets no limit and no budget (nothing to count)."""
+def _scope(kind: ScopeKind, record: KeyRecord | TeamRecord) -> Scope | None:
+    """A key's or team's scope, or None when it sets no limit and no budget (nothing to count)."""
     scope = Scope(
-        "team",
+        kind,
         record.id,
         rpm=record.rpm,
         tpm=record.tpm,

@@ -91,27 +91,37 @@ class CreatedKey(msgspec.Struct, kw_only=True, frozen=True):
     key: KeyInfo
 
 
-class KeyCreate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    id: Id
-    team: Id | None = None
-    models: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=_all_models)
+class _LimitsCreate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What a key and a team both take at creation."""
+
     rpm: Limit | None = None
     tpm: Limit | None = None
     max_concurrency: Limit | None = None
     budget: Budget | None = None
-    expires_at: Expiry | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
 
 
-class KeyUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    team: Id | UnsetType | None = UNSET
-    models: Annotated[list[str], Meta(min_length=1)] | UnsetType = UNSET
+class _LimitsUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What a PATCH of a key and of a team may both change."""
+
     rpm: Limit | UnsetType | None = UNSET
     tpm: Limit | UnsetType | None = UNSET
     max_concurrency: Limit | UnsetType | None = UNSET
     budget: Budget | UnsetType | None = UNSET
-    expires_at: Expiry | UnsetType | None = UNSET
     metadata: Metadata | UnsetType | None = UNSET
+
+
+class KeyCreate(_LimitsCreate, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    id: Id
+    team: Id | None = None
+    models: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=_all_models)
+    expires_at: Expiry | None = None
+
+
+class KeyUpdate(_LimitsUpdate, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    team: Id | UnsetType | None = UNSET
+    models: Annotated[list[str], Meta(min_length=1)] | UnsetType = UNSET
+    expires_at: Expiry | UnsetType | None = UNSET
 
 
 class Rotation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -119,21 +129,12 @@ class Rotation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Seconds the previous secret keeps working (0: it stops at once)."""
 
 
-class TeamCreate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class TeamCreate(_LimitsCreate, kw_only=True, frozen=True, forbid_unknown_fields=True):
     id: Id
-    rpm: Limit | None = None
-    tpm: Limit | None = None
-    max_concurrency: Limit | None = None
-    budget: Budget | None = None
-    metadata: Metadata = msgspec.field(default_factory=dict)
 
 
-class TeamUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    rpm: Limit | UnsetType | None = UNSET
-    tpm: Limit | UnsetType | None = UNSET
-    max_concurrency: Limit | UnsetType | None = UNSET
-    budget: Budget | UnsetType | None = UNSET
-    metadata: Metadata | UnsetType | None = UNSET
+class TeamUpdate(_LimitsUpdate, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pass
 
 
 def changes(update: KeyUpdate | TeamUpdate) -> dict[str, object]:
