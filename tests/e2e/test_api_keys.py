@@ -24,10 +24,11 @@ import pytest
 
 from tests import secret_scan
 from tests.gateway_process import ROOT, GatewayProcess
+from tests.redis_server import command
 from tests.waiting import wait_for
 
 if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
+    from tests.redis_server import RedisClusterServers, RedisServer
 
 ADMIN_KEY = "admin-key-for-api-keys-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -409,3 +410,30 @@ def test_the_cli_against_a_running_gateway(gateway: GatewayProcess, run: str) ->
     unreachable = cli("http://127.0.0.1:9", "keys", "list")
     assert unreachable.returncode == 1
     assert "cannot reach the gateway" in unreachable.stderr
+
+
+def test_keys_reach_every_replica_on_a_redis_cluster(
+    redis_cluster: RedisClusterServers, tmp_path: Path
+) -> None:
+    with (
+        GatewayProcess(config(redis_cluster.url), tmp_path) as first,
+        GatewayProcess(config(redis_cluster.url), tmp_path) as second,
+    ):
+        key_id = "t" + os.urandom(3).hex()
+        secret, _ = created(admin(first.url).post("/keys", json={"id": key_id}))
+        created_s = seen_everywhere([second.url], secret, 200)
+        assert admin(second.url).delete(f"/keys/{key_id}").status_code == 200
+        revoked_s = seen_everywhere([first.url], secret, 401)
+        print(f"\ncluster propagation: created {created_s * 1000:.0f} ms, revoked {revoked_s * 1000:.0f} ms")
+
+
+def test_replicas_resubscribe_after_losing_their_connection(
+    replicas: list[GatewayProcess], redis_server: RedisServer, run: str
+) -> None:
+    urls = [process.url for process in replicas]
+    # Every subscriber's connection is cut; each replica reconnects, resubscribes and resyncs.
+    assert int(command(redis_server.port, "CLIENT", "KILL", "TYPE", "pubsub").lstrip(b":")) >= REPLICAS
+    secret, _ = created(admin(urls[0]).post("/keys", json={"id": f"{run}-after-cut"}))
+    seen_everywhere(urls[1:], secret, 200)
+    assert admin(urls[0]).delete(f"/keys/{run}-after-cut").status_code == 200
+    seen_everywhere(urls[1:], secret, 401)
