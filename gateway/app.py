@@ -36,7 +36,7 @@ from gateway.edge.asgi import (
     read_body,
     respond,
 )
-from gateway.edge.auth import DigestIndex, KeyPolicy, KeyRing, authenticate, check_model
+from gateway.edge.auth import KeyPolicy, KeyRing, authenticate, check_model
 from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
@@ -119,7 +119,8 @@ class Gateway:
             from gateway.keys.store import KeyStore
 
             self.api_keys = ApiKeyCache(KeyStore.from_url(settings.redis_url.strip()), settings.models)
-        self._indexes: tuple[DigestIndex, ...] | None = None
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
         """Where keys are looked up, config keys first; None: neither exists, requests need no key."""
         self.limits: RateLimits | None = None
         self._responses: ResponseStore | None = None
@@ -182,8 +183,6 @@ class Gateway:
         self._prober.start()
         if self.api_keys is not None:
             await self.api_keys.start()
-        api_index = self.api_keys.index if self.api_keys is not None else None
-        self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
         if self._indexes is None:
             log.warning(
                 "no_api_keys",

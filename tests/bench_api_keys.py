@@ -52,7 +52,6 @@ def gateway(api_keys: int) -> tuple[Gateway, str]:
             sha256=digest_hex(secret),
         )
         cache.put_key(record.id, record)
-    gw._indexes = (gw.keys, cache.index)  # type: ignore[assignment]  # what `start` sets
     return gw, secret
 
 
