@@ -10,6 +10,7 @@ file's `keys:`) or a team that still has keys.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -62,8 +63,6 @@ def secret_hint(secret: str) -> str:
 
 
 def digest_hex(secret: str) -> str:
-    import hashlib
-
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
