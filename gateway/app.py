@@ -36,7 +36,7 @@ from gateway.edge.asgi import (
     read_body,
     respond,
 )
-from gateway.edge.auth import KeyPolicy, KeyRing, check_model
+from gateway.edge.auth import KeyPolicy, KeyRing, authenticate, check_model
 from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Settings
     from gateway.context import RequestInfo
+    from gateway.keys.cache import ApiKeyCache
     from gateway.translation.messages import ApiVersion
 
 OWNER: Final = "llm-gateway"
@@ -115,7 +116,17 @@ class Gateway:
         self.metrics = metrics
         self.started_at = int(time.time())
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
-        """None: no `keys:` section, every request is served without a key."""
+        """The config file's `keys:`, or None."""
+        self.api_keys: ApiKeyCache | None = None
+        """Keys made through the admin API (with `admin:` and `redis_url`), or None."""
+        if settings.admin is not None and settings.redis_url.strip():
+            from gateway.keys.cache import ApiKeyCache
+            from gateway.keys.store import KeyStore
+
+            self.api_keys = ApiKeyCache(KeyStore.from_url(settings.redis_url.strip()), settings.models)
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
+        """Where keys are looked up, config keys first; None: neither exists, requests need no key."""
         self.limits: RateLimits | None = None
         self.usage = UsageLedger(settings.usage)
         """The usage ledger: the request middleware records into it from the first request on."""
@@ -151,7 +162,7 @@ class Gateway:
         Anthropic clients send the key as `x-api-key` (which then wins over `Authorization`, as on
         Anthropic's API) or as `Authorization: Bearer` (the Python SDK 2.x, `ANTHROPIC_AUTH_TOKEN`).
         """
-        if self.keys is None:
+        if self._indexes is None:
             return None
         # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
         authorization = api_key = None
@@ -162,7 +173,7 @@ class Gateway:
                 api_key = value.decode("latin-1")
         if anthropic and api_key:
             authorization = None
-        policy = self.keys.authenticate(authorization, api_key)
+        policy = authenticate(authorization, api_key, self._indexes)
         info.key_id = policy.id
         info.team_id = policy.team_id
         return policy
@@ -184,7 +195,9 @@ class Gateway:
                 connect(self.settings.redis_url), self._router.breakers, self.metrics
             )
             self._shared_breakers.start()
-        if self.keys is None:
+        if self.api_keys is not None:
+            await self.api_keys.start()
+        if self._indexes is None:
             log.warning(
                 "no_api_keys",
                 message="no `keys:` section: the gateway serves anyone who can reach it, without a key",
@@ -194,6 +207,7 @@ class Gateway:
             store=self.limits.store,
             failure_mode=self.settings.rate_limit_failure_mode,
             keys=len(self.settings.keys or []),
+            api_keys=None if self.api_keys is None else len(self.api_keys.keys),
         )
 
     async def stop(self) -> None:
@@ -204,6 +218,8 @@ class Gateway:
             await self._shared_breakers.stop()
             self._shared_breakers = None
         self._router = None
+        if self.api_keys is not None:
+            await self.api_keys.aclose()
         if self.limits is not None:
             await self.limits.aclose()
             self.limits = None
