@@ -49,14 +49,18 @@ from gateway.errors import (
     surface_of,
 )
 from gateway.limits import RateLimits, create_rate_limits
+from gateway.limits.redis import connect
 from gateway.observability.logs import flush_periodically, get_logger
 from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
+from gateway.routing.affinity import SESSION_HEADER
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
+from gateway.routing.shared_state import SharedBreakers
 from gateway.state.responses import ResponseStore, create_response_store
+from gateway.translation.translate import session_token
 from gateway.usage.ledger import UsageLedger, create_usage_store
 
 if TYPE_CHECKING:
@@ -130,6 +134,7 @@ class Gateway:
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
         self._prober: HealthProber | None = None
+        self._shared_breakers: SharedBreakers | None = None
         self._tracing: Tracing | None = None
 
     @property
@@ -185,6 +190,11 @@ class Gateway:
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
+        if self.settings.redis_url:
+            self._shared_breakers = SharedBreakers(
+                connect(self.settings.redis_url), self._router.breakers, self.metrics
+            )
+            self._shared_breakers.start()
         if self.api_keys is not None:
             await self.api_keys.start()
         if self._indexes is None:
@@ -204,6 +214,9 @@ class Gateway:
         if self._prober is not None:
             await self._prober.stop()
             self._prober = None
+        if self._shared_breakers is not None:
+            await self._shared_breakers.stop()
+            self._shared_breakers = None
         self._router = None
         if self.api_keys is not None:
             await self.api_keys.aclose()
@@ -256,6 +269,9 @@ def create_app(settings: Settings) -> Litestar:
             state = scope["state"]
             info: RequestInfo = state["request_info"]
             info.http_10 = scope.get("http_version") == "1.0"
+            session = header(scope, SESSION_HEADER)
+            if session:
+                info.session = session_token(session)
             key = gateway.authenticate(scope["headers"], info, anthropic=messages is not None)
             run: Pipeline
             if messages is not None:
