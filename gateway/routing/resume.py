@@ -1,0 +1,219 @@
+"""Mid-stream failover: an answer whose upstream fails after it has begun continues on another target.
+
+For a model with `resume: true`, `open_answer` wraps the router's answer in a `Resumed`. When the
+upstream fails after the failover boundary (reset, cut, no event within the backend's `timeout_s`,
+an error event) and the failure is not the client's, the same request is sent again with the text
+relayed so far as `prefill`, a partial assistant turn the backend continues (`adapters.base.Continues`):
+vLLM's `continue_final_message`, Workers AI's raw prompt in the model's chat template, the mock. Only
+the continuation is relayed, so the client sees one stream, one id, the text once.
+
+- Targets: those of the model's order whose adapter can continue this request, the one that failed
+  last (a cut is often one connection's fault, and the same target beats no answer). If nothing was
+  relayed yet, the original request is sent again (a restart needs no prefill): any target will do.
+- Tool calls are not continued: their deltas are held until the answer's finish and relayed then, so
+  a call cut mid-way was never seen by the client and is generated again, whole, by the continuation.
+- Reasoning is relayed as it comes; a continuation's reasoning is dropped (it continues the answer,
+  and would think again only after a restart).
+- Usage: the client is told the answer's own usage, as one call would have reported it. The
+  continuation reads the prefill as prompt, so its `prompt_tokens` less the tokens produced before
+  the cut is the original prompt, and those tokens plus its `completion_tokens` are the answer's.
+  The tokens produced before a cut are the cut call's own count when it reported usage, else its
+  content events (one per token in vLLM's and Workers AI's streams).
+- At most `resume_max` continuations per answer; after that, or when no target can continue (or all
+  fail), the answer ends with the in-band error it would have had without `resume`.
+- A non-streamed answer is read from the upstream as a stream and collected here, so that a failure
+  mid-body keeps the text produced so far; it is returned whole, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final, cast
+
+import msgspec
+
+from adapters.base import Continues
+from adapters.canonical import EmbeddingRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from adapters.errors import UpstreamError
+from gateway.errors import RoutingError
+from gateway.observability.logs import get_logger
+from gateway.routing.router import from_upstream
+
+if TYPE_CHECKING:
+    from adapters.canonical import CanonicalRequest, ChatRequest, Event, PromptRequest
+    from gateway.context import RequestInfo
+    from gateway.routing.router import Answer, ResolvedModel, Route, Router
+    from gateway.translation.translate import Translated
+
+log = get_logger("gateway.routing")
+_replace: Final = msgspec.structs.replace
+
+
+async def open_answer(
+    router: Router, translated: Translated[CanonicalRequest], model: ResolvedModel, *, info: RequestInfo
+) -> Answer | Resumed:
+    """The router's answer; for a model with `resume: true`, one that survives its upstream."""
+    request = translated.request
+    if not model.config.resume or isinstance(request, EmbeddingRequest):
+        return await router.open(translated, model, info=info)
+    generated = cast("Translated[ChatRequest | PromptRequest]", translated)  # narrowed by `request`
+    if request.stream:
+        return Resumed(router, generated, model, await router.open(translated, model, info=info), info)
+    streamed = _replace(generated, request=_replace(request, stream=True))
+    resumed = Resumed(router, streamed, model, await router.open(streamed, model, info=info), info)
+    try:
+        resumed.collected = [event async for event in resumed.events()]
+    except UpstreamError as exc:
+        raise from_upstream(exc, resumed.attempts) from exc
+    finally:
+        await resumed.aclose()
+    return resumed
+
+
+class Resumed:
+    """A streamed answer that continues on another target when its upstream fails mid-way."""
+
+    __slots__ = ("_current", "_first", "_info", "_model", "_router", "_translated", "collected")
+
+    def __init__(
+        self,
+        router: Router,
+        translated: Translated[ChatRequest | PromptRequest],
+        model: ResolvedModel,
+        answer: Answer,
+        info: RequestInfo,
+    ) -> None:
+        self._router = router
+        self._translated = translated
+        self._model = model
+        self._first = answer
+        self._current = answer
+        self._info = info
+        self.collected: list[Event] | None = None
+        """A non-streamed answer's events, read whole (with its continuations) by `open_answer`."""
+
+    @property
+    def backend(self) -> str:
+        """The backend that began the answer (for `x-gateway-backend`, sent before any resume)."""
+        return self._first.backend
+
+    @property
+    def attempts(self) -> int:
+        return self._info.attempts if self._info.resumes else self._first.attempts
+
+    async def events(self) -> AsyncIterator[Event]:
+        answer = self._current
+        text: list[str] = []
+        held: list[Event] = []  # the current call's tool-call deltas, relayed at its finish
+        carried = 0  # tokens produced by the calls that were cut
+        resumes = 0
+        while True:
+            produced = 0
+            reported: Usage | None = None
+            try:
+                async for event in answer.events():
+                    if isinstance(event, TextDelta):
+                        produced += 1
+                        text.append(event.text)
+                        yield event
+                    elif isinstance(event, ToolCallDelta):
+                        produced += 1
+                        held.append(event)
+                    elif isinstance(event, ReasoningDelta):
+                        produced += 1
+                        if not resumes:
+                            yield event
+                    elif isinstance(event, Usage):
+                        reported = event
+                        yield _answer_usage(event, carried) if resumes else event
+                    elif isinstance(event, Finish):
+                        for delta in held:
+                            yield delta
+                        held.clear()
+                        yield event
+                    else:
+                        yield event
+                for delta in held:
+                    yield delta
+                return
+            except UpstreamError as exc:
+                if exc.client_fault:
+                    raise
+                held.clear()
+                carried += reported.completion_tokens if reported is not None else produced
+                failed = answer.route
+                if resumes >= self._model.config.resume_max:
+                    self._router.count_resume(self._model, failed.backend, "exhausted")
+                    raise
+                await answer.aclose()
+                resumes += 1
+                if self._translated.request.max_tokens - carried < 1:
+                    # The cut came as the answer reached its length: nothing is left to continue.
+                    yield Usage(self._translated.prompt_estimate, carried)
+                    yield Finish("length")
+                    return
+                following = await self._continue(failed, "".join(text), carried, exc)
+                if following is None:
+                    raise
+                answer = self._current = following
+
+    async def _continue(self, failed: Route, prefill: str, carried: int, exc: UpstreamError) -> Answer | None:
+        """The answer of the first target that takes the continuation; None when none can."""
+        translated = self._translated
+        request = translated.request
+        model = self._model
+        if prefill:
+            request = _replace(request, prefill=prefill, max_tokens=request.max_tokens - carried)
+            able = [route for route in model.routes if _can_continue(route, request)]
+        else:
+            able = list(model.routes)  # nothing relayed yet: the original request, restarted
+        order = [route for route in model.order() if route in able and route is not failed]
+        if failed in able:
+            order.append(failed)
+        if not order:
+            self._router.count_resume(model, failed.backend, "unavailable")
+            log.warning("stream_not_resumed", backend=failed.backend, reason="no target can continue it")
+            return None
+        info = self._info
+        try:
+            answer = await self._router.open(
+                _replace(translated, request=request), model, info=info, record=False, order=order
+            )
+        except RoutingError as error:
+            self._router.count_resume(model, failed.backend, "failed")
+            log.warning("stream_not_resumed", backend=failed.backend, reason=error.message)
+            return None
+        info.attempts += answer.attempts
+        info.resumes += 1
+        self._router.count_resume(model, failed.backend, "resumed")
+        log.info(
+            "stream_resumed",
+            backend=failed.backend,
+            resumed_on=answer.backend,
+            code=exc.code,
+            prefill_chars=len(prefill),
+            resume=info.resumes,
+        )
+        return answer
+
+    async def aclose(self) -> None:
+        await self._current.aclose()
+
+
+def _can_continue(route: Route, request: ChatRequest | PromptRequest) -> bool:
+    adapter = route.adapter
+    return isinstance(adapter, Continues) and adapter.can_continue(request, route.model)
+
+
+def _answer_usage(usage: Usage, carried: int) -> Usage:
+    """A continuation's usage as the whole answer's: its prompt without the prefill, and the
+    prefill's tokens added to its completion."""
+    return Usage(
+        max(0, usage.prompt_tokens - carried),
+        carried + usage.completion_tokens,
+        usage.cached_tokens,
+        usage.reasoning_tokens,
+    )
+
+
+__all__ = ("Resumed", "open_answer")
