@@ -113,8 +113,9 @@ class Resumed:
             try:
                 async for event in answer.events():
                     if isinstance(event, TextDelta):
-                        produced += 1
-                        text.append(event.text)
+                        if event.text:  # role and keep-alive events carry no token
+                            produced += 1
+                            text.append(event.text)
                         yield event
                     elif isinstance(event, ToolCallDelta):
                         produced += 1
