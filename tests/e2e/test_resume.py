@@ -10,12 +10,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
 from tests.e2e.conftest import VLLM_MODEL, cloudflare_backend, vllm_backend
-from tests.e2e.test_failover import CF_MODEL, target
+from tests.e2e.test_failover import target
 from tests.emulators.common import words_text
 from tests.emulators.workers_ai import HERMES
 from tests.gateway_process import GatewayProcess
@@ -134,7 +135,8 @@ def test_whole_answer_cut_mid_body_is_finished_by_the_next_target(
         got = client.chat.completions.create(model="chat", messages=MESSAGES)
         assert got.choices[0].message.content == ANSWER
         assert got.choices[0].finish_reason == "stop"
-        assert got.usage is not None and whole.usage is not None
+        assert got.usage is not None
+        assert whole.usage is not None
         assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (
             whole.usage.prompt_tokens,
             whole.usage.completion_tokens,
@@ -166,11 +168,17 @@ def test_resume_max_bounds_the_continuations(upstreams: Upstreams, tmp_path: Pat
     with GatewayProcess(config, tmp_path) as gateway, client_for(gateway) as client:
         vllm.faults.push("cut:3")
         workers_ai.faults.push("cut:3")
-        text = ""
-        with pytest.raises(openai.APIError, match="truncated|cut|ended"):
+        texts: list[str] = []
+
+        def read() -> None:
             for chunk in client.chat.completions.create(model="chat", messages=MESSAGES, stream=True):
-                text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
-        assert ANSWER.startswith(text) and len(text) > 0
+                texts.append((chunk.choices[0].delta.content or "") if chunk.choices else "")
+
+        with pytest.raises(openai.APIError, match=r"truncated|cut|ended"):
+            read()
+        text = "".join(texts)
+        assert ANSWER.startswith(text)
+        assert len(text) > 0
         assert len(posts(vllm)) + len(posts(workers_ai)) == 2
         (line,) = gateway.requests_logged(resumes=1)
         assert line["status"] == 200
@@ -197,7 +205,7 @@ def test_cut_tool_call_is_generated_again_whole(upstreams: Upstreams, tmp_path: 
     """Tool-call deltas are held until the call's finish: a call cut mid-way was never sent, and the
     next target generates it again, whole."""
     vllm, workers_ai = upstreams.vllm, upstreams.workers_ai
-    tools = [
+    tools: Any = [
         {
             "type": "function",
             "function": {
@@ -248,7 +256,7 @@ def test_text_completion_stream_is_resumed(upstreams: Upstreams, tmp_path: Path)
             assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
             assert len({c.id for c in chunks}) == 1
             (continuation,) = [r for r in posts(vllm) if r.continued is not None]
-            assert continuation.body["prompt"] == prompt + continuation.continued
+            assert continuation.body["prompt"] == prompt + (continuation.continued or "-")
             # A completion stream has no role event: all `CUT` events were tokens, not asked again.
             assert continuation.body["max_tokens"] == 64 - CUT
     finally:
@@ -268,4 +276,20 @@ def test_responses_stream_is_resumed(upstreams: Upstreams, tmp_path: Path) -> No
         assert text == ANSWER
         (done,) = [e for e in events if e.type == "response.completed"]
         assert done.response.output_text == ANSWER
+        gateway.requests_logged(resumes=1)
+
+
+def test_anthropic_messages_stream_is_resumed(upstreams: Upstreams, tmp_path: Path) -> None:
+    workers_ai = upstreams.workers_ai
+    config = upstreams.config("cloudflare", "vllm")
+    with GatewayProcess(config, tmp_path) as gateway:
+        workers_ai.faults.push(f"cut:{CUT}")
+        with (
+            anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0, timeout=20) as client,
+            client.messages.stream(model="chat", max_tokens=200, messages=MESSAGES) as stream,
+        ):
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == ANSWER
+        assert final.stop_reason == "end_turn"
         gateway.requests_logged(resumes=1)
