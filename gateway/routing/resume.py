@@ -22,7 +22,8 @@ the continuation is relayed, so the client sees one stream, one id, the text onc
 - At most `resume_max` continuations per answer; after that, or when no target can continue (or all
   fail), the answer ends with the in-band error it would have had without `resume`.
 - A non-streamed answer is read from the upstream as a stream and collected here, so that a failure
-  mid-body keeps the text produced so far; it is returned whole, as before.
+  mid-body keeps the text produced so far; it is returned whole, as before. If it cannot be
+  continued, it is started again on the other targets, as without `resume` (nothing was sent yet).
 """
 
 from __future__ import annotations
@@ -64,7 +65,17 @@ async def open_answer(
     try:
         resumed.collected = [event async for event in resumed.events()]
     except UpstreamError as exc:
-        raise from_upstream(exc, resumed.attempts) from exc
+        failed = resumed.route
+        await resumed.aclose()
+        order = [route for route in model.order() if route is not failed]
+        if exc.client_fault or not order:
+            raise from_upstream(exc, resumed.attempts) from exc
+        # Nothing was sent to the client: as without `resume`, the answer starts again elsewhere.
+        attempts = resumed.attempts
+        answer = await router.open(translated, model, info=info, order=order)
+        answer.attempts += attempts
+        info.attempts = answer.attempts
+        return answer
     finally:
         await resumed.aclose()
     return resumed
@@ -96,6 +107,11 @@ class Resumed:
     def backend(self) -> str:
         """The backend that began the answer (for `x-gateway-backend`, sent before any resume)."""
         return self._first.backend
+
+    @property
+    def route(self) -> Route:
+        """The target answering now (the last continuation's)."""
+        return self._current.route
 
     @property
     def attempts(self) -> int:

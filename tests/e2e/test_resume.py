@@ -293,3 +293,22 @@ def test_anthropic_messages_stream_is_resumed(upstreams: Upstreams, tmp_path: Pa
         assert text == ANSWER
         assert final.stop_reason == "end_turn"
         gateway.requests_logged(resumes=1)
+
+
+def test_whole_answer_that_cannot_be_continued_starts_again_elsewhere(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """Nothing of a non-streamed answer was sent: with no target able to continue it, it is restarted
+    on the next target, as without `resume`."""
+    workers_ai = upstreams.workers_ai
+    config = upstreams.config("cloudflare")
+    config["backends"]["cloudflare-2"] = cloudflare_backend(upstreams.cf_url)
+    config["models"]["chat"]["targets"] = [target("cloudflare", HERMES), target("cloudflare-2", HERMES)]
+    with GatewayProcess(config, tmp_path) as gateway, client_for(gateway) as client:
+        workers_ai.faults.push(f"cut:{CUT}")
+        raw = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+        got = raw.parse()
+        assert (got.choices[0].message.content, got.choices[0].finish_reason) == (ANSWER, "stop")
+        assert (raw.headers["x-gateway-backend"], raw.headers["x-gateway-attempts"]) == ("cloudflare-2", "2")
+        assert [r.continued for r in posts(workers_ai)] == [None, None]
+        assert resume_metric(gateway, "cloudflare", "unavailable") == 1
