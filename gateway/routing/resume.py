@@ -32,16 +32,25 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
+from msgspec import UNSET
 
 from adapters.base import Continues
-from adapters.canonical import EmbeddingRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from adapters.canonical import (
+    ChatRequest,
+    EmbeddingRequest,
+    Finish,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from adapters.errors import UpstreamError
 from gateway.errors import RoutingError
 from gateway.observability.logs import get_logger
 from gateway.routing.router import from_upstream
 
 if TYPE_CHECKING:
-    from adapters.canonical import CanonicalRequest, ChatRequest, Event, PromptRequest
+    from adapters.canonical import CanonicalRequest, Event, PromptRequest
     from gateway.context import RequestInfo
     from gateway.routing.router import Answer, ResolvedModel, Route, Router
     from gateway.translation.translate import Translated
@@ -55,7 +64,7 @@ async def open_answer(
 ) -> Answer | Resumed:
     """The router's answer; for a model with `resume: true`, one that survives its upstream."""
     request = translated.request
-    if not model.config.resume or isinstance(request, EmbeddingRequest):
+    if not model.config.resume or isinstance(request, EmbeddingRequest) or not _one_answer(request):
         return await router.open(translated, model, info=info)
     generated = cast("Translated[ChatRequest | PromptRequest]", translated)  # narrowed by `request`
     if request.stream:
@@ -215,6 +224,11 @@ class Resumed:
 
     async def aclose(self) -> None:
         await self._current.aclose()
+
+
+def _one_answer(request: ChatRequest | PromptRequest) -> bool:
+    """One choice of one prompt: several (`Indexed` events) are not resumed."""
+    return request.n is UNSET and (isinstance(request, ChatRequest) or isinstance(request.prompt, str))
 
 
 def _can_continue(route: Route, request: ChatRequest | PromptRequest) -> bool:
