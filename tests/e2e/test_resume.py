@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import VLLM_MODEL, cloudflare_backend, vllm_backend
-from tests.e2e.test_failover import target
+from tests.e2e.test_failover import FIRST_BYTE_TIMEOUT_S, target
 from tests.emulators.common import words_text
 from tests.emulators.workers_ai import HERMES
 from tests.gateway_process import GatewayProcess
@@ -41,11 +41,15 @@ class Upstreams:
     def emulator(self, backend: str) -> WorkersAIEmulator | VLLMEmulator:
         return self.workers_ai if backend == "cloudflare" else self.vllm
 
-    def config(self, *backends: str, **model: Any) -> dict[str, Any]:
-        """Model `chat` on `backends` in order, with `resume: true`; `plain` the same without it."""
+    def config(self, *backends: str, timeout_s: float = 30, **model: Any) -> dict[str, Any]:
+        """Model `chat` on `backends` in order, with `resume: true`; `plain` the same without it.
+        `timeout_s`: each backend's per-read timeout (the longest wait between two events)."""
         targets = [target(b) if b == "cloudflare" else target(b, VLLM_MODEL) for b in backends]
         return {
-            "backends": {"cloudflare": cloudflare_backend(self.cf_url), "vllm": vllm_backend(self.vllm_url)},
+            "backends": {
+                "cloudflare": cloudflare_backend(self.cf_url, timeout_s=timeout_s),
+                "vllm": vllm_backend(self.vllm_url, timeout_s=timeout_s),
+            },
             "models": {
                 "chat": {"targets": targets, "resume": True, **model},
                 "plain": {"targets": targets},
@@ -100,12 +104,15 @@ def resume_metric(gateway: GatewayProcess, backend: str, outcome: str) -> float:
 PAIRS = [("cloudflare", "vllm"), ("vllm", "cloudflare")]
 
 
-@pytest.mark.parametrize("fault", ["cut", "abort"])
+@pytest.mark.parametrize("fault", ["cut", "abort", "stall"])
 @pytest.mark.parametrize(("first", "second"), PAIRS, ids=["cf-then-vllm", "vllm-then-cf"])
 def test_cut_stream_is_finished_by_the_next_target(
     upstreams: Upstreams, tmp_path: Path, first: str, second: str, fault: str
 ) -> None:
-    with GatewayProcess(upstreams.config(first, second), tmp_path) as gateway, client_for(gateway) as client:
+    """`cut`: the body ends without its end marker; `abort`: the connection drops; `stall`: no event
+    within the backend's `timeout_s` (FIRST_BYTE_TIMEOUT_S here)."""
+    config = upstreams.config(first, second, timeout_s=FIRST_BYTE_TIMEOUT_S)
+    with GatewayProcess(config, tmp_path) as gateway, client_for(gateway) as client:
         whole = Streamed(client, "plain")
         assert whole.text == ANSWER
         upstreams.emulator(first).faults.push(f"{fault}:{CUT}")

@@ -98,11 +98,23 @@ class RecordedRequest:
 # --------------------------------------------------------------------------------------------------
 
 COMMON_FAULT_KINDS: Final = frozenset(
-    {"status", "hang", "delay", "slow", "cut", "abort", "malformed", "invalid-utf8", "huge", "first-delay"}
+    {
+        "status",
+        "hang",
+        "delay",
+        "slow",
+        "cut",
+        "abort",
+        "stall",
+        "malformed",
+        "invalid-utf8",
+        "huge",
+        "first-delay",
+    }
 )
 _NO_ARG_KINDS: Final = frozenset({"hang", "malformed", "invalid-utf8", "json-body", "unhealthy"})
 _SECONDS_KINDS: Final = frozenset({"delay", "slow", "first-delay"})
-_COUNT_KINDS: Final = frozenset({"cut", "abort", "stream-error", "huge"})
+_COUNT_KINDS: Final = frozenset({"cut", "abort", "stall", "stream-error", "huge"})
 
 
 @dataclass(frozen=True)
@@ -1011,7 +1023,7 @@ class EmulatorBase:
         return False
 
     async def send_reply(self, conn: Connection, reply: Reply, fault: Fault | None = None) -> None:
-        """Send `reply`, applying the transport-level faults `slow`, `cut` and `abort`."""
+        """Send `reply`, applying the transport-level faults `slow`, `cut`, `stall` and `abort`."""
         kind = fault.kind if fault is not None else None
         if isinstance(reply, JsonReply):
             body = reply.body
@@ -1024,6 +1036,11 @@ class EmulatorBase:
                 if await conn.wait_gone(fault.seconds):
                     return
             await conn.start(reply.status, headers)
+            if kind == "stall":  # half the body, then nothing until the client gives up
+                conn.watch()
+                await conn.body(body[: len(body) // 2])
+                await conn.wait_gone(None)
+                return
             if kind == "abort":
                 assert fault is not None
                 await conn.body(body[: len(body) // 2])
@@ -1031,7 +1048,7 @@ class EmulatorBase:
             await conn.finish(body)
             return
         interval = fault.seconds if fault is not None and kind == "slow" else self.token_delay_s
-        if kind == "cut":
+        if kind in ("cut", "stall"):
             assert fault is not None
             events = reply.events[: fault.count]
         else:
@@ -1056,4 +1073,7 @@ class EmulatorBase:
             assert fault is not None
             await asyncio.sleep(0)
             raise EmulatorAbort(f"emulator fault {fault.spec}: aborting mid-stream")
+        if kind == "stall":  # no more events, the connection kept open until the client gives up
+            await conn.wait_gone(None)
+            return
         await conn.finish()
