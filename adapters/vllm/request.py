@@ -133,8 +133,14 @@ def upstream_body(request: ChatRequest, model: str, *, backend: str = "vllm") ->
 
 
 def can_continue(request: ChatRequest | PromptRequest) -> bool:
-    """A prefill can be continued for one answer: chat (`continue_final_message`), or one prompt."""
-    return request.n is UNSET and (isinstance(request, ChatRequest) or isinstance(request.prompt, str))
+    """A prefill can be continued for one answer: chat (`continue_final_message`), or one prompt.
+
+    Not in JSON mode: the grammar that constrains the answer would start again after the prefill."""
+    if request.n is not UNSET:
+        return False
+    if isinstance(request, ChatRequest):
+        return request.response_format is UNSET
+    return isinstance(request.prompt, str)
 
 
 def completion_body(request: PromptRequest, model: str, *, backend: str = "vllm") -> VLLMCompletionRequest:

@@ -13,6 +13,7 @@ from adapters.canonical import (
     FunctionDefinition,
     Message,
     PromptRequest,
+    ResponseFormat,
     TextDelta,
     Tool,
     Usage,
@@ -42,6 +43,7 @@ def test_vllm_continues_the_final_assistant_message() -> None:
     assert completion_body(prompt, "m").prompt == "Once upon a time"
     assert can_continue(CHAT)
     assert not can_continue(msgspec.structs.replace(CHAT, n=2))
+    assert not can_continue(msgspec.structs.replace(CHAT, response_format=ResponseFormat("json_object")))
 
 
 def test_workers_ai_writes_llama_3_template_ending_inside_the_answer() -> None:
