@@ -19,6 +19,8 @@ the continuation is relayed, so the client sees one stream, one id, the text onc
   the cut is the original prompt, and those tokens plus its `completion_tokens` are the answer's.
   The tokens produced before a cut are the cut call's own count when it reported usage, else its
   content events (one per token in vLLM's and Workers AI's streams).
+- A failure after the answer's finish (only its usage or end marker missing) ends it as complete,
+  its usage estimated by the writer: a continuation would only write past its end.
 - At most `resume_max` continuations per answer; after that, or when no target can continue (or all
   fail), the answer ends with the in-band error it would have had without `resume`.
 - A non-streamed answer is read from the upstream as a stream and collected here, so that a failure
@@ -132,6 +134,7 @@ class Resumed:
         held: list[Event] = []  # the current call's tool-call deltas, relayed at its finish
         carried = 0  # tokens produced by the calls that were cut
         resumes = 0
+        finished = False
         while True:
             produced = 0
             reported: Usage | None = None
@@ -156,6 +159,7 @@ class Resumed:
                         for delta in held:
                             yield delta
                         held.clear()
+                        finished = True
                         yield event
                     else:
                         yield event
@@ -165,6 +169,11 @@ class Resumed:
             except UpstreamError as exc:
                 if exc.client_fault:
                     raise
+                if finished:
+                    # Only the usage (or the end marker) was missing: the answer is whole, and the
+                    # writer estimates its usage. A continuation would write past its end.
+                    log.info("stream_ended_after_finish", backend=answer.route.backend, code=exc.code)
+                    return
                 held.clear()
                 carried += reported.completion_tokens if reported is not None else produced
                 failed = answer.route

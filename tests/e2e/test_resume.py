@@ -319,3 +319,16 @@ def test_whole_answer_that_cannot_be_continued_starts_again_elsewhere(
         assert (raw.headers["x-gateway-backend"], raw.headers["x-gateway-attempts"]) == ("cloudflare-2", "2")
         assert [r.continued for r in posts(workers_ai)] == [None, None]
         assert resume_metric(gateway, "cloudflare", "unavailable") == 1
+
+
+def test_failure_after_the_finish_ends_the_answer_whole(upstreams: Upstreams, tmp_path: Path) -> None:
+    """vLLM's finish rides on the last token's chunk: a cut before the usage chunk loses nothing."""
+    vllm = upstreams.vllm
+    with GatewayProcess(upstreams.config("vllm"), tmp_path) as gateway, client_for(gateway) as client:
+        vllm.faults.push(f"cut:{WORDS + 1}")  # the role event and every token, not the usage
+        got = Streamed(client)
+        assert (got.text, got.finishes) == (ANSWER, ["stop"])
+        assert got.usage.completion_tokens > 0
+        assert len(posts(vllm)) == 1
+        (line,) = gateway.requests_logged(model="chat")
+        assert (line["resumes"], line["error"]) == (0, None)
