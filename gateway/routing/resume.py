@@ -15,10 +15,11 @@ the continuation is relayed, so the client sees one stream, one id, the text onc
 - Reasoning is relayed as it comes; a continuation's reasoning is dropped (it continues the answer,
   and would think again only after a restart).
 - Usage: the client is told the answer's own usage, as one call would have reported it. The
-  continuation reads the prefill as prompt, so its `prompt_tokens` less the tokens produced before
-  the cut is the original prompt, and those tokens plus its `completion_tokens` are the answer's.
-  The tokens produced before a cut are the cut call's own count when it reported usage, else its
-  content events (one per token in vLLM's and Workers AI's streams).
+  continuation reads the prefill as prompt, so its `prompt_tokens` less the prefill's tokens is the
+  original prompt, and the tokens the cut calls produced plus its `completion_tokens` are the
+  answer's. A cut call's tokens are its own count when it reported usage, else its events (one per
+  token in vLLM's and Workers AI's streams); the prefill's are its text events. After a restart
+  (nothing was relayed), the discarded call's tokens are still added to the completion.
 - A failure after the answer's finish (only its usage or end marker missing) ends it as complete,
   its usage estimated by the writer: a continuation would only write past its end.
 - At most `resume_max` continuations per answer; after that, or when no target can continue (or all
@@ -132,17 +133,18 @@ class Resumed:
         answer = self._current
         text: list[str] = []
         held: list[Event] = []  # the current call's tool-call deltas, relayed at its finish
-        carried = 0  # tokens produced by the calls that were cut
+        carried = 0  # tokens the cut calls produced (their completion tokens)
+        prefilled = 0  # of those, the text's: the continuation reads them as prompt
         resumes = 0
         finished = False
         while True:
-            produced = 0
+            produced = pieces = 0
             reported: Usage | None = None
             try:
                 async for event in answer.events():
                     if isinstance(event, TextDelta):
                         if event.text:  # role and keep-alive events carry no token
-                            produced += 1
+                            pieces += 1
                             text.append(event.text)
                         yield event
                     elif isinstance(event, ToolCallDelta):
@@ -154,7 +156,7 @@ class Resumed:
                             yield event
                     elif isinstance(event, Usage):
                         reported = event
-                        yield _answer_usage(event, carried) if resumes else event
+                        yield _answer_usage(event, prefilled, carried) if resumes else event
                     elif isinstance(event, Finish):
                         for delta in held:
                             yield delta
@@ -175,19 +177,21 @@ class Resumed:
                     log.info("stream_ended_after_finish", backend=answer.route.backend, code=exc.code)
                     return
                 held.clear()
-                carried += reported.completion_tokens if reported is not None else produced
+                carried += reported.completion_tokens if reported is not None else produced + pieces
+                prefilled += pieces
                 failed = answer.route
                 if resumes >= self._model.config.resume_max:
                     self._router.count_resume(self._model, failed.backend, "exhausted")
                     raise
                 await answer.aclose()
                 resumes += 1
-                if self._translated.request.max_tokens - carried < 1:
+                prefill = "".join(text)
+                if prefill and self._translated.request.max_tokens - carried < 1:
                     # The cut came as the answer reached its length: nothing is left to continue.
                     yield Usage(self._translated.prompt_estimate, carried)
                     yield Finish("length")
                     return
-                following = await self._continue(failed, "".join(text), carried, exc)
+                following = await self._continue(failed, prefill, carried, exc)
                 if following is None:
                     raise
                 answer = self._current = following
@@ -245,11 +249,11 @@ def _can_continue(route: Route, request: ChatRequest | PromptRequest) -> bool:
     return isinstance(adapter, Continues) and adapter.can_continue(request, route.model)
 
 
-def _answer_usage(usage: Usage, carried: int) -> Usage:
-    """A continuation's usage as the whole answer's: its prompt without the prefill, and the
-    prefill's tokens added to its completion."""
+def _answer_usage(usage: Usage, prefilled: int, carried: int) -> Usage:
+    """A continuation's usage as the whole answer's: its prompt without the prefill's `prefilled`
+    tokens, and the `carried` tokens of the cut calls added to its completion."""
     return Usage(
-        max(0, usage.prompt_tokens - carried),
+        max(0, usage.prompt_tokens - prefilled),
         carried + usage.completion_tokens,
         usage.cached_tokens,
         usage.reasoning_tokens,
