@@ -86,7 +86,17 @@ LITELLM_VERSION := 1.106.0
 	.bench/litellm-venv/bin/python -m pip --disable-pip-version-check -q install "litellm[proxy]==$(LITELLM_VERSION)"
 	@touch $@
 
-bench-compare: $(VENV)/.installed-test redis-server wrk nginx .bench/litellm-venv/.installed-$(LITELLM_VERSION)
+# The Portkey gateway (Node), pinned, from npm into .bench/portkey; a failed install is a note, not an error
+# (bench-compare then prints that the row was skipped).
+PORTKEY_VERSION := 1.15.2
+.bench/portkey/.installed-$(PORTKEY_VERSION):
+	@mkdir -p .bench/portkey
+	@cd .bench/portkey && { timeout 300 npm install --no-audit --no-fund --silent \
+	  "@portkey-ai/gateway@$(PORTKEY_VERSION)" >/dev/null 2>&1 && touch .installed-$(PORTKEY_VERSION); } || \
+	  echo "note: the Portkey gateway did not install from npm; bench-compare skips its row" >&2
+
+bench-compare: $(VENV)/.installed-test redis-server wrk nginx .bench/litellm-venv/.installed-$(LITELLM_VERSION) \
+  .bench/portkey/.installed-$(PORTKEY_VERSION)
 	$(BIN)/python -m tests.bench.compare
 
 lint: $(VENV)/.installed-lint

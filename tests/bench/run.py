@@ -90,8 +90,9 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def pinned(cmd: Sequence[str], core: int) -> list[str]:
-    """Pin to a core when the machine has two or more and taskset exists; otherwise run as is."""
+def pinned(cmd: Sequence[str], core: int | str) -> list[str]:
+    """Pin to a core (or a taskset list such as "0,1") when the machine has two or more cores and
+    taskset exists; otherwise run as is."""
     if cores() >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(core), *cmd]
     return list(cmd)
@@ -453,6 +454,7 @@ def services(workdir: Path, sizes: Sizes) -> Iterator[dict[str, Any]]:
             "config": config,
             "slow_config": slow_config,
             "gateway_port": gateway_port,
+            "redis_url": redis_url,
             "procs": procs,
         }
     finally:
@@ -460,11 +462,14 @@ def services(workdir: Path, sizes: Sizes) -> Iterator[dict[str, Any]]:
             proc.stop()
 
 
-def start_gateway(workdir: Path, config: Path, name: str) -> tuple[Proc, str]:
+def start_gateway(
+    workdir: Path, config: Path, name: str, *, workers: int = 1, cpus: str = "0"
+) -> tuple[Proc, str]:
     port = json.loads(config.read_text())["listen"]["port"]
+    command = [PYTHON, "-m", "gateway", "serve", "--config", str(config), "--workers", str(workers)]
     proc = Proc(
         name,
-        pinned([PYTHON, "-m", "gateway", "serve", "--config", str(config)], 0),
+        pinned(command, cpus),
         log=workdir / f"{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
