@@ -213,10 +213,11 @@ def run(sizes: Sizes, workdir: Path) -> tuple[list[Row], list[str]]:
             notes.append(f"LiteLLM not measured: {LITELLM} is not installed")
         slow_vllm = workdir / "gateway-vllm-slow.yaml"
         slow_vllm.write_text(vllm_config(slow, redis_url, free_port()))
-        for index, start in (
+        starters: list[tuple[int, Callable[[], tuple[Proc, str]]]] = [
             (1, lambda: start_nginx(workdir, slow, "nginx-streams")),
             (2, lambda: start_gateway(workdir, slow_vllm, "gateway-vllm-streams")),
-        ):
+        ]
+        for index, start in starters:
             proc, url = start()
             try:
                 rows[index].memory = held_streams(url + chat, sizes, proc.pid)
