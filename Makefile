@@ -99,6 +99,16 @@ bench-compare: $(VENV)/.installed-test redis-server wrk nginx .bench/litellm-ven
   .bench/portkey/.installed-$(PORTKEY_VERSION)
 	$(BIN)/python -m tests.bench.compare
 
+# Flame graphs of the gateway under load (py-spy, into .venv for this target only) in .artifacts/
+# (kept out of git), plus the functions with the most self time. PROFILE_S sets the sampled seconds.
+PROFILE_S ?= 15
+$(VENV)/.installed-py-spy: | $(BIN)/python
+	$(PIP) install py-spy
+	@touch $@
+
+profile: $(VENV)/.installed-test $(VENV)/.installed-py-spy redis-server wrk
+	$(BIN)/python -m tests.bench.profile --duration $(PROFILE_S)
+
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

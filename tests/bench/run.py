@@ -39,6 +39,7 @@ from tests.emulators.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+BIN_DIR = Path(PYTHON).parent
 BENCH_KEY = "sk-bench-team-key-0123456789"
 CHAT_BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 64}
 UPSTREAM_BODY = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 64}
