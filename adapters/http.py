@@ -61,17 +61,29 @@ class UpstreamClient(httpx.AsyncClient):
 
 
 class Endpoint:
-    """One upstream URL with its fixed headers, parsed once and reused for every request to it."""
+    """One upstream URL with its fixed headers, parsed once and reused for every request to it.
 
-    __slots__ = ("_headers", "_url")
+    A POST is built from a header template (Host and the fixed headers, normalised once) and a
+    prepared body stream: httpx's general `Request(content=...)` path re-normalises every header,
+    probes for a content type and merges default headers per request, which measured ~16 us of the
+    gateway's ~450 us per request (`make profile`); this path is ~4 us and sends the same bytes.
+    """
+
+    __slots__ = ("_headers", "_template", "_url")
 
     def __init__(self, url: str, headers: Mapping[str, str]) -> None:
         self._url = httpx.URL(url)
         self._headers = dict(headers)
+        self._template = httpx.Headers([(b"Host", self._url.netloc), *self._headers.items()])
 
     def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> httpx.Request:
-        all_headers = self._headers if headers is None else {**self._headers, **headers}
-        return httpx.Request("POST", self._url, headers=all_headers, content=body)
+        all_headers = self._template.copy()
+        if headers is not None:
+            all_headers.update(headers)
+        all_headers["Content-Length"] = str(len(body))
+        request = httpx.Request("POST", self._url, headers=all_headers, stream=httpx.ByteStream(body))
+        request.read()  # one chunk: sets `request.content`, which the transport sends
+        return request
 
     def get(self) -> httpx.Request:
         return httpx.Request("GET", self._url, headers=self._headers)
