@@ -35,6 +35,7 @@ from tests.bench.run import (
     gateway_config,
     hold_streams,
     pinned,
+    proc_stat,
     production_settings,
     ratio,
     services,
@@ -60,6 +61,9 @@ class Row:
     c32: LoadResult
     events_per_s: float
     cores: int = 1
+    cpu_us_per_request: float | None = None
+    """CPU the proxy's processes used per request at 32 connections: unlike requests/s, barely moved by
+    whatever else runs on the machine, so its ratio to nginx's is the steadier figure."""
     memory: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,12 +94,31 @@ def vllm_config(upstream: str, redis_url: str, port: int) -> str:
     return json.dumps(config)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its direct children (the workers of `--workers 2`)."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return sum(proc_stat(each)[0] for each in (pid, *children))
+
+
 def measure(
-    name: str, url: str, sizes: Sizes, *, headers: dict[str, str] = AUTH, cores: int = 1, c1: bool = True
+    name: str,
+    url: str,
+    sizes: Sizes,
+    *,
+    proc: Proc | None = None,
+    headers: dict[str, str] = AUTH,
+    cores: int = 1,
+    c1: bool = True,
 ) -> Row:
-    """Non-streamed requests/s at 32 connections, latency at 1, and relayed stream events/s."""
+    """Non-streamed requests/s at 32 connections (and CPU per request), latency at 1, stream events/s."""
     wrk(url, CHAT_BODY, connections=8, duration=sizes.warmup_s, headers=headers)
+    cpu_before = cpu_seconds(proc.pid) if proc is not None else 0.0
     c32 = wrk(url, CHAT_BODY, connections=32, duration=sizes.duration_s, headers=headers)
+    cpu_us = (
+        round((cpu_seconds(proc.pid) - cpu_before) / c32.requests * 1e6, 1)
+        if proc is not None and c32.requests
+        else None
+    )
     single = wrk(url, CHAT_BODY, connections=1, duration=sizes.duration_s, headers=headers) if c1 else c32
     relay = asyncio.run(
         stream_throughput(
@@ -106,7 +129,7 @@ def measure(
             headers=headers,
         )
     )
-    return Row(name, single, c32, relay["events_per_s"], cores)
+    return Row(name, single, c32, relay["events_per_s"], cores, cpu_us)
 
 
 def held_streams(url: str, sizes: Sizes, pid: int) -> dict[str, Any]:
@@ -154,7 +177,7 @@ def run(sizes: Sizes, workdir: Path) -> tuple[list[Row], list[str]]:
         rows.append(measure("the emulator directly", upstream + chat, sizes))
 
         def nginx_row(proc: Proc, url: str) -> Row:
-            return measure("nginx as a plain reverse proxy (one worker)", url + chat, sizes)
+            return measure("nginx as a plain reverse proxy (one worker)", url + chat, sizes, proc=proc)
 
         rows.append(with_proc(lambda: start_nginx(workdir, upstream, "nginx"), nginx_row))
         vllm = workdir / "gateway-vllm.yaml"
@@ -162,13 +185,13 @@ def run(sizes: Sizes, workdir: Path) -> tuple[list[Row], list[str]]:
         rows.append(
             with_proc(
                 lambda: start_gateway(workdir, vllm, "gateway-vllm"),
-                lambda proc, url: measure("this gateway, vLLM target", url + chat, sizes),
+                lambda proc, url: measure("this gateway, vLLM target", url + chat, sizes, proc=proc),
             )
         )
         rows.append(
             with_proc(
                 lambda: start_gateway(workdir, env["config"], "gateway-workers-ai"),
-                lambda proc, url: measure("this gateway, Workers AI target", url + chat, sizes),
+                lambda proc, url: measure("this gateway, Workers AI target", url + chat, sizes, proc=proc),
             )
         )
         rows.append(
@@ -178,6 +201,7 @@ def run(sizes: Sizes, workdir: Path) -> tuple[list[Row], list[str]]:
                     "this gateway, vLLM target, --workers 2 on two cores",
                     url + chat,
                     sizes,
+                    proc=proc,
                     cores=2,
                     c1=False,
                 ),
@@ -194,7 +218,11 @@ def run(sizes: Sizes, workdir: Path) -> tuple[list[Row], list[str]]:
                 with_proc(
                     lambda: start_portkey(workdir),
                     lambda proc, url: measure(
-                        f"Portkey gateway {portkey_version()} (Node)", url + chat, sizes, headers=headers
+                        f"Portkey gateway {portkey_version()} (Node)",
+                        url + chat,
+                        sizes,
+                        proc=proc,
+                        headers=headers,
                     ),
                 )
             )
@@ -206,7 +234,7 @@ def run(sizes: Sizes, workdir: Path) -> tuple[list[Row], list[str]]:
             rows.append(
                 with_proc(
                     lambda: start_litellm(workdir, upstream),
-                    lambda proc, url: measure("LiteLLM 1.106", url + chat, sizes),
+                    lambda proc, url: measure("LiteLLM 1.106", url + chat, sizes, proc=proc),
                 )
             )
         else:
@@ -231,24 +259,29 @@ def table(rows: Sequence[Row]) -> str:
     base_p50 = direct.c1.p50_ms
     nginx_added = nginx.c1.p50_ms - base_p50
     lines = [
-        f"| setup | requests/s at 32 conns | added p50 at 1 conn | req/s ÷ nginx | added p50 ÷ nginx "
-        f"| stream events/s per core ({STREAM_EVENTS}-event answers) | events/s ÷ nginx |",
-        "|---|---|---|---|---|---|---|",
+        "| setup | requests/s at 32 conns | added p50 at 1 conn | req/s / nginx | added p50 / nginx "
+        "| CPU per request | nginx's CPU per request / this "
+        f"| stream events/s per core ({STREAM_EVENTS}-event answers) | events/s / nginx |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        is_direct = row is direct
-        added = "—" if is_direct or row.cores > 1 else f"+{row.c1.p50_ms - base_p50:.2f} ms"
+        anchor = row is direct or row is nginx
+        added = "—" if row is direct or row.cores > 1 else f"+{row.c1.p50_ms - base_p50:.2f} ms"
         added_ratio = (
-            ""
-            if is_direct or row is nginx or row.cores > 1
-            else (f"{ratio(row.c1.p50_ms - base_p50, nginx_added):.1f}x")
+            "" if anchor or row.cores > 1 else f"{ratio(row.c1.p50_ms - base_p50, nginx_added):.1f}x"
         )
-        rps_ratio = "" if is_direct or row is nginx else f"{ratio(row.c32.rps, nginx.c32.rps):.2f}x"
+        rps_ratio = "" if anchor else f"{ratio(row.c32.rps, nginx.c32.rps):.2f}x"
+        cpu = "" if row.cpu_us_per_request is None else f"{row.cpu_us_per_request:,.0f} µs"
+        cpu_ratio = (
+            f"{ratio(nginx.cpu_us_per_request, row.cpu_us_per_request):.2f}x"
+            if not anchor and row.cpu_us_per_request and nginx.cpu_us_per_request
+            else ""
+        )
         per_core = row.events_per_s / row.cores
-        events_ratio = "" if is_direct or row is nginx else f"{ratio(per_core, nginx.events_per_s):.2f}x"
+        events_ratio = "" if anchor else f"{ratio(per_core, nginx.events_per_s):.2f}x"
         lines.append(
-            f"| {row.name} | {row.c32.rps:,.0f} | {added} | {rps_ratio} | {added_ratio} "
-            f"| {per_core:,.0f} | {events_ratio} |"
+            f"| {row.name} | {row.c32.rps:,.0f} | {added} | {rps_ratio} | {added_ratio} | {cpu} "
+            f"| {cpu_ratio} | {per_core:,.0f} | {events_ratio} |"
         )
     return "\n".join(lines)
 
@@ -261,8 +294,9 @@ def ratios(rows: Sequence[Row]) -> list[str]:
     nginx = rows[1]
     errors = {row.name: row.c1.errors + row.c32.errors for row in rows if row.c1.errors + row.c32.errors}
     lines = [
-        f"- Workers AI target ÷ vLLM target, requests/s: {ratio(workers_ai.c32.rps, vllm.c32.rps):.2f}x",
-        f"- `--workers 2` on two cores ÷ one worker, requests/s: {ratio(two.c32.rps, vllm.c32.rps):.2f}x "
+        f"- Workers AI target / vLLM target, requests/s: {ratio(workers_ai.c32.rps, vllm.c32.rps):.2f}x; "
+        f"CPU per request: {workers_ai.cpu_us_per_request} / {vllm.cpu_us_per_request} µs",
+        f"- `--workers 2` on two cores / one worker, requests/s: {ratio(two.c32.rps, vllm.c32.rps):.2f}x "
         "(the emulator and load generator share the second core with it)",
     ]
     for row in (nginx, vllm):

@@ -81,6 +81,7 @@ class Report:
     memory: dict[str, Any] = field(default_factory=dict)
     memory_nginx: dict[str, Any] = field(default_factory=dict)
     cpu_us_per_request: float = 0.0
+    nginx_cpu_us_per_request: float = 0.0
     compare: dict[str, Any] = field(default_factory=dict)
 
 
@@ -508,9 +509,15 @@ def run(sizes: Sizes, workdir: Path) -> Report:
             nginx_url = nginx_base + UPSTREAM_PATH
             wrk(nginx_url, UPSTREAM_BODY, connections=8, duration=sizes.warmup_s, headers=auth)
             for label, connections in (("c1", 1), ("c32", 32)):
-                report.nginx[label] = wrk(
+                cpu_before, _, _ = proc_stat(nginx.pid)
+                report.nginx[label] = result = wrk(
                     nginx_url, UPSTREAM_BODY, connections=connections, duration=sizes.duration_s, headers=auth
                 )
+                cpu_after, _, _ = proc_stat(nginx.pid)
+                if label == "c32" and result.requests:
+                    report.nginx_cpu_us_per_request = round(
+                        (cpu_after - cpu_before) / result.requests * 1e6, 1
+                    )
             relay_nginx = asyncio.run(
                 stream_throughput(
                     nginx_url,
@@ -658,7 +665,11 @@ def table(report: Report) -> str:
         f"| {m['rss_with_streams_mb']:,.0f} (idle {m['rss_idle_mb']:,.0f}) "
         f"| {ratio(m['rss_with_streams_mb'], mn['rss_with_streams_mb']):.1f}x |"
     )
-    rows.append(f"| gateway CPU per request, 32 connections (µs) | | | {report.cpu_us_per_request:,.0f} | |")
+    rows.append(
+        f"| CPU per request, 32 connections (µs) | | {report.nginx_cpu_us_per_request:,.1f} "
+        f"| {report.cpu_us_per_request:,.0f} "
+        f"| {ratio(report.nginx_cpu_us_per_request, report.cpu_us_per_request):.2f}x (nginx's / ours) |"
+    )
     errors = sum(r.errors for r in g.values())
     rows.append(f"| errors (non-2xx, socket) | | {sum(r.errors for r in n.values())} | {errors} | |")
     return "\n".join(rows)
