@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
+from urllib.parse import quote
 
 URL_ENV: Final = "GATEWAY_ADMIN_URL"
 KEY_ENV: Final = "GATEWAY_ADMIN_KEY"
@@ -253,26 +254,36 @@ def _deleted(api: _Api, answer: Any, what: str) -> int:
     return 0
 
 
+def _segment(item_id: str) -> str:
+    """An id as one URL path segment: `/`, `..`, `?` or `#` in it must not reach another route."""
+    return quote(item_id, safe="")
+
+
 Action = Callable[[_Api, argparse.Namespace], int]
 _ACTIONS: Final[dict[tuple[str, str], Action]] = {
     ("keys", "create"): lambda api, a: _created(api, api.call("POST", "/keys", _fields(a, creating=True))),
     ("keys", "list"): lambda api, a: _show(api, api.call("GET", "/keys"), KEY_COLUMNS),
-    ("keys", "show"): lambda api, a: _show(api, api.call("GET", f"/keys/{a.id}"), KEY_COLUMNS),
+    ("keys", "show"): lambda api, a: _show(api, api.call("GET", f"/keys/{_segment(a.id)}"), KEY_COLUMNS),
     ("keys", "update"): lambda api, a: _show(
-        api, api.call("PATCH", f"/keys/{a.id}", _fields(a, creating=False)), KEY_COLUMNS
+        api, api.call("PATCH", f"/keys/{_segment(a.id)}", _fields(a, creating=False)), KEY_COLUMNS
     ),
     ("keys", "rotate"): lambda api, a: _created(
-        api, api.call("POST", f"/keys/{a.id}/rotate", {} if a.grace_s is None else {"grace_s": a.grace_s})
+        api,
+        api.call(
+            "POST", f"/keys/{_segment(a.id)}/rotate", {} if a.grace_s is None else {"grace_s": a.grace_s}
+        ),
     ),
-    ("keys", "revoke"): lambda api, a: _deleted(api, api.call("DELETE", f"/keys/{a.id}"), "key"),
+    ("keys", "revoke"): lambda api, a: _deleted(api, api.call("DELETE", f"/keys/{_segment(a.id)}"), "key"),
     ("teams", "create"): lambda api, a: _show(api, api.call("POST", "/teams", _fields(a, creating=True)), ()),
     ("teams", "list"): lambda api, a: _show(api, api.call("GET", "/teams"), TEAM_COLUMNS),
-    ("teams", "show"): lambda api, a: _show(api, api.call("GET", f"/teams/{a.id}"), ()),
+    ("teams", "show"): lambda api, a: _show(api, api.call("GET", f"/teams/{_segment(a.id)}"), ()),
     ("teams", "update"): lambda api, a: _show(
-        api, api.call("PATCH", f"/teams/{a.id}", _fields(a, creating=False)), ()
+        api, api.call("PATCH", f"/teams/{_segment(a.id)}", _fields(a, creating=False)), ()
     ),
     ("teams", "delete"): lambda api, a: _deleted(
-        api, api.call("DELETE", f"/teams/{a.id}", params={"force": "true"} if a.force else None), "team"
+        api,
+        api.call("DELETE", f"/teams/{_segment(a.id)}", params={"force": "true"} if a.force else None),
+        "team",
     ),
 }
 

@@ -412,6 +412,25 @@ def test_the_cli_against_a_running_gateway(gateway: GatewayProcess, run: str) ->
     assert "cannot reach the gateway" in unreachable.stderr
 
 
+def test_the_cli_sends_an_id_as_one_path_segment(gateway: GatewayProcess, run: str) -> None:
+    """An id with `/`, `..` or `?` names no key; it must not reach another route (a team, another key)."""
+    team = f"{run}-team"
+    assert admin(gateway.url).post("/teams", json={"id": team}).status_code == 201
+    created(admin(gateway.url).post("/keys", json={"id": f"{run}-k"}))
+    for args in (
+        ("keys", "show", f"x/../../teams/{team}"),
+        ("keys", "revoke", f"x/../../teams/{team}"),
+        ("keys", "show", f"{run}-k?x=1"),
+        ("keys", "revoke", f"{run}-k#x"),
+        ("teams", "delete", f"{team}/../{team}"),
+    ):
+        answer = cli(gateway.url, *args)
+        assert answer.returncode == 1, (args, answer.stdout)
+        assert "HTTP 404" in answer.stderr, (args, answer.stderr)
+    assert admin(gateway.url).get(f"/teams/{team}").status_code == 200
+    assert admin(gateway.url).get(f"/keys/{run}-k").status_code == 200
+
+
 def test_keys_reach_every_replica_on_a_redis_cluster(
     redis_cluster: RedisClusterServers, tmp_path: Path
 ) -> None:
