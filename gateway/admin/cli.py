@@ -17,8 +17,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import httpx
 
 URL_ENV: Final = "GATEWAY_ADMIN_URL"
 KEY_ENV: Final = "GATEWAY_ADMIN_KEY"
@@ -155,7 +158,7 @@ class _Api:
         try:
             response = self._client.request(method, path, json=body, params=params)
         except self._httpx.HTTPError as exc:
-            raise CommandError(f"cannot reach the gateway at {self._client.base_url}: {exc}") from None
+            raise CommandError(unreachable(self._client.base_url, exc)) from None
         try:
             answer = response.json()
         except ValueError:
@@ -176,7 +179,32 @@ def _client(args: argparse.Namespace) -> _Api:
         raise CommandError(f"no admin URL: pass --admin-url or set ${URL_ENV} (e.g. http://127.0.0.1:9090)")
     if not key:
         raise CommandError(f"no admin key: pass --admin-key or set ${KEY_ENV}")
-    return _Api(url, key, args.json)
+    return _Api(url, checked_admin_key(key), args.json)
+
+
+def checked_admin_key(key: str) -> str:
+    """The key as a header value: stripped (a key read from a file keeps its newline; the gateway
+    strips it too), and refused, never echoed, if it still holds what a header cannot (httpx's own
+    error for an illegal header value would print it whole).
+
+    Raises:
+        CommandError: spaces, control or non-ASCII characters in the key.
+    """
+    key = key.strip()
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise CommandError("the admin key holds spaces, control or non-ASCII characters: check its source")
+    return key
+
+
+def shown_url(url: httpx.URL) -> str:
+    """The URL for an error message, without a password it may carry."""
+    return str(url.copy_with(username=None, password=None))
+
+
+def unreachable(url: httpx.URL, exc: Exception) -> str:
+    """Why the gateway at `url` could not be reached, without the URL's password."""
+    detail = str(exc).replace(url.password, "***") if url.password else str(exc)
+    return f"cannot reach the gateway at {shown_url(url)}: {detail}"
 
 
 def _fields(args: argparse.Namespace, *, creating: bool) -> dict[str, Any]:
@@ -287,4 +315,4 @@ _ACTIONS: Final[dict[tuple[str, str], Action]] = {
     ),
 }
 
-__all__ = ("add_commands", "hash_key", "run", "table")
+__all__ = ("add_commands", "checked_admin_key", "hash_key", "run", "table", "unreachable")

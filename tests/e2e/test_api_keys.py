@@ -431,6 +431,26 @@ def test_the_cli_sends_an_id_as_one_path_segment(gateway: GatewayProcess, run: s
     assert admin(gateway.url).get(f"/keys/{run}-k").status_code == 200
 
 
+def test_the_cli_refuses_a_malformed_admin_key_without_echoing_it(gateway: GatewayProcess) -> None:
+    """A key read from a file with its CRLF works (the gateway strips it too); one with a stray
+    character is a clear error, no traceback, and neither the key nor the URL's password is shown."""
+    assert cli(gateway.url, "keys", "list", key=ADMIN_KEY + "\r\n").returncode == 0
+    assert cli(gateway.url, "usage", key=ADMIN_KEY + "\r\n").returncode == 0
+    for key in ("admin-kéy-with-non-ascii-0123456789", "admin-key\r\nx-injected: 1-0123456789"):
+        for words in (("keys", "list"), ("usage",)):
+            answer = cli(gateway.url, *words, key=key)
+            assert answer.returncode == 1, answer.stderr
+            assert "Traceback" not in answer.stderr
+            assert "admin key" in answer.stderr
+            assert "admin-k" not in answer.stderr
+    with_password = gateway.url.replace("http://", "http://user:hunter2-password@")
+    for words in (("keys", "list"), ("usage",)):
+        answer = cli(with_password.replace(str(gateway.port), "9"), *words)
+        assert answer.returncode == 1
+        assert "cannot reach the gateway" in answer.stderr
+        assert "hunter2-password" not in answer.stderr
+
+
 def test_keys_reach_every_replica_on_a_redis_cluster(
     redis_cluster: RedisClusterServers, tmp_path: Path
 ) -> None:
