@@ -213,7 +213,7 @@ async def test_stop_during_a_flush_in_flight_writes_its_batch() -> None:
         ledger = UsageLedger(UsageSettings(flush_interval_s=0.05))
         ledger.start(RedisUsageStore.from_url(server.url, 90))
         async with Redis.from_url(server.url) as admin:
-            await admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")  # the write waits for it
+            await admin.client_pause(1000, all=False)  # the write waits for it
             ledger.record(answered(key=key, usage=Usage(10, 5)), 200)
             for _ in range(3000):  # hang guard: 30 s
                 if not ledger._pending:  # the flusher took the batch and is writing it
