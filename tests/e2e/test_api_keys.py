@@ -179,6 +179,24 @@ def test_admin_api_errors(gateway: GatewayProcess, run: str) -> None:
         ("POST", "/keys", {"id": f"{run}-x", "team": f"{run}-none"}, 400, "team", "team_not_found"),
         ("POST", "/keys", {"id": f"{run}-x", "expires_at": "2020-01-01T00:00:00Z"}, 400, "expires_at", None),
         ("POST", "/keys", {"id": f"{run}-x", "expires_at": "2099-01-01T00:00:00"}, 400, "expires_at", None),
+        # In UTC past the datetime range (year 10000, year 0): 400s, not 500s.
+        (
+            "POST",
+            "/keys",
+            {"id": f"{run}-x", "expires_at": "9999-12-31T23:59:59-12:00"},
+            400,
+            "expires_at",
+            None,
+        ),
+        (
+            "POST",
+            "/keys",
+            {"id": f"{run}-x", "expires_at": "0001-01-01T00:00:00+14:00"},
+            400,
+            "expires_at",
+            None,
+        ),
+        ("PATCH", f"/keys/{run}-dup", {"expires_at": "9999-12-31T23:00:00-23:59"}, 400, "expires_at", None),
         (
             "POST",
             "/keys",
