@@ -10,7 +10,8 @@
     │   └── ModelNotFoundError       404 model_not_found
     ├── RequestTooLargeError         413
     ├── RateLimitError               429 rate_limit_exceeded, type `requests`
-    │   └── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
+    │   ├── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
+    │   └── InsufficientQuotaError   429 insufficient_quota: a budget is spent (retrying will not help)
     ├── ServiceUnavailableError      503
     └── RoutingError                 no target of a model answered: 502/503/504, or the one failure's status
 
@@ -102,6 +103,13 @@ class RateLimitError(GatewayError):
 
 class TokenRateLimitError(RateLimitError):
     error_type = "tokens"
+
+
+class InsufficientQuotaError(RateLimitError):
+    """OpenAI's own shape for a spent quota: type and code `insufficient_quota`, with 429."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class ServiceUnavailableError(GatewayError):
@@ -204,6 +212,7 @@ __all__ = (
     "ANTHROPIC_PATH",
     "AuthenticationError",
     "GatewayError",
+    "InsufficientQuotaError",
     "InvalidRequestError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
