@@ -180,10 +180,11 @@ class RateLimits:
         scopes = [*key_scopes, model_scope] if model_scope is not None else key_scopes
         estimate = prompt_tokens + max_tokens
         grant = Grant(self, info, requests)
-        most_cost = price.micro_usd(prompt_tokens, max_tokens) if price is not None else 0
         try:
             for scope in scopes:
-                cost = most_cost if scope.budget is not None else 0
+                cost = 0
+                if scope.budget is not None and price is not None:
+                    cost = price.micro_usd(prompt_tokens, max_tokens)
                 reserve = 0
                 if scope.tpm:
                     if prompt_tokens * requests > scope.tpm or (
