@@ -20,6 +20,7 @@ import redis
 
 from gateway.limits.base import budget_period
 from gateway.limits.gate import BUDGET_HEADER
+from tests.emulators.server import free_port
 from tests.gateway_process import GatewayProcess
 from tests.waiting import wait_for
 
@@ -56,10 +57,13 @@ def budget_config(redis_url: str, run: str) -> dict[str, Any]:
         "backends": {
             "instant": {"kind": "mock", "token_delay_s": 0},
             "slow": {"kind": "mock", "token_delay_s": 0.2},
+            # Nothing listens there: every call fails before any answer.
+            "down": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 5},
         },
         "models": {
             "priced": {"targets": [{"backend": "instant", "model": "mock"}], "price": price},
             "priced-slow": {"targets": [{"backend": "slow", "model": "mock"}], "price": price},
+            "priced-down": {"targets": [{"backend": "down", "model": "mock"}], "price": price},
         },
         "keys": [
             {
@@ -190,14 +194,32 @@ async def test_a_client_disconnect_settles_what_was_produced(
                 if b'"content":' in chunk:
                     break  # the first words arrived; leave with about 25 still to come
             assert spent(redis_server, key_id) == before + STREAM_RESERVATION  # still reserved
+
     # The relay settles what was produced when it sees the client gone.
-    charged = wait_for(
-        lambda: (
-            (spent(redis_server, key_id) - before) < STREAM_RESERVATION
-            and spent(redis_server, key_id) - before
-        )
-    )
+    def settled() -> int:
+        charged = spent(redis_server, key_id) - before
+        return charged if charged < STREAM_RESERVATION else 0
+
+    charged = wait_for(settled)
     assert 0 < charged < STREAM_RESERVATION // 2
+
+
+@pytest.mark.anyio
+async def test_a_failed_upstream_call_gives_the_whole_reservation_back(
+    replicas: tuple[list[str], str], redis_server: RedisServer
+) -> None:
+    urls, run = replicas
+    key_id = f"{run}-streams"
+    before = spent(redis_server, key_id)
+    headers = {"authorization": f"Bearer {key_for('streams')}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for stream in (False, True):
+            url = f"{urls[2]}/v1/chat/completions"
+            response = await client.post(
+                url, json=chat("priced-down", STREAM_MAX_TOKENS, stream=stream), headers=headers
+            )
+            assert response.status_code in (502, 503), response.text
+            assert spent(redis_server, key_id) == before  # no target answered: nothing to pay
 
 
 def test_the_openai_sdk_gets_insufficient_quota_once_without_retrying(
