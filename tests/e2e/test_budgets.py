@@ -151,14 +151,18 @@ async def test_a_burst_across_three_replicas_admits_exactly_what_the_budget_cove
         assert spent(redis_server, f"{run}-burst") == 50_000
 
 
+def streams_key(run: str, redis_server: RedisServer) -> tuple[str, int, dict[str, str]]:
+    """The streams key's id, its spend so far, and the headers presenting it."""
+    key_id = f"{run}-streams"
+    return key_id, spent(redis_server, key_id), {"authorization": f"Bearer {key_for('streams')}"}
+
+
 @pytest.mark.anyio
 async def test_a_finished_stream_settles_its_real_cost(
     replicas: tuple[list[str], str], redis_server: RedisServer
 ) -> None:
     urls, run = replicas
-    key_id = f"{run}-streams"
-    before = spent(redis_server, key_id)
-    headers = {"authorization": f"Bearer {key_for('streams')}"}
+    key_id, before, headers = streams_key(run, redis_server)
     async with httpx.AsyncClient(timeout=30) as client:
         url = f"{urls[1]}/v1/chat/completions"
         async with client.stream(
@@ -182,9 +186,7 @@ async def test_a_client_disconnect_settles_what_was_produced(
     replicas: tuple[list[str], str], redis_server: RedisServer
 ) -> None:
     urls, run = replicas
-    key_id = f"{run}-streams"
-    before = spent(redis_server, key_id)
-    headers = {"authorization": f"Bearer {key_for('streams')}"}
+    key_id, before, headers = streams_key(run, redis_server)
     async with httpx.AsyncClient(timeout=30) as client:
         url = f"{urls[0]}/v1/chat/completions"
         body = chat("priced-slow", STREAM_MAX_TOKENS, stream=True)
@@ -209,9 +211,7 @@ async def test_a_failed_upstream_call_gives_the_whole_reservation_back(
     replicas: tuple[list[str], str], redis_server: RedisServer
 ) -> None:
     urls, run = replicas
-    key_id = f"{run}-streams"
-    before = spent(redis_server, key_id)
-    headers = {"authorization": f"Bearer {key_for('streams')}"}
+    key_id, before, headers = streams_key(run, redis_server)
     async with httpx.AsyncClient(timeout=30) as client:
         for stream in (False, True):
             url = f"{urls[2]}/v1/chat/completions"

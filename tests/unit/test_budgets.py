@@ -12,7 +12,7 @@ import pytest
 from adapters.canonical import Usage
 from gateway.context import RequestInfo
 from gateway.errors import InsufficientQuotaError
-from gateway.limits import MemoryLimiter, RateLimits, Scope
+from gateway.limits import Grant, MemoryLimiter, RateLimits, Scope
 from gateway.limits.base import Budget, BudgetPeriod, Periods, Price, budget_period
 from gateway.limits.gate import BUDGET_HEADER
 from gateway.translation.framing import AnswerStats
@@ -175,44 +175,46 @@ async def test_redis_keeps_the_spend_beside_the_scopes_other_counters(redis_serv
         await limiter.aclose()
 
 
-def info_answered(price: Price | None, prompt: int, completion: int) -> RequestInfo:
-    info = RequestInfo()
-    info.price = price
-    info.stats = AnswerStats()
-    info.stats.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
-    return info
-
-
 PRICE = Price(input_per_mtok=100.0, output_per_mtok=1000.0)  # 100 and 1000 micro-USD per token
 
 
-async def test_the_gate_reserves_the_most_possible_cost_and_settles_the_real_one() -> None:
-    limits = RateLimits(MemoryLimiter(periods=Periods(WallClock("2026-12-02T15:00:00"))), models={})
-    key = budgeted(0.05)  # 50_000 micro-USD
-    info = RequestInfo()
-    # 10 prompt tokens and max_tokens 20, 2 choices: 2 x (10 x 100 + 20 x 1000) = 42_000 reserved.
+def gate() -> RateLimits:
+    return RateLimits(MemoryLimiter(periods=Periods(WallClock("2026-12-02T15:00:00"))), models={})
+
+
+async def admit(
+    limits: RateLimits,
+    scopes: tuple[Scope, ...],
+    prompt_tokens: int,
+    max_tokens: int,
+    *,
+    info: RequestInfo | None = None,
+    requests: int = 1,
+) -> Grant:
+    """An admitted request at PRICE (a refusal raises)."""
     grant = await limits.admit(
-        (key,),
+        scopes,
         "m",
-        prompt_tokens=10,
-        max_tokens=20,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
         explicit_max_tokens=True,
-        info=info,
-        requests=2,
+        info=info or RequestInfo(),
+        requests=requests,
         price=PRICE,
     )
     assert grant is not None
+    return grant
+
+
+async def test_the_gate_reserves_the_most_possible_cost_and_settles_the_real_one() -> None:
+    limits = gate()
+    key = budgeted(0.05)  # 50_000 micro-USD
+    info = RequestInfo()
+    # 10 prompt tokens and max_tokens 20, 2 choices: 2 x (10 x 100 + 20 x 1000) = 42_000 reserved.
+    grant = await admit(limits, (key,), 10, 20, info=info, requests=2)
     assert grant.headers[BUDGET_HEADER] == "0.008000"  # after both choices' 21_000
     with pytest.raises(InsufficientQuotaError) as refused:
-        await limits.admit(
-            (key,),
-            "m",
-            prompt_tokens=10,
-            max_tokens=20,
-            explicit_max_tokens=True,
-            info=RequestInfo(),
-            price=PRICE,
-        )
+        await admit(limits, (key,), 10, 20)
     error = refused.value
     assert (error.status_code, error.error_type, error.code) == (
         429,
@@ -229,56 +231,28 @@ async def test_the_gate_reserves_the_most_possible_cost_and_settles_the_real_one
     info.stats = AnswerStats()
     info.stats.usage = Usage(prompt_tokens=10, completion_tokens=15)
     await grant.settle(25)
-    after = await limits.admit(
-        (key,), "m", prompt_tokens=0, max_tokens=0, explicit_max_tokens=True, info=RequestInfo(), price=PRICE
-    )
-    assert after is not None
+    after = await admit(limits, (key,), 0, 0)
     assert after.headers[BUDGET_HEADER] == f"{(50_000 - 10 * 100 - 15 * 500) / USD:.6f}"
 
 
 async def test_an_answer_that_never_came_costs_nothing_and_a_team_refusal_gives_back() -> None:
-    limits = RateLimits(MemoryLimiter(periods=Periods(WallClock("2026-12-02T15:00:00"))), models={})
+    limits = gate()
     key = budgeted(1.0)
     team = Scope("team", key.name, budget=Budget(usd=0.01, period="month"))
     info = RequestInfo()
-    grant = await limits.admit(
-        (key,), "m", prompt_tokens=100, max_tokens=100, explicit_max_tokens=True, info=info, price=PRICE
-    )
-    assert grant is not None
+    grant = await admit(limits, (key,), 100, 100, info=info)
     await grant.settle(0)  # no target answered: info.price stays None
     with pytest.raises(InsufficientQuotaError) as refused:  # 110_000 > the team's 10_000
-        await limits.admit(
-            (key, team),
-            "m",
-            prompt_tokens=100,
-            max_tokens=100,
-            explicit_max_tokens=True,
-            info=info,
-            price=PRICE,
-        )
+        await admit(limits, (key, team), 100, 100, info=info)
     assert f"team {key.name}" in refused.value.message
     assert "resets at 2027-01-01 00:00 UTC" in refused.value.message
     assert info.rate_limit == "refused_budget"
-    full = await limits.admit(
-        (key,), "m", prompt_tokens=0, max_tokens=1000, explicit_max_tokens=True, info=info, price=PRICE
-    )
-    assert full is not None
+    full = await admit(limits, (key,), 0, 1000)
     assert full.headers[BUDGET_HEADER] == "0.000000"  # the key's reservation was given back: all of it fits
 
 
 async def test_scopes_without_a_budget_reserve_no_cost() -> None:
-    limits = RateLimits(MemoryLimiter(), models={})
-    key = scope(rpm=5)
-    grant = await limits.admit(
-        (key,),
-        "m",
-        prompt_tokens=10,
-        max_tokens=10,
-        explicit_max_tokens=True,
-        info=RequestInfo(),
-        price=PRICE,
-    )
-    assert grant is not None
+    grant = await admit(gate(), (scope(rpm=5),), 10, 10)
     assert BUDGET_HEADER not in grant.headers
     assert budgeted(1.0).limited
     assert not scope().limited
