@@ -110,8 +110,8 @@ ACQUIRE_LUA: Final = (
 -- KEYS: requests window, tokens window, in-flight leases (one hash tag), and for a scope with a
 -- budget the period's spend counter (micro-USD).
 -- ARGV[3..8]: rpm, tpm, tokens to reserve, max in flight (0: no such limit), ticket, lease (us).
--- ARGV[9..11] (with a budget): the budget and the cost to reserve (micro-USD), when the counter
--- expires (Unix ms).
+-- ARGV[9..11] (with a budget): the budget and the cost to reserve (micro-USD), the counter's
+-- time to live (ms: until a grace after its period's end).
 local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 local want = tonumber(ARGV[5])
@@ -176,7 +176,7 @@ if refused == 0 then
   end
   if cost > 0 then
     spent = redis.call('INCRBY', KEYS[4], cost)
-    redis.call('PEXPIREAT', KEYS[4], ARGV[11])
+    redis.call('PEXPIRE', KEYS[4], ARGV[11])
   end
 end
 local r_reset, t_reset = 0, 0
@@ -337,7 +337,8 @@ class RedisLimiter:
             wall = self._periods.now()
             period = self._periods.current(scope.budget.period, wall)
             keys = scope.budget_keys(period.id)
-            args = (*args, scope.budget_micro_usd, cost, round((period.end + SPEND_GRACE_S) * 1000))
+            ttl_ms = max(1, round((period.end + SPEND_GRACE_S - wall) * 1000))
+            args = (*args, scope.budget_micro_usd, cost, ttl_ms)
         reply = await self._run(self._acquire, keys, args)
         self._skip_until = 0.0
         admitted = reply[0] == 1
