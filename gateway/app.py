@@ -36,7 +36,7 @@ from gateway.edge.asgi import (
     read_body,
     respond,
 )
-from gateway.edge.auth import KeyPolicy, KeyRing, check_model
+from gateway.edge.auth import KeyPolicy, KeyRing, authenticate, check_model
 from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
@@ -57,12 +57,14 @@ from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
 from gateway.state.responses import ResponseStore, create_response_store
+from gateway.usage.ledger import UsageLedger, create_usage_store
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler
 
     from gateway.config import Settings
     from gateway.context import RequestInfo
+    from gateway.keys.cache import ApiKeyCache
     from gateway.translation.messages import ApiVersion
 
 OWNER: Final = "llm-gateway"
@@ -110,8 +112,20 @@ class Gateway:
         self.metrics = metrics
         self.started_at = int(time.time())
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
-        """None: no `keys:` section, every request is served without a key."""
+        """The config file's `keys:`, or None."""
+        self.api_keys: ApiKeyCache | None = None
+        """Keys made through the admin API (with `admin:` and `redis_url`), or None."""
+        if settings.admin is not None and settings.redis_url.strip():
+            from gateway.keys.cache import ApiKeyCache
+            from gateway.keys.store import KeyStore
+
+            self.api_keys = ApiKeyCache(KeyStore.from_url(settings.redis_url.strip()), settings.models)
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
+        """Where keys are looked up, config keys first; None: neither exists, requests need no key."""
         self.limits: RateLimits | None = None
+        self.usage = UsageLedger(settings.usage)
+        """The usage ledger: the request middleware records into it from the first request on."""
         self._responses: ResponseStore | None = None
         self._adapters: dict[str, Adapter] = {}
         self._router: Router | None = None
@@ -143,7 +157,7 @@ class Gateway:
         Anthropic clients send the key as `x-api-key` (which then wins over `Authorization`, as on
         Anthropic's API) or as `Authorization: Bearer` (the Python SDK 2.x, `ANTHROPIC_AUTH_TOKEN`).
         """
-        if self.keys is None:
+        if self._indexes is None:
             return None
         # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
         authorization = api_key = None
@@ -154,7 +168,7 @@ class Gateway:
                 api_key = value.decode("latin-1")
         if anthropic and api_key:
             authorization = None
-        policy = self.keys.authenticate(authorization, api_key)
+        policy = authenticate(authorization, api_key, self._indexes)
         info.key_id = policy.id
         info.team_id = policy.team_id
         return policy
@@ -166,11 +180,14 @@ class Gateway:
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
         self._responses = create_response_store(self.settings.redis_url, self.settings.responses)
+        self.usage.start(create_usage_store(self.settings.redis_url, self.settings.usage))
         self._tracing = configure_tracing()
         self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
         self._prober = HealthProber(self._router.health_checked())
         self._prober.start()
-        if self.keys is None:
+        if self.api_keys is not None:
+            await self.api_keys.start()
+        if self._indexes is None:
             log.warning(
                 "no_api_keys",
                 message="no `keys:` section: the gateway serves anyone who can reach it, without a key",
@@ -180,6 +197,7 @@ class Gateway:
             store=self.limits.store,
             failure_mode=self.settings.rate_limit_failure_mode,
             keys=len(self.settings.keys or []),
+            api_keys=None if self.api_keys is None else len(self.api_keys.keys),
         )
 
     async def stop(self) -> None:
@@ -187,12 +205,15 @@ class Gateway:
             await self._prober.stop()
             self._prober = None
         self._router = None
+        if self.api_keys is not None:
+            await self.api_keys.aclose()
         if self.limits is not None:
             await self.limits.aclose()
             self.limits = None
         if self._responses is not None:
             await self._responses.aclose()
             self._responses = None
+        await self.usage.stop()  # after the server drained: every request is recorded by now
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters = {}
@@ -396,7 +417,7 @@ def create_app(settings: Settings) -> Litestar:
     handler: Any = app.asgi_handler
     if settings.admin is not None and settings.admin.listen is not None:
         handler = ListenerGate(handler, settings.admin.listen.port)
-    app.asgi_handler = RequestMiddleware(handler, metrics, bare)  # type: ignore[assignment]
+    app.asgi_handler = RequestMiddleware(handler, metrics, bare, gateway.usage)  # type: ignore[assignment]
     return app
 
 
