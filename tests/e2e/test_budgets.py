@@ -20,6 +20,7 @@ import redis
 
 from gateway.limits.base import budget_period
 from gateway.limits.gate import BUDGET_HEADER
+from tests import secret_scan
 from tests.emulators.server import free_port
 from tests.gateway_process import GatewayProcess
 from tests.waiting import wait_for
@@ -44,6 +45,11 @@ STREAM_MAX_TOKENS = 100
 STREAM_RESERVATION = STREAM_MAX_TOKENS * 1000
 
 
+ADMIN_KEY = "admin-key-for-budget-tests-0123456789abcdef"
+TEAM_BUDGET_USD = 0.02
+TEAM_BURST = 20
+
+
 def key_for(name: str) -> str:
     return f"sk-budget-{name}-{'0123456789abcdef' * 2}"
 
@@ -54,6 +60,7 @@ def budget_config(redis_url: str, run: str) -> dict[str, Any]:
     return {
         "log_level": "warning",
         "redis_url": redis_url,
+        "admin": {"key": ADMIN_KEY},
         "backends": {
             "instant": {"kind": "mock", "token_delay_s": 0},
             "slow": {"kind": "mock", "token_delay_s": 0.2},
@@ -267,3 +274,55 @@ def test_the_anthropic_sdk_gets_its_own_error_envelope(replicas: tuple[list[str]
     assert body["error"]["type"] == "rate_limit_error"
     assert f"Budget exceeded for key {run}-tiny" in body["error"]["message"]
     assert refused.value.response.headers["x-should-retry"] == "false"
+
+
+def team_with_two_keys(urls: list[str], team: str, run: str) -> list[str]:
+    """A team with a budget and two keys in it, made through the admin API on one replica and known
+    to every replica; returns the keys' secrets."""
+    secrets = []
+    with httpx.Client(
+        base_url=f"{urls[0]}/admin/v1", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    ) as api:
+        made = api.post("/teams", json={"id": team, "budget": {"usd": TEAM_BUDGET_USD, "period": "month"}})
+        assert made.status_code == 201, made.text
+        for name in ("one", "two"):
+            response = api.post("/keys", json={"id": f"{run}-{name}", "team": team})
+            assert response.status_code == 201, response.text
+            secrets.append(response.json()["secret"])
+            secret_scan.register(secrets[-1], f"API key {run}-{name}")
+
+    def known_everywhere() -> bool:
+        return all(
+            httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {secret}"}).status_code == 200
+            for url in urls
+            for secret in secrets
+        )
+
+    wait_for(known_everywhere)  # within a second (the keys' own tests)
+    return secrets
+
+
+@pytest.mark.anyio
+async def test_a_team_budget_made_by_the_admin_api_is_shared_by_its_keys_across_replicas(
+    replicas: tuple[list[str], str],
+) -> None:
+    urls, run = replicas
+    team = f"{run}-team"
+    secrets = team_with_two_keys(urls, team, run)
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def one(i: int) -> httpx.Response:
+            headers = {"authorization": f"Bearer {secrets[i % 2]}"}
+            url = f"{urls[i % len(urls)]}/v1/chat/completions"
+            return await client.post(url, json=chat("priced", MAX_TOKENS), headers=headers)
+
+        responses = await asyncio.gather(*(one(i) for i in range(TEAM_BURST)))
+    # 20_000 micro-USD shared by both keys, 7_000 per request: exactly 2 of 20 on three replicas.
+    assert sorted(r.status_code for r in responses) == [200] * 2 + [429] * (TEAM_BURST - 2)
+    assert sorted(r.headers[BUDGET_HEADER] for r in responses if r.status_code == 200) == [
+        "0.006000",
+        "0.013000",
+    ]
+    refusal = next(r for r in responses if r.status_code == 429).json()["error"]
+    assert refusal["code"] == "insufficient_quota"
+    assert f"Budget exceeded for team {team}:" in refusal["message"]
