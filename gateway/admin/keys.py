@@ -393,6 +393,7 @@ def key_figures(
                 team=record.team,
                 models=list(record.models),
                 limits=status.Limits(rpm=record.rpm, tpm=record.tpm, max_concurrency=record.max_concurrency),
+                budget=status.budget_figures(record.budget),
             )
         )
     teams = [
@@ -400,6 +401,7 @@ def key_figures(
             id=team.id,
             keys=members.get(team.id, 0),
             limits=status.Limits(rpm=team.rpm, tpm=team.tpm, max_concurrency=team.max_concurrency),
+            budget=status.budget_figures(team.budget),
         )
         for team in sorted(cache.teams.values(), key=lambda t: t.id)
     ]

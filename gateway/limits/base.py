@@ -286,6 +286,16 @@ class Limiter(Protocol):
         """
         ...
 
+    async def spent(self, scope: Scope) -> tuple[Period, int] | None:
+        """The scope's current budget period and its spend so far in micro-USD (reservations of
+        requests still in flight included); None without a budget. For the status page, never on
+        the request path.
+
+        Raises:
+            LimiterUnavailable: the store cannot be reached.
+        """
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -145,6 +145,13 @@ class MemoryLimiter:
         if tokens and scope.tpm:
             self._adjust(tokens_key, slot, tokens, cur)
 
+    async def spent(self, scope: Scope) -> tuple[Period, int] | None:
+        if scope.budget is None:
+            return None
+        now = self._periods.now()
+        period = self._periods.current(scope.budget.period, now)
+        return period, self._spent(scope.budget_keys(period.id)[3], now)
+
     async def aclose(self) -> None:
         return None
 

@@ -397,6 +397,16 @@ class RedisLimiter:
         keys = scope.budget_keys(period.id) if spend and period is not None else scope.keys
         await self._run(self._settle, keys, args)
 
+    async def spent(self, scope: Scope) -> tuple[Period, int] | None:
+        if scope.budget is None:
+            return None
+        period = self._periods.current(scope.budget.period, self._periods.now())
+        try:
+            value = await self._client.get(scope.budget_keys(period.id)[3])
+        except Exception as exc:  # noqa: BLE001 - as in `_run`
+            raise self._failed(exc) from None
+        return period, int(value or 0)
+
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()

@@ -105,6 +105,20 @@ async def test_settle_replaces_the_reservation_by_the_real_cost(make_limiter: Li
     assert (await limiter.acquire(key, tokens=0, ticket=None, cost=USD)).spent == USD
 
 
+async def test_spent_reads_the_current_period_for_the_status_page(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(periods=Periods(WallClock("2026-12-02T15:00:00")))
+    key = budgeted(1.0, period="week")
+    assert await limiter.spent(Scope("key", "no-budget", rpm=5)) is None
+    period, spent = await limiter.spent(key) or (None, -1)
+    assert spent == 0
+    await limiter.acquire(key, tokens=0, ticket=None, cost=250_000)
+    period, spent = await limiter.spent(key) or (None, -1)
+    assert spent == 250_000
+    assert period is not None
+    assert period.id == "w2026-49"
+    assert period.ends_at == datetime(2026, 12, 7, tzinfo=UTC)
+
+
 async def test_a_new_period_starts_from_zero_and_late_settles_go_to_their_own(
     make_limiter: LimiterFactory,
 ) -> None:
