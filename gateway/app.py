@@ -57,7 +57,7 @@ from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
-from gateway.reload import Notice, ReloadAnswer, plan
+from gateway.reload import Invalid, Notice, ReloadAnswer, Reloaded, plan
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
 from gateway.state.responses import ResponseStore, create_response_store
@@ -246,7 +246,7 @@ class Gateway:
             answer = msgspec.structs.replace(
                 answer, duration_ms=round((time.perf_counter() - started) * 1000, 2)
             )
-        if answer.status == "reloaded":
+        if isinstance(answer, Reloaded):
             log.info(
                 "config_reloaded",
                 config=self.config_path,
@@ -266,15 +266,15 @@ class Gateway:
     async def _reload(self) -> ReloadAnswer:
         source = self.config_path or "<no config file>"
         if self.config_path is None or self._live is None or self.limits is None:
-            return ReloadAnswer.invalid(source, ["the gateway was not started from a config file"], 0.0)
+            return Invalid.of(source, ["the gateway was not started from a config file"])
         try:
             loaded = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
-            return ReloadAnswer.invalid(source, exc.problems, 0.0)
+            return Invalid.of(source, exc.problems)
         changes = plan(self.settings, loaded.settings)
         notices = [*changes.notices, *(Notice("config_notice", text) for text in loaded.notices)]
         if not changes.changed:
-            return ReloadAnswer(status="reloaded", notices=notices)
+            return Reloaded(notices=notices)
         settings = changes.settings
         old = self._live
         running = {adapter.name: adapter for adapter in old.router.adapters()}
@@ -293,7 +293,7 @@ class Gateway:
         except (OSError, ValueError) as exc:  # a TLS CA the file names but cannot be loaded, ...
             for adapter in created:
                 await adapter.aclose()
-            return ReloadAnswer.invalid(source, [f"cannot apply the file: {exc}"], 0.0)
+            return Invalid.of(source, [f"cannot apply the file: {exc}"])
         if keys is None and self.keys is not None:
             log.warning("no_api_keys", message="no `keys:` section any more: the gateway serves anyone")
         # The swap: one assignment each, no await in between.
@@ -310,7 +310,7 @@ class Gateway:
         task = asyncio.create_task(self._retire(old), name="retire-config")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        return ReloadAnswer(status="reloaded", changed=changes.changed, notices=notices)
+        return Reloaded(changed=changes.changed, notices=notices)
 
     async def _retire(self, old: Live) -> None:
         """Close the replaced configuration's adapters that nothing uses any more, once its requests

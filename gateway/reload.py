@@ -52,26 +52,34 @@ class Notice(msgspec.Struct, frozen=True, omit_defaults=True):
     path: str | None = None
 
 
-class ReloadAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The answer of `POST /admin/v1/reload` (and the facts of its log line)."""
+class Reloaded(msgspec.Struct, frozen=True, tag_field="status", tag="reloaded"):
+    """`POST /admin/v1/reload` (and its log line) when the file was applied: `{"status": "reloaded", ...}`."""
 
-    status: Literal["reloaded", "invalid"]
     changed: list[str] = msgspec.field(default_factory=list)
-    """What took effect: `models.<name>`, `backends.<name>`, `keys.<id>` (added, removed or changed)."""
+    """What took effect: `models.<name>`, `backends.<name>`, `keys.<id>` (added, removed or changed);
+    empty when the file says what is already running."""
     notices: list[Notice] = msgspec.field(default_factory=list)
-    problems: list[Problem] = msgspec.field(default_factory=list)
-    """Why the file was refused (`invalid`); nothing changed then."""
-    error: ErrorDetail | None = None
-    """The same refusal in OpenAI's error envelope, for clients that read only that."""
     duration_ms: float = 0.0
     """How long the reload took, from reading the file to the new configuration being in effect."""
 
+
+class Invalid(msgspec.Struct, frozen=True, tag_field="status", tag="invalid"):
+    """When the file was refused (nothing changed): `{"status": "invalid", "problems": [...], ...}`."""
+
+    problems: list[Problem]
+    error: ErrorDetail
+    """The same refusal in OpenAI's error envelope, for clients that read only that."""
+    duration_ms: float = 0.0
+
     @classmethod
-    def invalid(cls, source: str, problems: list[str], duration_ms: float) -> ReloadAnswer:
+    def of(cls, source: str, problems: list[str]) -> Invalid:
         listed = [problem_of(text) for text in problems]
         message = f"{source}: {len(problems)} problem(s), nothing was changed: " + "; ".join(problems)
         error = ErrorDetail(message=message, type="invalid_request_error", param=None, code="invalid_config")
-        return cls(status="invalid", problems=listed, error=error, duration_ms=duration_ms)
+        return cls(problems=listed, error=error)
+
+
+ReloadAnswer = Reloaded | Invalid
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -116,4 +124,14 @@ def _changed(section: str, running: Mapping[str, object], new: Mapping[str, obje
     return [f"{section}.{name}" for name in names]
 
 
-__all__ = ("RESTART_REQUIRED", "Notice", "Plan", "Problem", "ReloadAnswer", "plan", "problem_of")
+__all__ = (
+    "RESTART_REQUIRED",
+    "Invalid",
+    "Notice",
+    "Plan",
+    "Problem",
+    "ReloadAnswer",
+    "Reloaded",
+    "plan",
+    "problem_of",
+)

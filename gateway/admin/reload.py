@@ -19,6 +19,7 @@ import msgspec
 from litestar import Response, get, post
 
 from gateway.observability.logs import get_logger
+from gateway.reload import Reloaded
 
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
@@ -38,9 +39,10 @@ def routes(gateway: Gateway) -> list[ControllerRouterHandler]:
     @post("/reload", name="admin_reload", status_code=200)
     async def reload() -> Response[bytes]:
         answer = await gateway.reload()
-        if answer.status == "reloaded":
+        reloaded = isinstance(answer, Reloaded)
+        if reloaded:
             _reload_other_workers()
-        status = 200 if answer.status == "reloaded" else 422
+        status = 200 if reloaded else 422
         return Response(_encoder.encode(answer), status_code=status, media_type="application/json")
 
     @get("/reload", name="admin_reload_state", sync_to_thread=False)
