@@ -249,15 +249,17 @@ async def _load(gateway: GatewayProcess, vllm_url: str) -> tuple[list[tuple[bool
 
 
 def _worker_generations(gateway: GatewayProcess) -> dict[int, int]:
-    """pid → reloads applied, for each worker that answered one of a bounded number of polls."""
+    """pid → reloads applied, for each worker that answered one of a bounded number of polls (each
+    on its own connection, which either worker may accept)."""
     seen: dict[int, int] = {}
+    with httpx.Client(headers={**ADMIN, "connection": "close"}) as client:
 
-    def poll(_: int) -> None:
-        state = httpx.get(f"{gateway.url}/admin/v1/reload", headers=ADMIN).json()
-        seen[state["pid"]] = state["generation"]
+        def poll(_: int) -> None:
+            state = client.get(f"{gateway.url}/admin/v1/reload").json()
+            seen[state["pid"]] = state["generation"]
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(poll, range(64)))
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(poll, range(16)))
     return seen
 
 
