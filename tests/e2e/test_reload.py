@@ -25,13 +25,15 @@ from tests.gateway_process import GatewayProcess
 from tests.waiting import wait_for
 
 if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
     from tests.emulators.vllm import VLLMEmulator
 
 ADMIN_KEY = "admin-key-for-reload-tests-5b1e0c"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 KEY_ONE = "sk-gw-reload-key-one-0123456789abcdef"
 KEY_TWO = "sk-gw-reload-key-two-fedcba9876543210"
-USER = [{"role": "user", "content": "Say hello"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
 def mock_config(**models: Any) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def sdk(gateway: GatewayProcess, key: str = "sk-none") -> openai.OpenAI:
 
 
 def backend_of(client: openai.OpenAI, model: str) -> str:
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=USER)  # type: ignore[arg-type]
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=USER)
     return raw.headers["x-gateway-backend"]
 
 
@@ -144,20 +146,20 @@ def test_keys_and_model_limits_change_by_reload(tmp_path: Path) -> None:
         sdk(gateway, KEY_TWO) as two,
     ):
         for _ in range(3):
-            one.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            one.chat.completions.create(model="m", messages=USER)
         with pytest.raises(openai.AuthenticationError):
-            two.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            two.chat.completions.create(model="m", messages=USER)
         new = mock_config(m={"targets": [{"backend": "a", "model": "x"}], "rpm": 4})
         new["keys"] = [{"id": "two", "key": KEY_TWO}]
         gateway.rewrite(new)
         body = reload(gateway).json()
         assert body["changed"] == ["models.m", "keys.two", "keys.one"]
         with pytest.raises(openai.AuthenticationError):
-            one.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            one.chat.completions.create(model="m", messages=USER)
         # The three requests already counted in the window count against the new rpm of 4.
-        two.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        two.chat.completions.create(model="m", messages=USER)
         with pytest.raises(openai.RateLimitError) as refused:
-            two.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            two.chat.completions.create(model="m", messages=USER)
         assert "model m" in refused.value.message
     output = gateway.output()
     assert KEY_ONE not in output
@@ -185,7 +187,7 @@ def test_reloads_under_load_fail_no_request(vllm: VLLMEmulator, vllm_server: Any
     url = vllm_server[1].url
     with GatewayProcess(load_config(url, 0), tmp_path) as gateway:
         with sdk(gateway) as client:
-            expected = client.chat.completions.create(model="llama", messages=USER).choices[0].message.content  # type: ignore[arg-type]
+            expected = client.chat.completions.create(model="llama", messages=USER).choices[0].message.content
         assert expected
         answers, durations = asyncio.run(_load(gateway, url))
     streamed = [text for stream, text, _ in answers if stream]
@@ -217,13 +219,13 @@ async def _load(gateway: GatewayProcess, vllm_url: str) -> tuple[list[tuple[bool
                     async for chunk in await client.chat.completions.create(
                         model="llama",
                         messages=USER,
-                        stream=True,  # type: ignore[arg-type]
+                        stream=True,
                     ):
                         if chunk.choices:
                             text += chunk.choices[0].delta.content or ""
                             finish = chunk.choices[0].finish_reason or finish
                     return stream, text, finish
-                answer = await client.chat.completions.create(model="llama", messages=USER)  # type: ignore[arg-type]
+                answer = await client.chat.completions.create(model="llama", messages=USER)
                 return stream, answer.choices[0].message.content or "", answer.choices[0].finish_reason
 
         async def reloads() -> None:
@@ -267,9 +269,9 @@ def _worker_generations(gateway: GatewayProcess) -> dict[int, int]:
 def test_with_two_workers_a_reload_reaches_both(tmp_path: Path, how: str) -> None:
     with GatewayProcess(mock_config(), tmp_path, workers=2) as gateway:
 
-        def both_workers() -> dict[int, int] | None:
+        def both_workers() -> dict[int, int]:
             seen = _worker_generations(gateway)
-            return seen if len(seen) == 2 else None
+            return seen if len(seen) == 2 else {}
 
         workers = wait_for(both_workers)
         assert set(workers.values()) == {0}
