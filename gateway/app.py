@@ -7,6 +7,7 @@ import contextlib
 import functools
 import gc
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
@@ -376,13 +377,16 @@ def create_app(settings: Settings, config_path: str | None = None) -> Litestar:
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
-        if config_path is not None:
+        # Signals reach the main thread only (an app served from another thread reloads by POST).
+        on_signal = config_path is not None and threading.current_thread() is threading.main_thread()
+        if on_signal:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             yield
         finally:
-            if config_path is not None:
+            if on_signal:
                 loop.remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the default (exit) while stopping
             await asyncio.gather(*reloads, return_exceptions=True)
             await gateway.stop()
             for task in (flusher, collector):

@@ -97,6 +97,8 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     settings = loaded.settings
     BoundedHeadProtocol.configure(settings.http)
     configure_logging(settings.log_level, settings.log_format)
+    # Until the app's lifespan handles it (a reload), a SIGHUP must not end the process (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log = get_logger("gateway")
     for notice in loaded.notices:
         log.warning("config_notice", message=notice)
@@ -206,6 +208,7 @@ def app_from_environment() -> object:
     from gateway.app import create_app
     from gateway.edge.server import BoundedHeadProtocol
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as in `run_server`: until the lifespan handles it
     path = default_config_path()
     settings = _load_or_exit(path).settings
     configure_logging(settings.log_level, settings.log_format)
