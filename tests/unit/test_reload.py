@@ -3,14 +3,21 @@ keeps from the one it replaces (`Router(previous=...)`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from adapters import create_adapter
-from gateway.config import ConfigError, Settings, parse_config
-from gateway.reload import Invalid, Problem, plan, problem_of
+from gateway.app import Gateway
+from gateway.config import ConfigError, Settings, load_config, parse_config
+from gateway.observability.metrics import Metrics
+from gateway.reload import Invalid, Problem, Reloaded, plan, problem_of
 from gateway.routing.router import Router
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def settings(**overrides: Any) -> Settings:
@@ -96,3 +103,47 @@ def test_a_new_router_keeps_the_state_of_unchanged_backends_and_models() -> None
     assert new_moved[0].state is old_moved[0].state  # its slots and health verdict
     assert new_moved[1].breaker is not old_moved[1].breaker  # backend b changed: afresh
     assert new_moved[1].adapter is new_adapters["b"]
+
+
+def test_replaced_adapters_are_closed_once_their_last_request_is_done(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+
+    def write(timeout_s: float) -> None:
+        backend = {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1", "timeout_s": timeout_s}
+        path.write_text(json.dumps({"backends": {"vllm": backend}, "models": {"m": {"targets": [TARGET]}}}))
+
+    async def run() -> None:
+        write(5)
+        gateway = Gateway(load_config(path).settings, Metrics(), str(path))
+        await gateway.start()
+        live = gateway.live
+        live.enter()  # a request in flight on the first configuration
+        old = gateway.router.resolve("m").routes[0].adapter
+        write(6)
+        answer = await gateway.reload()
+        assert isinstance(answer, Reloaded)
+        assert answer.changed == ["backends.vllm"]
+        new = gateway.router.resolve("m").routes[0].adapter
+        assert new is not old
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not is_closed(old)  # its request is still running
+        live.leave()
+        for _ in range(100):
+            if is_closed(old):
+                break
+            await asyncio.sleep(0)
+        assert is_closed(old)
+        assert not is_closed(new)
+        await gateway.stop()
+        assert is_closed(new)
+
+    asyncio.run(run())
+
+
+TARGET = {"backend": "vllm", "model": "llama"}
+
+
+def is_closed(adapter: Any) -> bool:
+    closed: bool = adapter._upstream.client.is_closed
+    return closed
