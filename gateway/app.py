@@ -62,6 +62,7 @@ from gateway.reload import Invalid, Notice, ReloadAnswer, Reloaded, plan
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
 from gateway.state.responses import ResponseStore, create_response_store
+from gateway.usage.ledger import UsageLedger, create_usage_store
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler
@@ -159,6 +160,8 @@ class Gateway:
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
         """None: no `keys:` section, every request is served without a key."""
         self.limits: RateLimits | None = None
+        self.usage = UsageLedger(settings.usage)
+        """The usage ledger: the request middleware records into it from the first request on."""
         self._responses: ResponseStore | None = None
         self._live: Live | None = None
         self._draining: list[Live] = []
@@ -219,6 +222,7 @@ class Gateway:
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
         self._responses = create_response_store(self.settings.redis_url, self.settings.responses)
+        self.usage.start(create_usage_store(self.settings.redis_url, self.settings.usage))
         self._tracing = configure_tracing()
         self._live = Live(Router(self.settings, adapters, self.metrics, self._tracing))
         self._prober = HealthProber(self._live.router.health_checked())
@@ -351,6 +355,7 @@ class Gateway:
         if self._responses is not None:
             await self._responses.aclose()
             self._responses = None
+        await self.usage.stop()  # after the server drained: every request is recorded by now
         await self._close_unused(list({id(a): a for live in lives for a in live.router.adapters()}.values()))
         if self._tracing is not None:
             self._tracing.shutdown()  # exports the spans still buffered
@@ -594,7 +599,7 @@ def create_app(settings: Settings, config_path: str | None = None) -> Litestar:
     handler: Any = app.asgi_handler
     if settings.admin is not None and settings.admin.listen is not None:
         handler = ListenerGate(handler, settings.admin.listen.port)
-    app.asgi_handler = RequestMiddleware(handler, metrics, bare)  # type: ignore[assignment]
+    app.asgi_handler = RequestMiddleware(handler, metrics, bare, gateway.usage)  # type: ignore[assignment]
     return app
 
 

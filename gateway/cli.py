@@ -1,4 +1,5 @@
-"""`gateway serve`, `check-config`, `config-schema` and `keys` (in `gateway.admin.cli`)."""
+"""`gateway serve`, `check-config`, `config-schema`, `keys` (in `gateway.admin.cli`) and `usage` (in
+`gateway.admin.usage_cli`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.admin import cli as admin_cli
+from gateway.admin import usage_cli
 from gateway.admin.reload import SUPERVISOR_ENV
 from gateway.config import ConfigError, LoadedConfig, default_config_path, load_config
 from gateway.observability.logs import configure_logging, get_logger
@@ -41,9 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     schema.add_argument("--output", "-o", help="file to write (default: standard output)")
     admin_cli.add_commands(commands)
+    usage_cli.add_command(commands)
     args = parser.parse_args(argv)
     if args.command == "keys":
         return admin_cli.run(args)
+    if args.command == "usage":
+        return usage_cli.run(args)
     if args.command == "check-config":
         return check_config(args.path)
     if args.command == "config-schema":

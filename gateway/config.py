@@ -221,6 +221,17 @@ class ResponsesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     """Without Redis: the in-process store's size; the oldest responses are forgotten beyond it."""
 
 
+class UsageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The usage ledger (`GET /admin/v1/usage`, `gateway usage`): counters per UTC day, key, team
+    and model, in Redis when `redis_url` is set (docs/control-plane.md)."""
+
+    retention_days: Annotated[int, Meta(ge=1, le=3660)] = 90
+    """How many days a day's counters are kept after the day ends (Redis expires them then)."""
+    flush_interval_s: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
+    """How often each process writes its counters to Redis, in one batch: the usage API's figures
+    lag the other replicas' traffic by up to this."""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole file: `backends` and `models` are required, everything else has a default."""
 
@@ -251,6 +262,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Stored `/v1/responses`: how long they are kept and how large they may be (docs/responses.md)."""
     admin: AdminSettings | None = None
     """The admin API and its key; without this section there is no admin API (docs/control-plane.md)."""
+    usage: UsageSettings = UsageSettings()
+    """The usage ledger: how long its counters are kept and how often they are written."""
 
     def __post_init__(self) -> None:
         hide_secrets(self, "redis_url")  # it may carry a password
@@ -713,6 +726,7 @@ __all__ = (
     "ModelConfig",
     "Settings",
     "Target",
+    "UsageSettings",
     "default_config_path",
     "key_digest",
     "load_config",

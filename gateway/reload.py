@@ -25,13 +25,17 @@ RESTART_REQUIRED: Final = (
     "redis_url",
     "rate_limit_failure_mode",
     "responses",
+    "usage",
     "admin",
     "log_level",
     "log_format",
 )
 """`Settings` fields a reload does not apply: the listeners' sockets, the HTTP server's bounds (and
 the request bounds checked beside them), the shared store's client and its failure mode, stored
-Responses, the admin routes and their key, and logging are all set up once, at start-up."""
+Responses, the usage ledger, the admin routes and their key, and logging are all set up once, at
+start-up."""
+LIVE: Final = ("backends", "models", "keys")
+"""`Settings` fields a reload applies; every other one is in `RESTART_REQUIRED`."""
 
 _PATH: Final = re.compile(r"^([^\s:]+): (.*)$", re.DOTALL)
 """`models.x.targets[0].backend: must be ...` → path and message (`check-config`'s wording)."""
@@ -125,6 +129,7 @@ def _changed(section: str, running: Mapping[str, object], new: Mapping[str, obje
 
 
 __all__ = (
+    "LIVE",
     "RESTART_REQUIRED",
     "Invalid",
     "Notice",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from litestar import Router, get
 
-from gateway.admin import reload, status
+from gateway.admin import reload, status, usage
 from gateway.admin.auth import AdminAuth
 
 if TYPE_CHECKING:
@@ -34,7 +34,12 @@ def _ping_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
     return [ping]
 
 
-GUARDED: Final[tuple[RouteFactory, ...]] = (_ping_routes, status.api_routes, reload.routes)
+GUARDED: Final[tuple[RouteFactory, ...]] = (
+    _ping_routes,
+    status.api_routes,
+    usage.api_routes,
+    reload.routes,
+)
 """Route factories whose routes live under `/admin/v1` and need the admin key."""
 UNGUARDED: Final[tuple[RouteFactory, ...]] = (status.page_routes,)
 """Route factories whose routes keep their own paths and need no admin key."""

@@ -2,9 +2,10 @@
 
 The page and its two assets are static files from `gateway/admin/static/` (in the wheel), read once
 at start-up; the page asks for the admin key, keeps it in the tab's `sessionStorage` and polls the
-JSON every 2 s. The JSON is read from this process's state only (breakers, health verdicts, the
-router's rolling window per target, configured keys), so a poll costs no Redis round trip; keys made
-by the API, teams, usage and budgets come in through `KeyFigures`, filled by the modules that own them.
+JSON every 2 s. The JSON is read from this process's state (breakers, health verdicts, the router's
+rolling window per target, configured keys), except today's usage per key and team, read from the
+usage ledger at most once per `usage.flush_interval_s` (`gateway.admin.usage.TodayUsage`); keys made
+by the API, teams and budgets come in through `KeyFigures`, filled by the modules that own them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 from litestar import Response, get
 
 from adapters.base import HealthChecked
+from gateway.admin.usage import TodayUsage
 from gateway.errors import NotFoundError
 from gateway.routing.window import WindowFigures
 
@@ -85,7 +87,7 @@ class BudgetFigures(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UsageFigures(msgspec.Struct, frozen=True, kw_only=True):
-    """This budget period's usage from the ledger."""
+    """Today's (UTC) usage from the ledger."""
 
     requests: int
     input_tokens: int
@@ -122,7 +124,8 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
     keys: list[KeyStatus]
     teams: list[TeamStatus]
     usage_source: str
-    """Where key and team usage comes from (`none` until a usage ledger fills it in)."""
+    """Where key and team usage comes from: `redis` (every replica's, as last flushed), `memory`
+    (this process's), `unavailable` (Redis could not be read), `none` (before start-up)."""
 
 
 KeyFigures = Callable[["Gateway", list[KeyStatus]], "tuple[list[KeyStatus], list[TeamStatus], str]"]
@@ -141,7 +144,8 @@ KEY_FIGURES: list[KeyFigures] = [config_keys]
 _encoder: Final = msgspec.json.Encoder()
 
 
-def gateway_status(gateway: Gateway) -> GatewayStatus:
+def gateway_status(gateway: Gateway, today: TodayUsage | None = None) -> GatewayStatus:
+    """`today`: today's usage per key and team, read; None when it could not be."""
     now = time.monotonic()
     models = []
     if gateway.ready:
@@ -165,6 +169,13 @@ def gateway_status(gateway: Gateway) -> GatewayStatus:
         for entry in gateway.settings.keys or []
     ]
     keys, teams, usage_source = KEY_FIGURES[-1](gateway, configured)
+    if gateway.usage.source != "none":
+        usage_source = gateway.usage.source
+        if today is None:
+            usage_source = "unavailable"
+        else:
+            keys = [msgspec.structs.replace(k, usage=UsageFigures(**today.of_key(k.id))) for k in keys]
+            teams = [msgspec.structs.replace(t, usage=UsageFigures(**today.of_team(t.id))) for t in teams]
     return GatewayStatus(
         generated_at=round(time.time(), 3),
         started_at=gateway.started_at,
@@ -202,11 +213,13 @@ def _static(name: str) -> bytes:
 
 def api_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
     """Under `/admin/v1`, behind the admin key."""
+    today = TodayUsage(gateway.usage, gateway.settings.usage.flush_interval_s)
 
-    @get("/status", name="admin_status", sync_to_thread=False)
-    def status_json() -> Response[bytes]:
+    @get("/status", name="admin_status")
+    async def status_json() -> Response[bytes]:
         """Models, targets, breakers, health, recent figures, keys and teams (docs/control-plane.md)."""
-        body = _encoder.encode(gateway_status(gateway))
+        read = await today.refresh()
+        body = _encoder.encode(gateway_status(gateway, today if read else None))
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
     return [status_json]

@@ -27,6 +27,7 @@ from gateway.observability.metrics import route_of
 if TYPE_CHECKING:
     from gateway.edge.asgi import Message, Receive, Scope, Send
     from gateway.observability.metrics import Metrics
+    from gateway.usage.ledger import UsageLedger
 
 _USABLE_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 """Client ids are echoed in headers and logs: printable ASCII without spaces, at most 128 bytes."""
@@ -56,13 +57,16 @@ def bare_segments(route_paths: Iterable[str]) -> frozenset[str]:
 
 
 class RequestMiddleware:
-    __slots__ = ("_app", "_bare", "_metrics")
+    __slots__ = ("_app", "_bare", "_metrics", "_usage")
 
-    def __init__(self, app: Any, metrics: Metrics, bare: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, app: Any, metrics: Metrics, bare: frozenset[str] = frozenset(), usage: UsageLedger | None = None
+    ) -> None:
         self._app = app
         self._metrics = metrics
         self._bare = bare
         """`bare_segments` of the app's routes."""
+        self._usage = usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,6 +125,8 @@ class RequestMiddleware:
                 status = CLIENT_CLOSED_REQUEST
                 info.error_code = info.error_code or "client_closed_request"
             metrics.finished(route, status, duration, info)
+            if self._usage is not None:
+                self._usage.record(info, status)
             if path not in QUIET_PATHS:
                 _log_line(info, scope["method"], path, status, duration)
             unbind_request(bound)

@@ -106,6 +106,9 @@ def test_status_page_shows_a_tripped_breaker(
         assert targets["cloudflare"]["breaker"] == "closed"
         assert targets["vllm"]["recent"]["errors"] == 1
         assert targets["cloudflare"]["recent"]["requests"] == 1
+        # Today's usage from this process's ledger (no redis_url): the one request, counted at once.
+        assert status.json()["usage_source"] == "memory"
+        assert status.json()["keys"][0]["usage"]["requests"] == 1
         assert httpx.get(f"{admin_url}/admin/v1/status").status_code == 401
         assert httpx.get(f"{gateway.url}/status").status_code == 404  # not on the public listener
 
@@ -135,7 +138,10 @@ def test_status_page_shows_a_tripped_breaker(
         healthy = tab.locator(f'tr[data-target="cloudflare/{CF_MODEL}"]')
         expect(healthy).to_have_attribute("data-breaker", "closed")
         expect(healthy).to_contain_text("closed")
-        expect(tab.locator('tr[data-key="team-a"]')).to_contain_text("600 rpm")
+        key_row = tab.locator('tr[data-key="team-a"]')
+        expect(key_row).to_contain_text("600 rpm")
+        expect(key_row).to_contain_text("1 req")
+        expect(tab.locator("#updated")).to_contain_text("usage: memory")
 
         assert tab.evaluate("sessionStorage.getItem('gateway-admin-key')") == ADMIN_KEY
         assert tab.evaluate("localStorage.length") == 0
@@ -151,6 +157,7 @@ def test_status_page_shows_a_tripped_breaker(
             timeout=30,
         )
         wait_for(lambda: int(healthy.locator("td.num").first.inner_text()) > before)
+        expect(key_row).to_contain_text("2 req")
 
         screenshot = tmp_path / "status-page.png"
         tab.screenshot(path=str(screenshot), full_page=True)

@@ -13,7 +13,7 @@ from adapters import create_adapter
 from gateway.app import Gateway
 from gateway.config import ConfigError, Settings, load_config, parse_config
 from gateway.observability.metrics import Metrics
-from gateway.reload import Invalid, Problem, Reloaded, plan, problem_of
+from gateway.reload import LIVE, RESTART_REQUIRED, Invalid, Problem, Reloaded, plan, problem_of
 from gateway.routing.router import Router
 
 if TYPE_CHECKING:
@@ -27,6 +27,10 @@ def settings(**overrides: Any) -> Settings:
         **overrides,
     }
     return msgspec.convert(config, Settings)
+
+
+def test_every_setting_is_either_applied_by_a_reload_or_needs_a_restart() -> None:
+    assert sorted((*LIVE, *RESTART_REQUIRED)) == sorted(Settings.__struct_fields__)
 
 
 def test_restart_only_sections_keep_their_running_values_and_are_reported() -> None:

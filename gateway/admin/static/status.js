@@ -68,11 +68,11 @@
     const keys = data.keys.map((k) => el("tr", { "data-key": k.id }, el("th", { scope: "row" }, k.id),
       el("td", {}, k.source), el("td", {}, k.team || "–"), el("td", {}, k.models.join(", ")),
       el("td", {}, limits(k.limits)), el("td", {}, usage(k.usage)), el("td", {}, budget(k.budget))));
-    $("keys").replaceChildren(keys.length ? table("Keys and their usage this period",
+    $("keys").replaceChildren(keys.length ? table("Keys: usage today (UTC), limits and budget",
       ["Key", "Source", "Team", "Models", "Limits", "Usage", "Budget"], keys) : el("p", {}, "No keys."));
     const teams = data.teams.map((t) => el("tr", { "data-team": t.id }, el("th", { scope: "row" }, t.id),
       num(t.keys), el("td", {}, limits(t.limits)), el("td", {}, usage(t.usage)), el("td", {}, budget(t.budget))));
-    $("teams").replaceChildren(teams.length ? table("Teams and their usage this period",
+    $("teams").replaceChildren(teams.length ? table("Teams: usage today (UTC), limits and budget",
       ["Team", "Keys", "Limits", "Usage", "Budget"], teams) : el("p", {}, "No teams."));
     $("updated").textContent = "Updated " + new Date(data.generated_at * 1000).toLocaleTimeString() +
       (data.ready ? "" : " · not ready") + " · usage: " + data.usage_source;
