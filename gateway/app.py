@@ -40,7 +40,7 @@ from gateway.edge.asgi import (
     read_body,
     respond,
 )
-from gateway.edge.auth import KeyPolicy, KeyRing, check_model
+from gateway.edge.auth import KeyPolicy, KeyRing, authenticate, check_model
 from gateway.edge.middleware import RequestMiddleware, bare_segments
 from gateway.edge.openapi import OPENAPI_PATH, build_openapi
 from gateway.errors import (
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Settings
     from gateway.context import RequestInfo
+    from gateway.keys.cache import ApiKeyCache
     from gateway.translation.messages import ApiVersion
 
 OWNER: Final = "llm-gateway"
@@ -158,7 +159,17 @@ class Gateway:
         self.generation = 0
         """Configurations applied by reloads since start-up (`GET /admin/v1/reload`)."""
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
-        """None: no `keys:` section, every request is served without a key."""
+        """The config file's `keys:`, or None."""
+        self.api_keys: ApiKeyCache | None = None
+        """Keys made through the admin API (with `admin:` and `redis_url`), or None."""
+        if settings.admin is not None and settings.redis_url.strip():
+            from gateway.keys.cache import ApiKeyCache
+            from gateway.keys.store import KeyStore
+
+            self.api_keys = ApiKeyCache(KeyStore.from_url(settings.redis_url.strip()), settings.models)
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
+        """Where keys are looked up, config keys first; None: neither exists, requests need no key."""
         self.limits: RateLimits | None = None
         self.usage = UsageLedger(settings.usage)
         """The usage ledger: the request middleware records into it from the first request on."""
@@ -201,7 +212,7 @@ class Gateway:
         Anthropic clients send the key as `x-api-key` (which then wins over `Authorization`, as on
         Anthropic's API) or as `Authorization: Bearer` (the Python SDK 2.x, `ANTHROPIC_AUTH_TOKEN`).
         """
-        if self.keys is None:
+        if self._indexes is None:
             return None
         # Straight from the ASGI scope (names are lower-case there): `request.headers` parses them all.
         authorization = api_key = None
@@ -212,7 +223,7 @@ class Gateway:
                 api_key = value.decode("latin-1")
         if anthropic and api_key:
             authorization = None
-        policy = self.keys.authenticate(authorization, api_key)
+        policy = authenticate(authorization, api_key, self._indexes)
         info.key_id = policy.id
         info.team_id = policy.team_id
         return policy
@@ -227,7 +238,9 @@ class Gateway:
         self._live = Live(Router(self.settings, adapters, self.metrics, self._tracing))
         self._prober = HealthProber(self._live.router.health_checked())
         self._prober.start()
-        if self.keys is None:
+        if self.api_keys is not None:
+            await self.api_keys.start()
+        if self._indexes is None:
             log.warning(
                 "no_api_keys",
                 message="no `keys:` section: the gateway serves anyone who can reach it, without a key",
@@ -237,6 +250,7 @@ class Gateway:
             store=self.limits.store,
             failure_mode=self.settings.rate_limit_failure_mode,
             keys=len(self.settings.keys or []),
+            api_keys=None if self.api_keys is None else len(self.api_keys.keys),
         )
 
     async def reload(self) -> ReloadAnswer:
@@ -277,6 +291,9 @@ class Gateway:
         except ConfigError as exc:
             return Invalid.of(source, exc.problems)
         changes = plan(self.settings, loaded.settings)
+        taken = self._api_key_ids_in(changes.settings)
+        if taken:
+            return Invalid.of(source, taken)
         notices = [*changes.notices, *(Notice("config_notice", text) for text in loaded.notices)]
         if not changes.changed:
             return Reloaded(notices=notices)
@@ -299,11 +316,15 @@ class Gateway:
             for adapter in created:
                 await adapter.aclose()
             return Invalid.of(source, [f"cannot apply the file: {exc}"])
-        if keys is None and self.keys is not None:
+        if keys is None and self.keys is not None and self.api_keys is None:
             log.warning("no_api_keys", message="no `keys:` section any more: the gateway serves anyone")
         # The swap: one assignment each, no await in between.
         self._live = Live(router)
         self.keys = keys
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (keys, api_index) if index is not None) or None
+        if self.api_keys is not None:
+            self.api_keys.set_models(settings.models)
         self.limits.set_model_scopes(model_scopes(settings))
         self.settings = settings
         self.generation += 1
@@ -328,6 +349,15 @@ class Gateway:
         self._draining.remove(old)
         await self._close_unused(old.router.adapters())
 
+    def _api_key_ids_in(self, settings: Settings) -> list[str]:
+        """Problems for config keys whose id a key made through the admin API already has."""
+        made = self.api_keys.keys if self.api_keys is not None else {}
+        return [
+            f"keys[{i}].id: '{entry.id}' is already the id of a key made through the admin API"
+            for i, entry in enumerate(settings.keys or [])
+            if entry.id in made
+        ]
+
     async def _close_unused(self, adapters: list[Adapter]) -> None:
         in_use = {
             id(a)
@@ -349,6 +379,8 @@ class Gateway:
         lives = [live for live in (self._live, *self._draining) if live is not None]
         self._live = None
         self._draining = []
+        if self.api_keys is not None:
+            await self.api_keys.aclose()
         if self.limits is not None:
             await self.limits.aclose()
             self.limits = None

@@ -1,5 +1,5 @@
-"""`gateway serve`, `check-config`, `config-schema`, `keys` (in `gateway.admin.cli`) and `usage` (in
-`gateway.admin.usage_cli`)."""
+"""`gateway serve`, `check-config`, `config-schema`, `keys` and `teams` (in `gateway.admin.cli`) and
+`usage` (in `gateway.admin.usage_cli`)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin_cli.add_commands(commands)
     usage_cli.add_command(commands)
     args = parser.parse_args(argv)
-    if args.command == "keys":
+    if args.command in ("keys", "teams"):
         return admin_cli.run(args)
     if args.command == "usage":
         return usage_cli.run(args)

@@ -251,8 +251,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """`auto` is console on a terminal and one JSON line per event otherwise; `$GATEWAY_LOG_FORMAT`
     overrides it."""
     keys: list[KeyConfig] | None = None
-    """Client API keys, a non-empty list; without this section the gateway is open to anyone who can
-    reach it (and says so at start-up)."""
+    """Client API keys, a non-empty list. Keys made through the admin API work beside them when
+    `admin:` and `redis_url` are set; without this section and without those, the gateway is open to
+    anyone who can reach it (and says so at start-up)."""
     redis_url: str = ""
     """Shared rate-limit store (`redis://`, `rediss://`, `unix://`, `redis+cluster://`,
     `rediss+cluster://`); empty: limits are kept in process (a single instance)."""

@@ -8,6 +8,7 @@
     ├── NotFoundError                404 (unknown route)
     │   ├── MethodNotAllowedError    405 (a known route with the wrong method)
     │   └── ModelNotFoundError       404 model_not_found
+    ├── ConflictError                409 (the admin API: an id already taken, a team still in use)
     ├── RequestTooLargeError         413
     ├── RateLimitError               429 rate_limit_exceeded, type `requests`
     │   └── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
@@ -86,6 +87,12 @@ class MethodNotAllowedError(NotFoundError):
 
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
+
+
+class ConflictError(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class RequestTooLargeError(GatewayError):
@@ -203,6 +210,7 @@ def in_band_error(
 __all__ = (
     "ANTHROPIC_PATH",
     "AuthenticationError",
+    "ConflictError",
     "GatewayError",
     "InvalidRequestError",
     "MethodNotAllowedError",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from litestar import Router, get
 
-from gateway.admin import reload, status, usage
+from gateway.admin import keys, reload, status, usage
 from gateway.admin.auth import AdminAuth
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def _ping_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
 GUARDED: Final[tuple[RouteFactory, ...]] = (
     _ping_routes,
     status.api_routes,
+    keys.routes,
     usage.api_routes,
     reload.routes,
 )

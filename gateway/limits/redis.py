@@ -1,5 +1,6 @@
 """Limits shared by every replica through Redis (or a Redis Cluster), and `connect`, the one Redis
-client factory (also used by `gateway.state.responses`, the only other module importing redis).
+client factory (also used by `gateway.state.responses` and `gateway.keys.store`, the only other modules
+importing redis).
 
 One Lua script per decision, registered once and run with EVALSHA (`register_script` reloads it
 after a Redis restart). The scripts read the clock with `TIME`, so replicas with skewed clocks agree,
