@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from tests import secret_scan
 from tests.e2e.conftest import VLLM_MODEL, vllm_backend
 from tests.gateway_process import GatewayProcess
 from tests.waiting import wait_for
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
     from tests.emulators.vllm import VLLMEmulator
+    from tests.redis_server import RedisServer
 
 ADMIN_KEY = "admin-key-for-reload-tests-5b1e0c"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -290,3 +293,41 @@ def test_with_two_workers_a_reload_reaches_both(tmp_path: Path, how: str) -> Non
             wait_for(both_reloaded)
         # Reloaded in place, never restarted: the same two processes.
         assert set(_worker_generations(gateway)) == set(workers)
+
+
+def test_a_reload_keeps_api_made_keys_and_refuses_their_ids_in_the_file(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run = "r" + os.urandom(3).hex()  # the session's Redis is shared: ids unique to this test
+    config = mock_config(m={"targets": [{"backend": "a", "model": "x"}], "aliases": ["m-old"]})
+    config |= {"redis_url": redis_server.url, "keys": [{"id": f"{run}-config", "key": KEY_ONE}]}
+    with GatewayProcess(config, tmp_path) as gateway:
+        made = httpx.post(
+            f"{gateway.url}/admin/v1/keys", headers=ADMIN, json={"id": f"{run}-api", "models": ["m-old"]}
+        )
+        assert made.status_code == 201, made.text
+        secret = made.json()["secret"]
+        secret_scan.register(secret, "API key")
+        with sdk(gateway, secret) as api_client, sdk(gateway, KEY_ONE) as config_client:
+            assert backend_of(api_client, "m") == "a"
+            # The alias the API key names its model by now belongs to model n; m moves to backend b
+            # and the config key is limited to it.
+            new = mock_config(
+                m={"targets": [{"backend": "b", "model": "x"}]},
+                n={"targets": [{"backend": "a", "model": "y"}], "aliases": ["m-old"]},
+            )
+            config_key = {"id": f"{run}-config", "key": KEY_ONE, "models": ["m"]}
+            new |= {"redis_url": redis_server.url, "keys": [config_key]}
+            gateway.rewrite(new)
+            assert reload(gateway).json()["changed"] == ["models.m", "models.n", f"keys.{run}-config"]
+            assert backend_of(config_client, "m") == "b"
+            assert backend_of(api_client, "m-old") == "a"  # the API key follows its alias to n
+            with pytest.raises(openai.NotFoundError):
+                api_client.chat.completions.create(model="m", messages=USER)
+            # A config key may not take the id of an API-made key: the reload changes nothing.
+            new["keys"].append({"id": f"{run}-api", "key": KEY_TWO})
+            gateway.rewrite(new)
+            answer = reload(gateway)
+            assert answer.status_code == 422
+            assert answer.json()["problems"][0]["path"] == "keys[1].id"
+            assert backend_of(api_client, "m-old") == "a"
