@@ -53,15 +53,19 @@ from gateway.errors import (
     surface_of,
 )
 from gateway.limits import RateLimits, create_rate_limits, model_scopes
+from gateway.limits.redis import connect
 from gateway.observability.logs import flush_periodically, get_logger
 from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
 from gateway.reload import Invalid, Notice, ReloadAnswer, Reloaded, plan
+from gateway.routing.affinity import SESSION_HEADER
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
+from gateway.routing.shared_state import SharedBreakers
 from gateway.state.responses import ResponseStore, create_response_store
+from gateway.translation.translate import session_token
 from gateway.usage.ledger import UsageLedger, create_usage_store
 
 if TYPE_CHECKING:
@@ -180,6 +184,7 @@ class Gateway:
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
         self._prober: HealthProber | None = None
+        self._shared_breakers: SharedBreakers | None = None
         self._tracing: Tracing | None = None
 
     @property
@@ -238,6 +243,11 @@ class Gateway:
         self._live = Live(Router(self.settings, adapters, self.metrics, self._tracing))
         self._prober = HealthProber(self._live.router.health_checked())
         self._prober.start()
+        if self.settings.redis_url:
+            self._shared_breakers = SharedBreakers(
+                connect(self.settings.redis_url), self._live.router.breakers, self.metrics
+            )
+            self._shared_breakers.start()
         if self.api_keys is not None:
             await self.api_keys.start()
         if self._indexes is None:
@@ -326,6 +336,8 @@ class Gateway:
         if self.api_keys is not None:
             self.api_keys.set_models(settings.models)
         self.limits.set_model_scopes(model_scopes(settings))
+        if self._shared_breakers is not None:
+            self._shared_breakers.track(router.breakers)
         self.settings = settings
         self.generation += 1
         if self._prober is not None:
@@ -373,6 +385,9 @@ class Gateway:
         if self._prober is not None:
             await self._prober.stop()
             self._prober = None
+        if self._shared_breakers is not None:
+            await self._shared_breakers.stop()
+            self._shared_breakers = None
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -446,6 +461,9 @@ def create_app(settings: Settings, config_path: str | None = None) -> Litestar:
             state = scope["state"]
             info: RequestInfo = state["request_info"]
             info.http_10 = scope.get("http_version") == "1.0"
+            session = header(scope, SESSION_HEADER)
+            if session:
+                info.session = session_token(session)
             live = gateway.live  # this request's configuration to its end, whatever reloads meanwhile
             router = live.enter()
             try:

@@ -39,6 +39,7 @@ class RequestInfo:
         "prompt_estimate",
         "rate_limit",
         "request_id",
+        "session",
         "started",
         "stats",
         "stream",
@@ -94,6 +95,8 @@ class RequestInfo:
         target answered first) or `failed`; None without a hedge."""
         self.http_10 = False
         """The request came over HTTP/1.0, which has no chunked framing for a stream."""
+        self.session: str | None = None
+        """The client's `x-session-affinity` header as a session token (`gateway.routing.affinity`)."""
 
     @property
     def first_token_s(self) -> float | None:

@@ -138,6 +138,12 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=registry,
         )
+        self.breaker_remote_changes = Counter(
+            "gateway_breaker_remote_changes",
+            "Breaker changes applied from another gateway process (shared through Redis), by state.",
+            ["backend", "upstream_model", "state"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_in_flight_requests",
             "Requests being handled, by route.",
@@ -216,6 +222,9 @@ class Metrics:
 
     def breaker_changed(self, backend: str, upstream_model: str, state: str) -> None:
         self.breaker.labels(backend, upstream_model).set(BREAKER_STATES[state])
+
+    def breaker_remote(self, backend: str, upstream_model: str, state: str) -> None:
+        self.breaker_remote_changes.labels(backend, upstream_model, state).inc()
 
     def store_error(self) -> None:
         self.redis_errors.inc()

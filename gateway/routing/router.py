@@ -29,6 +29,7 @@ from gateway.errors import InvalidRequestError, ModelNotFoundError, RoutingError
 from gateway.limits.base import Price
 from gateway.observability.logs import get_logger
 from gateway.routing import hedge
+from gateway.routing.affinity import Rendezvous, session_key, session_of
 from gateway.routing.breaker import Breaker
 from gateway.routing.slots import Slots, acquire_any
 from gateway.routing.window import RollingWindow
@@ -114,6 +115,7 @@ class Route:
 
 class ResolvedModel:
     __slots__ = (
+        "_groups",
         "_static_order",
         "_tiers",
         "config",
@@ -145,12 +147,23 @@ class ResolvedModel:
         self._tiers = _tiers(routes)
         # Most models have no weighted group: their order is fixed and costs nothing per request.
         self._static_order = routes if all(len(tier) == 1 for tier in self._tiers) else None
+        self._groups = [tier[0] if len(tier) == 1 else Rendezvous(tier) for tier in self._tiers]
+        """The tiers for requests with a session (`gateway.routing.affinity`)."""
 
-    def order(self) -> list[Route]:
-        """The targets to try for one request, in order."""
+    def order(self, session: str | None = None) -> list[Route]:
+        """The targets to try for one request, in order; a session keeps its place in each group."""
         if self._static_order is not None:
             return self._static_order
-        order: list[Route] = []
+        if session is not None:
+            key = session_key(session)
+            order: list[Route] = []
+            for group in self._groups:
+                if isinstance(group, Route):
+                    order.append(group)
+                else:
+                    order.extend(group.order(key))
+            return order
+        order = []
         for tier in self._tiers:
             order.extend(tier if len(tier) == 1 else _weighted_shuffle(tier))
         return order
@@ -312,14 +325,17 @@ class Router:
             )
             for name, config in settings.backends.items()
         }
-        breakers: dict[tuple[str, str], Breaker] = {}
+        self.breakers: dict[tuple[str, str], Breaker] = {}
+        """One per target, by (backend, upstream model): shared by the models that name that target."""
+        breakers = self.breakers
         windows: dict[tuple[str, str], RollingWindow] = {}
+        kept_breakers: dict[tuple[str, str], Breaker] = {}
         unchanged: dict[str, ResolvedModel] = {}
         if previous is not None:
             for model in previous._public:
                 for route in model.routes:
                     if route.backend in kept:
-                        breakers[(route.backend, route.model)] = route.breaker
+                        kept_breakers[(route.backend, route.model)] = route.breaker
                         windows[(route.backend, route.model)] = route.recent
                 if all(route.backend in kept for route in model.routes):
                     unchanged[model.name] = model
@@ -331,12 +347,15 @@ class Router:
             same = unchanged.get(name)
             if same is not None and same.config == config:
                 self._add(same, previous._hedging.get(same) if previous is not None else None)
+                breakers.update(((route.backend, route.model), route.breaker) for route in same.routes)
                 continue
             routes = []
             for target in config.targets:
                 key = (target.backend, target.model)
-                breaker = breakers.get(key)
-                if breaker is None:
+                breaker = breakers.get(key) or kept_breakers.get(key)
+                if breaker is not None:
+                    breakers[key] = breaker
+                else:
                     breaker_config = settings.backends[target.backend].breaker
                     on_change = None
                     if metrics is not None:
@@ -414,7 +433,8 @@ class Router:
         failures: list[Failure] = []
         waiting: list[Route] = []
         attempts = 0
-        order = model.order()
+        translated, session = session_of(translated, info)
+        order = model.order(session)
         hedging = self._hedging.get(model) if self._hedging else None
         race = None
         if hedging is not None:

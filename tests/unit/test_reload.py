@@ -151,3 +151,24 @@ TARGET = {"backend": "vllm", "model": "llama"}
 def is_closed(adapter: Any) -> bool:
     closed: bool = adapter._upstream.client.is_closed
     return closed
+
+
+def test_the_new_routers_breakers_are_those_of_its_targets_only() -> None:
+    before = settings(
+        models={
+            "kept": {"targets": [{"backend": "a", "model": "x"}]},
+            "gone": {"targets": [{"backend": "a", "model": "z"}]},
+        }
+    )
+    adapters = {name: create_adapter(name, config) for name, config in before.backends.items()}
+    old = Router(before, adapters)
+    after = settings(
+        models={
+            "kept": {"targets": [{"backend": "a", "model": "x"}]},
+            "new": {"targets": [{"backend": "a", "model": "x"}, {"backend": "b", "model": "w"}]},
+        }
+    )
+    new = Router(after, adapters, previous=old)
+    assert set(new.breakers) == {("a", "x"), ("b", "w")}
+    assert new.breakers[("a", "x")] is old.breakers[("a", "x")]
+    assert new.resolve("new").routes[0].breaker is old.breakers[("a", "x")]
