@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test soak lint audit lock image-lock docs bench bench-compare check-config redis-server chromium wrk clean
+.PHONY: run test soak lint audit lock image-lock docs bench bench-compare check-config redis-server chromium wrk nginx profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ chromium:
 	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); \
 	  else echo "/usr/bin/chromium is missing: install it (e.g. apt-get install chromium)" >&2; exit 1; fi; }
 
-test: $(VENV)/.installed-test redis-server chromium
+test: $(VENV)/.installed-test redis-server chromium nginx
 	$(BIN)/pytest
 
 # Steady mixed load with injected faults for a few minutes; fails if RSS, fds or tasks grow or errors
@@ -66,7 +66,16 @@ wrk:
 	    (apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)); \
 	  else echo "wrk is missing: the benchmark falls back to its asyncio load generator" >&2; fi; }
 
-bench: $(VENV)/.installed-test redis-server wrk
+# nginx is the benchmarks' anchor row: a plain reverse proxy in C on the gateway's core, run by the
+# benchmark from a temporary prefix with its own configuration (tests/bench/nginx.py), never as a service.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nginx from Debian's packages"; \
+	    (apt-get install -y -q nginx >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null)); \
+	  else echo "nginx is missing: install it (e.g. apt-get install nginx); the benchmarks' anchor row needs it" >&2; exit 1; fi; }
+
+bench: $(VENV)/.installed-test redis-server wrk nginx
 	$(BIN)/python -m tests.bench.run
 
 # LiteLLM, pinned, in its own virtualenv. Never 1.82.7 or 1.82.8 (malicious releases). The 1.106.x
@@ -77,8 +86,28 @@ LITELLM_VERSION := 1.106.0
 	.bench/litellm-venv/bin/python -m pip --disable-pip-version-check -q install "litellm[proxy]==$(LITELLM_VERSION)"
 	@touch $@
 
-bench-compare: $(VENV)/.installed-test wrk .bench/litellm-venv/.installed-$(LITELLM_VERSION)
+# The Portkey gateway (Node), pinned, from npm into .bench/portkey; a failed install is a note, not an error
+# (bench-compare then prints that the row was skipped).
+PORTKEY_VERSION := 1.15.2
+.bench/portkey/.installed-$(PORTKEY_VERSION):
+	@mkdir -p .bench/portkey
+	@cd .bench/portkey && { timeout 300 npm install --no-audit --no-fund --silent \
+	  "@portkey-ai/gateway@$(PORTKEY_VERSION)" >/dev/null 2>&1 && touch .installed-$(PORTKEY_VERSION); } || \
+	  echo "note: the Portkey gateway did not install from npm; bench-compare skips its row" >&2
+
+bench-compare: $(VENV)/.installed-test redis-server wrk nginx .bench/litellm-venv/.installed-$(LITELLM_VERSION) \
+  .bench/portkey/.installed-$(PORTKEY_VERSION)
 	$(BIN)/python -m tests.bench.compare
+
+# Flame graphs of the gateway under load (py-spy, into .venv for this target only) in .artifacts/
+# (kept out of git), plus the functions with the most self time. PROFILE_S sets the sampled seconds.
+PROFILE_S ?= 15
+$(VENV)/.installed-py-spy: | $(BIN)/python
+	$(PIP) install py-spy
+	@touch $@
+
+profile: $(VENV)/.installed-test $(VENV)/.installed-py-spy redis-server wrk
+	$(BIN)/python -m tests.bench.profile --duration $(PROFILE_S)
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .

@@ -66,6 +66,17 @@ class HealthChecked(Protocol):
         ...
 
 
+@runtime_checkable
+class Continues(Protocol):
+    """An adapter that can continue a partial answer (`prefill` set on the request): mid-stream
+    failover (`resume: true`) sends such a request only to targets whose adapter says it can."""
+
+    def can_continue(self, request: ChatRequest | PromptRequest, model: str) -> bool:
+        """Whether `request`, with `prefill` set, can be sent for the upstream `model` so that the
+        answer continues from the prefill (and only the continuation comes back)."""
+        ...
+
+
 class CollectedAnswer:
     """A whole answer already read and parsed (non-streamed, or a JSON body to a stream request)."""
 
@@ -82,4 +93,4 @@ class CollectedAnswer:
         return None
 
 
-__all__ = ("Adapter", "CollectedAnswer", "HealthChecked", "UpstreamResponse")
+__all__ = ("Adapter", "CollectedAnswer", "Continues", "HealthChecked", "UpstreamResponse")

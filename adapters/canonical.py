@@ -163,6 +163,9 @@ class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """OpenAI's `prompt_cache_key`, a header-safe token: backends send it as the `x-session-affinity`
     header (Workers AI routes a session to one replica for prefix-cache hits), never in a body."""
     extensions: Extensions = NO_EXTENSIONS
+    prefill: str | UnsetType = UNSET
+    """The start of the answer, produced by an earlier call that failed mid-way: the backend continues
+    it as a partial assistant turn (`Continues`). Sent only to adapters that can continue the request."""
 
     def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
         """Ask `adapter` for the answer: the one place that names the operation serving this type."""
@@ -183,6 +186,8 @@ class PromptRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     """As for `ChatRequest.n`: choices are numbered prompt index * n + sample index."""
     logit_bias: dict[str, float] | UnsetType = UNSET
     extensions: Extensions = NO_EXTENSIONS
+    prefill: str | UnsetType = UNSET
+    """As for `ChatRequest.prefill`: the text the answer already has, continued after the prompt."""
 
     def open_on(self, adapter: Adapter, model: str, *, request_id: str) -> Awaitable[UpstreamResponse]:
         return adapter.complete(self, model, request_id=request_id)

@@ -61,17 +61,29 @@ class UpstreamClient(httpx.AsyncClient):
 
 
 class Endpoint:
-    """One upstream URL with its fixed headers, parsed once and reused for every request to it."""
+    """One upstream URL with its fixed headers, parsed once and reused for every request to it.
 
-    __slots__ = ("_headers", "_url")
+    A POST is built from a header template (Host and the fixed headers, normalised once) and a
+    prepared body stream: httpx's general `Request(content=...)` path re-normalises every header,
+    probes for a content type and merges default headers per request, which measured ~16 us of the
+    gateway's ~450 us per request (`make profile`); this path is ~4 us and sends the same bytes.
+    """
+
+    __slots__ = ("_headers", "_template", "_url")
 
     def __init__(self, url: str, headers: Mapping[str, str]) -> None:
         self._url = httpx.URL(url)
         self._headers = dict(headers)
+        self._template = httpx.Headers([("Host", self._url.netloc.decode("ascii")), *self._headers.items()])
 
     def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> httpx.Request:
-        all_headers = self._headers if headers is None else {**self._headers, **headers}
-        return httpx.Request("POST", self._url, headers=all_headers, content=body)
+        all_headers = self._template.copy()
+        if headers is not None:
+            all_headers.update(headers)
+        all_headers["Content-Length"] = str(len(body))
+        request = httpx.Request("POST", self._url, headers=all_headers, stream=httpx.ByteStream(body))
+        request.read()  # one chunk: sets `request.content`, which the transport sends
+        return request
 
     def get(self) -> httpx.Request:
         return httpx.Request("GET", self._url, headers=self._headers)
@@ -208,12 +220,26 @@ async def send(
         return await client.send(request, stream=True)
 
 
+def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's chunks: straight from the transport unless the body is content-encoded.
+
+    Upstream requests ask for no encoding (Endpoint sends no Accept-Encoding), so the body is
+    identity-coded and httpx's `aiter_bytes` (a decoder, two re-chunkers, a request context per
+    body) only copies it: ~40 us per answer of a few hundred bytes, measured, of the gateway's ~450.
+    Callers close the response afterwards as before, which releases the connection once.
+    """
+    stream = response.stream
+    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
+        return response.aiter_bytes()
+    return aiter(stream)
+
+
 async def read_body(response: httpx.Response, *, backend: str, timeout_s: float, limit: int) -> bytes:
     """Read a whole body, refusing (as a protocol error) one larger than `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
     with transport_errors(backend, timeout_s=timeout_s, responded=True):
-        async for chunk in response.aiter_bytes():
+        async for chunk in _chunks(response):
             size += len(chunk)
             if size > limit:
                 raise UpstreamProtocolError(
@@ -250,7 +276,7 @@ async def fetch_whole(
 
 async def iter_body(response: httpx.Response, *, backend: str, timeout_s: float) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, with transport failures translated."""
-    iterator = response.aiter_bytes()
+    iterator = _chunks(response)
     while True:
         with transport_errors(backend, timeout_s=timeout_s, responded=True):
             try:

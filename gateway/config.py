@@ -160,6 +160,16 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """At most this share of the model's requests (per gateway process) start a hedge, so extra
     upstream calls stay bounded; a token bucket with one hedge of slack and at most
     `100 * hedge_max_ratio` hedges saved up."""
+    resume: bool = False
+    """Mid-stream failover: when an answer's upstream fails after its text has begun (connection
+    reset or cut, no event within the backend's `timeout_s`, an error event), continue the same
+    answer on another target that can prefill (vLLM; Workers AI's Llama 3 models; the mock): the
+    original request plus the text so far as a partial assistant turn, of which only the
+    continuation is relayed. Non-streamed answers are then read from the upstream as a stream, so
+    a cut keeps its text. Each continuation re-reads the prompt upstream. See the reliability guide."""
+    resume_max: Annotated[int, Meta(ge=1, le=10)] = 2
+    """With `resume`: at most this many continuations per answer; the next failure ends it with the
+    in-band error it would have had without `resume`."""
 
 
 class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -39,6 +39,7 @@ class RequestInfo:
         "prompt_estimate",
         "rate_limit",
         "request_id",
+        "resumes",
         "session",
         "started",
         "stats",
@@ -93,6 +94,9 @@ class RequestInfo:
         self.hedged: str | None = None
         """A hedge was started (gateway.routing.hedge): `won` (its answer was used), `lost` (the first
         target answered first) or `failed`; None without a hedge."""
+        self.resumes = 0
+        """Continuations that took over the answer after its upstream failed mid-way
+        (gateway.routing.resume; models with `resume: true`)."""
         self.http_10 = False
         """The request came over HTTP/1.0, which has no chunked framing for a stream."""
         self.session: str | None = None

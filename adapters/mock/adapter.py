@@ -28,6 +28,9 @@ class MockAdapter:
     async def aclose(self) -> None:
         return None
 
+    def can_continue(self, request: ChatRequest | PromptRequest, model: str) -> bool:
+        return True  # its answers are deterministic: it continues any prefill of its own
+
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         return MockAnswer(request, delay=self._delay if request.stream else 0.0)
 

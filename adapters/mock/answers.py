@@ -57,7 +57,7 @@ class MockAnswer:
             words = _continuation(prompt).split(" ")
         else:
             prompt_tokens = max(1, math.ceil(sum(len(_text(m)) for m in request.messages) / 4))
-            call = _tool_call(request)
+            call = _tool_call(request) if request.prefill is msgspec.UNSET else None
             if call is not None:
                 name, arguments = call
                 yield ToolCallDelta(0, name, arguments)
@@ -68,12 +68,26 @@ class MockAnswer:
         finish: Any = "stop"
         if len(words) > request.max_tokens:
             words, finish = words[: request.max_tokens], "length"
-        for position, word in enumerate(words):
+        pieces = [lead + word if position == 0 else " " + word for position, word in enumerate(words)]
+        if request.prefill is not msgspec.UNSET:
+            pieces, prompt_tokens = _after_prefill(pieces, request.prefill, prompt_tokens)
+        for position, piece in enumerate(pieces):
             if self._delay and position:
                 await asyncio.sleep(self._delay)
-            yield TextDelta(lead + word if position == 0 else " " + word)
-        yield Usage(prompt_tokens, len(words))
+            yield TextDelta(piece)
+        yield Usage(prompt_tokens, len(pieces))
         yield Finish(finish)
+
+
+def _after_prefill(pieces: list[str], prefill: str, prompt_tokens: int) -> tuple[list[str], int]:
+    """The pieces that continue `prefill` (the answer's own start: the mock is deterministic), and
+    the prompt tokens with the prefill's pieces counted in, as an upstream reading it would."""
+    consumed = 0
+    for position, piece in enumerate(pieces):
+        if consumed >= len(prefill):
+            return pieces[position:], prompt_tokens + position
+        consumed += len(piece)
+    return [], prompt_tokens + len(pieces)
 
 
 def _text(message: Message) -> str:

@@ -21,7 +21,7 @@ from adapters.secret import reveal
 from adapters.upstream import Upstream
 from adapters.vllm import answers, embeddings
 from adapters.vllm.errors import ERRORS, parse_error_body
-from adapters.vllm.request import completion_body, upstream_body
+from adapters.vllm.request import can_continue, completion_body, upstream_body
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
@@ -69,6 +69,9 @@ class VLLMAdapter:
     async def aclose(self) -> None:
         await self._upstream.aclose()
         await self._probe.aclose()
+
+    def can_continue(self, request: ChatRequest | PromptRequest, model: str) -> bool:
+        return can_continue(request)
 
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         body = _encoder.encode(upstream_body(request, model, backend=self.name))

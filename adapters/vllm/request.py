@@ -58,6 +58,10 @@ class VLLMRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     reasoning_effort: str | UnsetType = UNSET
     n: int | UnsetType = UNSET
     logit_bias: dict[str, float] | UnsetType = UNSET
+    continue_final_message: bool | UnsetType = UNSET
+    """With a final assistant message (a prefill): continue it rather than start a new turn."""
+    add_generation_prompt: bool | UnsetType = UNSET
+    """Sent as false with `continue_final_message` (vLLM refuses both true)."""
 
 
 class VLLMCompletionRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
@@ -96,9 +100,15 @@ def upstream_body(request: ChatRequest, model: str, *, backend: str = "vllm") ->
             response_format = ResponseFormat("json_object")
         else:
             response_format = ResponseFormat("json_schema", JSONSchemaEnvelope(JSON_SCHEMA_NAME, schema))
+    messages = request.messages
+    continuing: bool | UnsetType = unset
+    if request.prefill is not unset:
+        # The partial answer as the final assistant turn, continued by the chat template itself.
+        messages = [*messages, Message(role="assistant", content=request.prefill)]
+        continuing = True
     return VLLMRequest(
         model=model,
-        messages=request.messages,
+        messages=messages,
         max_tokens=request.max_tokens,
         stream=request.stream,
         stream_options=_STREAM_OPTIONS if request.stream else unset,
@@ -117,16 +127,32 @@ def upstream_body(request: ChatRequest, model: str, *, backend: str = "vllm") ->
         reasoning_effort=reasoning_effort(request.reasoning_effort),
         n=request.n,
         logit_bias=request.logit_bias,
+        continue_final_message=continuing,
+        add_generation_prompt=unset if continuing is unset else False,
     )
+
+
+def can_continue(request: ChatRequest | PromptRequest) -> bool:
+    """A prefill can be continued for one answer: chat (`continue_final_message`), or one prompt.
+
+    Not in JSON mode: the grammar that constrains the answer would start again after the prefill."""
+    if request.n is not UNSET:
+        return False
+    if isinstance(request, ChatRequest):
+        return request.response_format is UNSET
+    return isinstance(request.prompt, str)
 
 
 def completion_body(request: PromptRequest, model: str, *, backend: str = "vllm") -> VLLMCompletionRequest:
     """A canonical text completion as vLLM's `/v1/completions` takes it (sampling as for chat)."""
     refuse_extensions(request.extensions, backend=backend, kind="vLLM", understood=EXTENSIONS)
     top_p, top_k, seed, repetition_penalty = _sampling(request)
+    prompt = request.prompt
+    if request.prefill is not UNSET and isinstance(prompt, str):
+        prompt += request.prefill  # a text completion continues its prompt: the prefill is more of it
     return VLLMCompletionRequest(
         model=model,
-        prompt=request.prompt,
+        prompt=prompt,
         max_tokens=request.max_tokens,
         stream=request.stream,
         stream_options=_STREAM_OPTIONS if request.stream else UNSET,
@@ -164,4 +190,4 @@ def _sampling(request: ChatRequest | PromptRequest) -> _Sampling:
     return top_p, top_k, seed, repetition_penalty
 
 
-__all__ = ("VLLMCompletionRequest", "VLLMRequest", "completion_body", "upstream_body")
+__all__ = ("VLLMCompletionRequest", "VLLMRequest", "can_continue", "completion_body", "upstream_body")

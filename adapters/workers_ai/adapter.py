@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from adapters.canonical import SESSION_HEADER
+from adapters.canonical import SESSION_HEADER, PromptRequest
 from adapters.http import Endpoint
 from adapters.upstream import Upstream
 from adapters.workers_ai import embeddings
 from adapters.workers_ai.answers import StreamParser, envelope_result, result_events
 from adapters.workers_ai.errors import ERRORS, parse_error_body
-from adapters.workers_ai.request import prompt_body, upstream_body
+from adapters.workers_ai.request import continuation_body, prompt_body, upstream_body
+from adapters.workers_ai.templates import chat_can_continue, prompt_can_continue
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamResponse
-    from adapters.canonical import ChatRequest, EmbeddingRequest, Event, PromptRequest
+    from adapters.canonical import ChatRequest, EmbeddingRequest, Event
     from adapters.errors import UpstreamStatusError
     from adapters.workers_ai.config import WorkersAIConfig
 
@@ -44,14 +45,26 @@ class WorkersAIAdapter:
     async def aclose(self) -> None:
         await self._upstream.aclose()
 
+    def can_continue(self, request: ChatRequest | PromptRequest, model: str) -> bool:
+        """Only as a raw prompt in the model's chat template: known for the Llama 3 family."""
+        if isinstance(request, PromptRequest):
+            return prompt_can_continue(request, model)
+        return chat_can_continue(request, model)
+
     async def chat(self, request: ChatRequest, model: str, *, request_id: str) -> UpstreamResponse:
         # JSON mode does not stream on Workers AI: ask for the whole answer and replay it as events.
         stream = request.stream and request.response_format is msgspec.UNSET
-        body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
+        if request.prefill is not msgspec.UNSET:
+            body = _encoder.encode(continuation_body(request, stream=stream, backend=self.name))
+        else:
+            body = _encoder.encode(upstream_body(request, stream=stream, backend=self.name))
         affinity = request.session_affinity
         return await self._run(model, body, None if affinity is msgspec.UNSET else {SESSION_HEADER: affinity})
 
     async def complete(self, request: PromptRequest, model: str, *, request_id: str) -> UpstreamResponse:
+        if request.prefill is not msgspec.UNSET:
+            body = continuation_body(request, stream=request.stream, backend=self.name)
+            return await self._run(model, _encoder.encode(body))
         return await self._run(model, _encoder.encode(prompt_body(request, backend=self.name)))
 
     async def embed(self, request: EmbeddingRequest, model: str, *, request_id: str) -> UpstreamResponse:

@@ -27,6 +27,7 @@ from adapters.canonical import (
     ToolChoice,
 )
 from adapters.narrowing import reasoning_effort, refused
+from adapters.workers_ai.templates import continued_chat, continued_prompt
 
 if TYPE_CHECKING:
     from adapters.errors import UpstreamStatusError
@@ -158,6 +159,29 @@ def prompt_body(request: PromptRequest, *, backend: str = "workers-ai") -> Worke
     )
 
 
+def continuation_body(
+    request: ChatRequest | PromptRequest, *, stream: bool, backend: str = "workers-ai"
+) -> WorkersAIPrompt:
+    """A request with `prefill` as a raw Prompt-schema call: the conversation (or prompt) written out
+    in the model's chat template, ending with the prefill inside the assistant's turn
+    (`templates.chat_can_continue` / `prompt_can_continue` said the model's template is known)."""
+    assert request.prefill is not UNSET
+    if isinstance(request, ChatRequest):
+        prompt = continued_chat(request.messages, request.prefill)
+    else:
+        prompt = continued_prompt(request, request.prefill)
+    if len(prompt) > MAX_CONTENT_CHARS:
+        raise _too_long(backend, "prompt", len(prompt))
+    return WorkersAIPrompt(
+        prompt=prompt,
+        max_tokens=request.max_tokens,
+        stream=stream,
+        lora=request.extensions.lora,
+        raw=True,
+        **_sampling(request),
+    )
+
+
 def _extensions(extensions: Extensions) -> dict[str, Any]:
     """The canonical extensions as body fields: both are Workers AI's own."""
     return {"lora": extensions.lora, "raw": extensions.raw}
@@ -249,6 +273,7 @@ __all__ = (
     "MAX_CONTENT_CHARS",
     "WorkersAIChat",
     "WorkersAIPrompt",
+    "continuation_body",
     "prompt_body",
     "schema_tool_call_id",
     "upstream_body",

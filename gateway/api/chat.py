@@ -27,6 +27,7 @@ from gateway.errors import InvalidRequestError
 from gateway.observability.logs import get_logger
 from gateway.openai.limits import check_chat_request
 from gateway.openai.requests import ChatCompletionRequest, chat_request_decoder
+from gateway.routing import resume
 from gateway.routing.choices import open_answer
 from gateway.routing.router import require_kind
 from gateway.translation.translate import translate
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from gateway.edge.auth import KeyPolicy
     from gateway.limits import Grant, RateLimits
     from gateway.routing.choices import MultiAnswer
+    from gateway.routing.resume import Resumed
     from gateway.routing.router import Answer, ResolvedModel, Router
     from gateway.translation.framing import Writer
     from gateway.translation.translate import Translated
@@ -140,7 +142,9 @@ async def serve_translated(
     began = monotonic()
     try:
         if translated.n == 1:
-            answer: Answer | MultiAnswer = await router.open(translated, model, info=info)
+            answer: Answer | Resumed | MultiAnswer = await resume.open_answer(
+                router, translated, model, info=info
+            )
         else:
             answer = await open_answer(router, translated, model, info=info)
             info.backend, info.attempts = answer.backend, answer.attempts
@@ -188,7 +192,7 @@ class _Relay:
 
     __slots__ = ("_answer", "_grant", "_writer")
 
-    def __init__(self, writer: Writer, answer: Answer | MultiAnswer, grant: Grant | None) -> None:
+    def __init__(self, writer: Writer, answer: Answer | Resumed | MultiAnswer, grant: Grant | None) -> None:
         self._writer = writer
         self._answer = answer
         self._grant = grant

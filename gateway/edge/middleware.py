@@ -147,6 +147,7 @@ def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: 
         attempts=info.attempts,
         failovers=info.failovers,
         hedged=info.hedged,
+        resumes=info.resumes,
         stream=info.stream,
         error=info.error_code or info.error_type or info.answer_error,
         error_type=info.error_type,

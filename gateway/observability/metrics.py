@@ -119,6 +119,14 @@ class Metrics:
             ["model", "backend", "outcome"],
             registry=registry,
         )
+        self.resumes = Counter(
+            "gateway_resumes",
+            "Mid-stream failovers by the backend whose answer failed mid-way: outcome resumed (a "
+            "continuation took over), failed (none could be opened), unavailable (no target can "
+            "prefill) or exhausted (resume_max reached).",
+            ["model", "backend", "outcome"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "gateway_rate_limit_refusals",
             "Requests refused by a rate limit, by key, model and limit.",
@@ -219,6 +227,9 @@ class Metrics:
 
     def hedge(self, model: str, backend: str, outcome: str) -> None:
         self.hedges.labels(model, backend, outcome).inc()
+
+    def resume(self, model: str, backend: str, outcome: str) -> None:
+        self.resumes.labels(model, backend, outcome).inc()
 
     def breaker_changed(self, backend: str, upstream_model: str, state: str) -> None:
         self.breaker.labels(backend, upstream_model).set(BREAKER_STATES[state])

@@ -421,11 +421,13 @@ class Router:
         *,
         info: RequestInfo,
         record: bool = True,
+        order: list[Route] | None = None,
     ) -> Answer:
         """The first target's answer that begins well; raises `RoutingError` when there is none.
 
         A client fault ends the request at once (another target would refuse it too): its error is
         raised as the client's answer. `record`: note the attempts and the answering target in `info`.
+        `order`: the targets to try, in order, instead of the model's own (a resumed answer's).
         """
         request_id = info.request_id
         now = monotonic()
@@ -434,7 +436,8 @@ class Router:
         waiting: list[Route] = []
         attempts = 0
         translated, session = session_of(translated, info)
-        order = model.order(session)
+        if order is None:
+            order = model.order(session)
         hedging = self._hedging.get(model) if self._hedging else None
         race = None
         if hedging is not None:
@@ -485,6 +488,11 @@ class Router:
             failures.append(outcome)
         self._record(None, model, failures, attempts, info if record else None)
         raise _routing_error(model, failures, attempts)
+
+    def count_resume(self, model: ResolvedModel, backend: str, outcome: str) -> None:
+        """One mid-stream failover of `model` after `backend` failed (gateway.routing.resume)."""
+        if self._metrics is not None:
+            self._metrics.resume(model.name, backend, outcome)
 
     def _record(
         self,
@@ -569,7 +577,7 @@ class Router:
                 return _past_deadline(route, model)
             if exc.client_fault:
                 route.breaker.released(probe)
-                raise _from_upstream(exc, attempt) from exc
+                raise from_upstream(exc, attempt) from exc
             now = monotonic()
             route.breaker.failed(now, probe)
             route.recent.record(now - started, error=True)
@@ -672,7 +680,7 @@ def _log_failure(route: Route, exc: UpstreamError, *, attempt: int) -> None:
         log.warning("upstream_attempt_failed", **fields)
 
 
-def _from_upstream(error: UpstreamError, attempts: int) -> RoutingError:
+def from_upstream(error: UpstreamError, attempts: int) -> RoutingError:
     """One upstream error as the client sees it (status, type, code, Retry-After, x-should-retry)."""
     headers = {"x-gateway-attempts": str(attempts), **upstream_headers(error)}
     return RoutingError(
@@ -687,7 +695,7 @@ def _from_upstream(error: UpstreamError, attempts: int) -> RoutingError:
 
 def _routing_error(model: ResolvedModel, failures: list[Failure], attempts: int) -> RoutingError:
     if len(failures) == 1 and failures[0].error is not None:
-        return _from_upstream(failures[0].error, attempts)  # one target: its own error says it best
+        return from_upstream(failures[0].error, attempts)  # one target: its own error says it best
     headers = {"x-gateway-attempts": str(attempts)}
     kinds = {failure.kind for failure in failures}
     if kinds == {"timeout"}:
@@ -712,4 +720,13 @@ def _routing_error(model: ResolvedModel, failures: list[Failure], attempts: int)
     return RoutingError(message, status_code=status, error_type=error_type, code=code, headers=headers)
 
 
-__all__ = ("Answer", "BackendState", "Failure", "ResolvedModel", "Route", "Router", "require_kind")
+__all__ = (
+    "Answer",
+    "BackendState",
+    "Failure",
+    "ResolvedModel",
+    "Route",
+    "Router",
+    "from_upstream",
+    "require_kind",
+)

@@ -3,6 +3,8 @@
 Layout on a 2-core machine: the gateway (one worker) is pinned to core 0; the upstream emulator,
 Redis and the load generators share core 1. Non-streamed load comes from wrk; streams (time to
 first token, relayed chunks per second, memory with many open streams) from an asyncio client.
+nginx as a plain reverse proxy (tests/bench/nginx.py), on the gateway's core, is the anchor row:
+the same requests through it give the ratios that stay put from machine to machine.
 
     python -m tests.bench.run                 # full run, prints a table, writes .bench/results.json
     python -m tests.bench.run --tiny          # seconds-long smoke run (used by the test suite)
@@ -32,14 +34,17 @@ from typing import Any
 
 import aiohttp
 
+from tests.bench.nginx import nginx_command
 from tests.emulators.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+BIN_DIR = Path(PYTHON).parent
 BENCH_KEY = "sk-bench-team-key-0123456789"
 CHAT_BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 64}
 UPSTREAM_BODY = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 64}
 UPSTREAM_PATH = "/client/v4/accounts/bench/ai/run/@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+STREAM_EVENTS = 300  # events in a streamed answer: "a few hundred", as a chat answer has
 
 
 @dataclass
@@ -71,9 +76,12 @@ class Report:
     machine: dict[str, Any]
     gateway: dict[str, LoadResult] = field(default_factory=dict)
     direct: dict[str, LoadResult] = field(default_factory=dict)
+    nginx: dict[str, LoadResult] = field(default_factory=dict)
     streams: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    memory_nginx: dict[str, Any] = field(default_factory=dict)
     cpu_us_per_request: float = 0.0
+    nginx_cpu_us_per_request: float = 0.0
     compare: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,8 +92,9 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def pinned(cmd: Sequence[str], core: int) -> list[str]:
-    """Pin to a core when the machine has two or more and taskset exists; otherwise run as is."""
+def pinned(cmd: Sequence[str], core: int | str) -> list[str]:
+    """Pin to a core (or a taskset list such as "0,1") when the machine has two or more cores and
+    taskset exists; otherwise run as is."""
     if cores() >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(core), *cmd]
     return list(cmd)
@@ -378,7 +387,18 @@ def services(workdir: Path, sizes: Sizes) -> Iterator[dict[str, Any]]:
         )
         upstream = Proc(
             "upstream",
-            pinned([PYTHON, "-m", "tests.bench.upstream", "--port", str(upstream_port)], 1),
+            pinned(
+                [
+                    PYTHON,
+                    "-m",
+                    "tests.bench.upstream",
+                    "--port",
+                    str(upstream_port),
+                    "--stream-tokens",
+                    str(STREAM_EVENTS),
+                ],
+                1,
+            ),
             log=workdir / "upstream.log",
         )
         procs.append(upstream)
@@ -432,9 +452,11 @@ def services(workdir: Path, sizes: Sizes) -> Iterator[dict[str, Any]]:
         slow_config.write_text(gateway_config(f"http://127.0.0.1:{slow_port}", redis_url, port=free_port()))
         yield {
             "upstream": upstream_url,
+            "slow_upstream": f"http://127.0.0.1:{slow_port}",
             "config": config,
             "slow_config": slow_config,
             "gateway_port": gateway_port,
+            "redis_url": redis_url,
             "procs": procs,
         }
     finally:
@@ -442,11 +464,26 @@ def services(workdir: Path, sizes: Sizes) -> Iterator[dict[str, Any]]:
             proc.stop()
 
 
-def start_gateway(workdir: Path, config: Path, name: str) -> tuple[Proc, str]:
+def start_gateway(
+    workdir: Path, config: Path, name: str, *, workers: int = 1, cpus: str = "0"
+) -> tuple[Proc, str]:
     port = json.loads(config.read_text())["listen"]["port"]
+    command = [PYTHON, "-m", "gateway", "serve", "--config", str(config), "--workers", str(workers)]
     proc = Proc(
         name,
-        pinned([PYTHON, "-m", "gateway", "serve", "--config", str(config)], 0),
+        pinned(command, cpus),
+        log=workdir / f"{name}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url, proc=proc)
+    return proc, url
+
+
+def start_nginx(workdir: Path, upstream: str, name: str, core: int = 0) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc(
+        name,
+        pinned(nginx_command(workdir, upstream, port=port, name=name), core),
         log=workdir / f"{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
@@ -467,6 +504,31 @@ def run(sizes: Sizes, workdir: Path) -> Report:
     auth = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
     with services(workdir, sizes) as env:
         direct_url = env["upstream"] + UPSTREAM_PATH
+        nginx, nginx_base = start_nginx(workdir, env["upstream"], "nginx")
+        try:
+            nginx_url = nginx_base + UPSTREAM_PATH
+            wrk(nginx_url, UPSTREAM_BODY, connections=8, duration=sizes.warmup_s, headers=auth)
+            for label, connections in (("c1", 1), ("c32", 32)):
+                cpu_before, _, _ = proc_stat(nginx.pid)
+                report.nginx[label] = result = wrk(
+                    nginx_url, UPSTREAM_BODY, connections=connections, duration=sizes.duration_s, headers=auth
+                )
+                cpu_after, _, _ = proc_stat(nginx.pid)
+                if label == "c32" and result.requests:
+                    report.nginx_cpu_us_per_request = round(
+                        (cpu_after - cpu_before) / result.requests * 1e6, 1
+                    )
+            relay_nginx = asyncio.run(
+                stream_throughput(
+                    nginx_url,
+                    UPSTREAM_BODY,
+                    concurrency=sizes.stream_concurrency,
+                    seconds=sizes.stream_seconds,
+                    headers=auth,
+                )
+            )
+        finally:
+            nginx.stop()
         gateway, base = start_gateway(workdir, env["config"], "gateway")
         try:
             chat_url = f"{base}/v1/chat/completions"
@@ -516,6 +578,7 @@ def run(sizes: Sizes, workdir: Path) -> Report:
                 "ttft_overhead_p50_ms": round(ttft_gateway["p50_ms"] - ttft_direct["p50_ms"], 3),
                 "relay_direct": relay_direct,
                 "relay_gateway": relay_gateway,
+                "relay_nginx": relay_nginx,
             }
         finally:
             gateway.stop()
@@ -532,6 +595,19 @@ def run(sizes: Sizes, workdir: Path) -> Report:
             )
         finally:
             slow_gateway.stop()
+        slow_nginx, slow_nginx_base = start_nginx(workdir, env["slow_upstream"], "nginx-streams")
+        try:
+            report.memory_nginx = asyncio.run(
+                hold_streams(
+                    slow_nginx_base + UPSTREAM_PATH,
+                    UPSTREAM_BODY,
+                    count=sizes.open_streams,
+                    headers=auth,
+                    pid=slow_nginx.pid,
+                )
+            )
+        finally:
+            slow_nginx.stop()
     return report
 
 
@@ -543,38 +619,59 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def ratio(ours: float, theirs: float) -> float:
+    return ours / theirs if theirs else float("inf")
+
+
 def table(report: Report) -> str:
-    g, d = report.gateway, report.direct
+    g, d, n = report.gateway, report.direct, report.nginx
     rows = [
-        "| measure | direct upstream | gateway | added by the gateway |",
-        "|---|---|---|---|",
+        "| measure | direct upstream | nginx (1 worker) | gateway | gateway / nginx |",
+        "|---|---|---|---|---|",
     ]
     for label, name in (("c1", "1 connection"), ("c32", "32 connections")):
-        rows.append(f"| req/s, non-streamed, {name} | {d[label].rps:,.0f} | {g[label].rps:,.0f} | |")
+        rows.append(
+            f"| req/s, non-streamed, {name} | {d[label].rps:,.0f} | {n[label].rps:,.0f} "
+            f"| {g[label].rps:,.0f} | {ratio(g[label].rps, n[label].rps):.2f}x |"
+        )
         rows.append(
             f"| p50 / p99 latency, {name} (ms) | {d[label].p50_ms:.2f} / {d[label].p99_ms:.2f} "
-            f"| {g[label].p50_ms:.2f} / {g[label].p99_ms:.2f} "
-            f"| {g[label].p50_ms - d[label].p50_ms:+.2f} / {g[label].p99_ms - d[label].p99_ms:+.2f} |"
+            f"| {n[label].p50_ms:.2f} / {n[label].p99_ms:.2f} "
+            f"| {g[label].p50_ms:.2f} / {g[label].p99_ms:.2f} | |"
         )
+    added_nginx = n["c1"].p50_ms - d["c1"].p50_ms
+    added_gateway = g["c1"].p50_ms - d["c1"].p50_ms
+    rows.append(
+        f"| added p50, 1 connection (ms) | | {added_nginx:+.3f} | {added_gateway:+.3f} "
+        f"| {ratio(added_gateway, added_nginx):.1f}x |"
+    )
     s = report.streams
     direct_ttft, gateway_ttft = s["ttft_direct"], s["ttft_gateway"]
     rows.append(
         f"| time to first token p50 / p99 (ms) | {direct_ttft['p50_ms']:.2f} / {direct_ttft['p99_ms']:.2f} "
-        f"| {gateway_ttft['p50_ms']:.2f} / {gateway_ttft['p99_ms']:.2f} "
-        f"| {s['ttft_overhead_p50_ms']:+.2f} (p50) |"
+        f"| | {gateway_ttft['p50_ms']:.2f} / {gateway_ttft['p99_ms']:.2f} "
+        f"| {s['ttft_overhead_p50_ms']:+.2f} added (p50) |"
+    )
+    relay_n, relay_g = s["relay_nginx"]["events_per_s"], s["relay_gateway"]["events_per_s"]
+    rows.append(
+        f"| relayed stream events/s per core (32 streams of {STREAM_EVENTS}) "
+        f"| {s['relay_direct']['events_per_s']:,.0f} | {relay_n:,.0f} | {relay_g:,.0f} "
+        f"| {ratio(relay_g, relay_n):.2f}x |"
+    )
+    m, mn = report.memory, report.memory_nginx
+    rows.append(
+        f"| RSS holding {m['streams_open']:,} open streams (MB) | "
+        f"| {mn['rss_with_streams_mb']:,.0f} (idle {mn['rss_idle_mb']:,.0f}) "
+        f"| {m['rss_with_streams_mb']:,.0f} (idle {m['rss_idle_mb']:,.0f}) "
+        f"| {ratio(m['rss_with_streams_mb'], mn['rss_with_streams_mb']):.1f}x |"
     )
     rows.append(
-        f"| relayed stream events/s ({'32'} streams) | {s['relay_direct']['events_per_s']:,.0f} "
-        f"| {s['relay_gateway']['events_per_s']:,.0f} | |"
+        f"| CPU per request, 32 connections (µs) | | {report.nginx_cpu_us_per_request:,.1f} "
+        f"| {report.cpu_us_per_request:,.0f} "
+        f"| {ratio(report.nginx_cpu_us_per_request, report.cpu_us_per_request):.2f}x (nginx's / ours) |"
     )
-    m = report.memory
-    rows.append(
-        f"| RSS holding {m['streams_open']:,} open streams (MB) | | {m['rss_with_streams_mb']:,.0f} "
-        f"(idle {m['rss_idle_mb']:,.0f}) | |"
-    )
-    rows.append(f"| gateway CPU per request, 32 connections (µs) | | {report.cpu_us_per_request:,.0f} | |")
     errors = sum(r.errors for r in g.values())
-    rows.append(f"| errors (non-2xx, socket) | | {errors} | |")
+    rows.append(f"| errors (non-2xx, socket) | | {sum(r.errors for r in n.values())} | {errors} | |")
     return "\n".join(rows)
 
 

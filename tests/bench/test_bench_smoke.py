@@ -19,6 +19,10 @@ def test_tiny_benchmark_produces_every_figure(tmp_path: Path, capsys: object) ->
         assert report["gateway"][label]["requests"] > 0
         assert report["gateway"][label]["errors"] == 0
         assert report["direct"][label]["requests"] > 0
+        assert report["nginx"][label]["requests"] > 0
+        assert report["nginx"][label]["errors"] == 0
     assert report["streams"]["relay_gateway"]["events_per_s"] > 0
+    assert report["streams"]["relay_nginx"]["events_per_s"] > 0
     assert report["memory"]["streams_open"] == report["memory"]["streams_requested"]
+    assert report["memory_nginx"]["streams_open"] == report["memory_nginx"]["streams_requested"]
     assert report["cpu_us_per_request"] > 0

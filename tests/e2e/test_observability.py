@@ -27,7 +27,7 @@ LOG_FIELDS = {
     "request_id", "method", "path", "status", "key", "model", "backend", "upstream_model", "attempts",
     "failovers", "stream", "error", "finish_reason", "duration_ms", "ttft_ms", "upstream_ms",
     "prompt_tokens", "completion_tokens", "rate_limit", "user", "metadata", "event", "level", "timestamp",
-    "error_type", "error_code", "param", "hedged",
+    "error_type", "error_code", "param", "hedged", "resumes",
 }  # fmt: skip
 
 

@@ -71,6 +71,9 @@ class RecordedRequest:
     """HTTP status sent, or None if headers were never sent."""
     fault: str | None = None
     """The fault applied to this request (queued or from a directive), if any."""
+    continued: str | None = None
+    """A continuation (vLLM `continue_final_message`, Workers AI raw Llama 3 prompt, a completion
+    prompt ending with the start of its own answer): the partial answer it carried."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class RecordedRequest:
             "disconnected": self.disconnected,
             "status": self.status,
             "fault": self.fault,
+            "continued": self.continued,
         }
 
 
@@ -94,11 +98,23 @@ class RecordedRequest:
 # --------------------------------------------------------------------------------------------------
 
 COMMON_FAULT_KINDS: Final = frozenset(
-    {"status", "hang", "delay", "slow", "cut", "abort", "malformed", "invalid-utf8", "huge", "first-delay"}
+    {
+        "status",
+        "hang",
+        "delay",
+        "slow",
+        "cut",
+        "abort",
+        "stall",
+        "malformed",
+        "invalid-utf8",
+        "huge",
+        "first-delay",
+    }
 )
 _NO_ARG_KINDS: Final = frozenset({"hang", "malformed", "invalid-utf8", "json-body", "unhealthy"})
 _SECONDS_KINDS: Final = frozenset({"delay", "slow", "first-delay"})
-_COUNT_KINDS: Final = frozenset({"cut", "abort", "stream-error", "huge"})
+_COUNT_KINDS: Final = frozenset({"cut", "abort", "stall", "stream-error", "huge"})
 
 
 @dataclass(frozen=True)
@@ -636,6 +652,69 @@ def build_answer(
     return ans
 
 
+def partial_tokens(partial: str) -> int:
+    """Tokens of a partial answer (cut at event boundaries, so whole tokens of `tokenize`)."""
+    return len(tokenize(partial))
+
+
+def continue_answer(ans: Answer, partial: str) -> Answer | None:
+    """`ans` from after `partial`, its own start: a continuation of the same deterministic answer.
+
+    None when `partial` is not how `ans` begins (the caller refuses the request). The prefill is read
+    as prompt: its tokens move from the completion to the prompt; reasoning is not repeated.
+    """
+    if not ans.text.startswith(partial) or ans.tool_calls:
+        return None
+    consumed = taken = 0
+    while taken < len(ans.tokens) and consumed < len(partial):
+        consumed += len(ans.tokens[taken])
+        taken += 1
+    rest = ans.tokens[taken:]
+    if consumed > len(partial):  # cut inside a token: its end comes first
+        rest.insert(0, "".join(ans.tokens[:taken])[len(partial) :])
+    ans.tokens = rest
+    ans.reasoning = []
+    ans.prompt_tokens += taken
+    ans.completion_tokens = len(rest)
+    return ans
+
+
+ANSWER_STARTS: Final = ("Hello", WORDS[0])
+"""How every deterministic text answer begins (the default text, the `words` directive)."""
+
+
+def find_continuation(prompt: str, answer_for: Callable[[str], Answer]) -> tuple[str, str] | None:
+    """(original prompt, partial) when `prompt` ends with the start of the answer to what precedes
+    it (a text completion continued after a cut); None otherwise. The first split that fits wins."""
+    for cut in range(1, len(prompt)):
+        if prompt.startswith(ANSWER_STARTS, cut) and answer_for(prompt[:cut]).text.startswith(prompt[cut:]):
+            return prompt[:cut], prompt[cut:]
+    return None
+
+
+LLAMA_3_BEGIN: Final = "<|begin_of_text|>"
+_LLAMA_3_TURN: Final = re.compile(r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n\n")
+
+
+def parse_llama_3(prompt: str) -> tuple[list[dict[str, str]], str] | None:
+    """A raw prompt in the Llama 3 chat template ending inside an assistant turn: (messages before
+    it, the assistant's partial text); None if it is not one."""
+    if not prompt.startswith(LLAMA_3_BEGIN):
+        return None
+    rest = prompt[len(LLAMA_3_BEGIN) :]
+    messages: list[dict[str, str]] = []
+    while True:
+        match = _LLAMA_3_TURN.match(rest)
+        if match is None:
+            return None
+        role, rest = match.group(1), rest[match.end() :]
+        end = rest.find("<|eot_id|>")
+        if end == -1:
+            return (messages, rest) if role == "assistant" and "<|" not in rest else None
+        messages.append({"role": role, "content": rest[:end]})
+        rest = rest[end + len("<|eot_id|>") :]
+
+
 # --------------------------------------------------------------------------------------------------
 # SSE
 # --------------------------------------------------------------------------------------------------
@@ -944,7 +1023,7 @@ class EmulatorBase:
         return False
 
     async def send_reply(self, conn: Connection, reply: Reply, fault: Fault | None = None) -> None:
-        """Send `reply`, applying the transport-level faults `slow`, `cut` and `abort`."""
+        """Send `reply`, applying the transport-level faults `slow`, `cut`, `stall` and `abort`."""
         kind = fault.kind if fault is not None else None
         if isinstance(reply, JsonReply):
             body = reply.body
@@ -957,6 +1036,11 @@ class EmulatorBase:
                 if await conn.wait_gone(fault.seconds):
                     return
             await conn.start(reply.status, headers)
+            if kind == "stall":  # half the body, then nothing until the client gives up
+                conn.watch()
+                await conn.body(body[: len(body) // 2])
+                await conn.wait_gone(None)
+                return
             if kind == "abort":
                 assert fault is not None
                 await conn.body(body[: len(body) // 2])
@@ -964,7 +1048,7 @@ class EmulatorBase:
             await conn.finish(body)
             return
         interval = fault.seconds if fault is not None and kind == "slow" else self.token_delay_s
-        if kind == "cut":
+        if kind in ("cut", "stall"):
             assert fault is not None
             events = reply.events[: fault.count]
         else:
@@ -989,4 +1073,7 @@ class EmulatorBase:
             assert fault is not None
             await asyncio.sleep(0)
             raise EmulatorAbort(f"emulator fault {fault.spec}: aborting mid-stream")
+        if kind == "stall":  # no more events, the connection kept open until the client gives up
+            await conn.wait_gone(None)
+            return
         await conn.finish()

@@ -29,15 +29,19 @@ from .common import (
     Reply,
     StreamReply,
     build_answer,
+    content_text,
+    continue_answer,
     conversation_from_messages,
     conversation_from_prompt,
     count_prompt_tokens,
     dumps,
     embedding_vector,
     empty_reply,
+    find_continuation,
     json_reply,
     last_user_text,
     new_hex,
+    partial_tokens,
     sse,
 )
 
@@ -152,6 +156,10 @@ class VLLMEmulator(EmulatorBase):
         self.reasoning = reasoning
         self.model_path = model_path or self.served_models[0]
         self.fingerprint = f"vllm-{VERSIONS[flavor]}-{new_hex(8)}"
+        self.continue_prompts = False
+        """Completions: read a prompt ending with the start of its own answer as a continuation (the
+        prompt plus a partial answer, sent after a cut) and answer only the rest. Off by default: a
+        prompt may quote an answer's first word by chance."""
 
     @property
     def reasoning_field(self) -> str:
@@ -757,6 +765,9 @@ class VLLMEmulator(EmulatorBase):
                 400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
             )
         messages: list[Any] = body["messages"]
+        partial = self._continued(conn, body, messages)
+        if partial is not None:
+            messages = messages[:-1]
         conv = conversation_from_messages(messages)
         max_completion = body.get("max_completion_tokens")
         max_tokens: int | None = max_completion if max_completion is not None else body.get("max_tokens")
@@ -781,7 +792,7 @@ class VLLMEmulator(EmulatorBase):
             conv,
             tools=tools,
             tool_choice=tool_choice,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens if partial is None else max_tokens + partial_tokens(partial),
             reasoning=reasoning,
             json_mode=json_mode,
             stop=self._stops(body),
@@ -789,6 +800,11 @@ class VLLMEmulator(EmulatorBase):
             allow_parallel=allow_parallel,
             tool_id=lambda: "chatcmpl-tool-" + new_hex(16 if self.flavor == "v0.33" else 32),
         )
+        if partial is not None:
+            continued = continue_answer(answer, partial)
+            if continued is None:
+                raise ApiError(400, "emulator: the final assistant message is not the start of this answer")
+            answer = continued
         forced = isinstance(tool_choice, dict)
         ctx = _ChatCtx(
             id=self._completion_id(conn, "chatcmpl-"),
@@ -804,6 +820,21 @@ class VLLMEmulator(EmulatorBase):
             include_usage, continuous = self._usage_flags(body)
             return self._chat_stream(ctx, answer, fault, include_usage, continuous)
         return self._chat_json(ctx, answer, fault)
+
+    @staticmethod
+    def _continued(conn: Connection, body: dict[str, Any], messages: list[Any]) -> str | None:
+        """The partial answer of a `continue_final_message` request (recorded), else None."""
+        if body.get("continue_final_message") is not True:
+            return None
+        if body.get("add_generation_prompt", True) is not False:
+            raise ApiError(
+                400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+            )
+        last = messages[-1] if messages else None
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            raise ApiError(400, "continue_final_message requires the final message to be from the assistant")
+        conn.record.continued = content_text(last.get("content"))
+        return conn.record.continued
 
     def _tool_finish(self, ctx: _ChatCtx, *, stream: bool) -> str:
         if self.flavor == "v0.33":
@@ -1016,6 +1047,10 @@ class VLLMEmulator(EmulatorBase):
 
     # -- completions --------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _text_answer(prompt: str) -> Answer:
+        return build_answer(conversation_from_prompt(prompt))
+
     def _completions(self, conn: Connection, fault: Fault | None) -> Reply:
         body = self._parse_body(conn)
         errors = self._field_errors(body, _COMPLETION_BOOL_FIELDS)
@@ -1054,6 +1089,12 @@ class VLLMEmulator(EmulatorBase):
             raise ApiError(400, "suffix is not currently supported", param="suffix")
         max_tokens: int = body["max_tokens"] if body.get("max_tokens") is not None else 16
         convs: list[Conversation] = []
+        partial: str | None = None
+        if self.continue_prompts and len(prompts) == 1 and isinstance(prompts[0], str):
+            found = find_continuation(prompts[0], self._text_answer)
+            if found is not None:
+                prompts[0], partial = found
+                conn.record.continued = partial
         for p in prompts:
             if isinstance(p, str):
                 convs.append(conversation_from_prompt(p))
@@ -1064,7 +1105,12 @@ class VLLMEmulator(EmulatorBase):
         n: int = body["n"] if body.get("n") is not None else 1
         self._sampling_checks(body, n)
         huge = fault.count if fault is not None and fault.kind == "huge" else None
-        answers = [build_answer(c, max_tokens=max_tokens, stop=self._stops(body), huge=huge) for c in convs]
+        budget = max_tokens if partial is None else max_tokens + partial_tokens(partial)
+        answers = [build_answer(c, max_tokens=budget, stop=self._stops(body), huge=huge) for c in convs]
+        if partial is not None:
+            continued = continue_answer(answers[0], partial)
+            assert continued is not None  # find_continuation matched this very answer
+            answers = [continued]
         echo = body.get("echo") is True
         cid = self._completion_id(conn, "cmpl-")
         created = int(time.time())

@@ -31,6 +31,7 @@ from .common import (
     Reply,
     StreamReply,
     build_answer,
+    continue_answer,
     conversation_from_messages,
     conversation_from_prompt,
     count_prompt_tokens,
@@ -40,6 +41,8 @@ from .common import (
     last_user_text,
     new_hex,
     padding,
+    parse_llama_3,
+    partial_tokens,
     sse,
     tokenize,
 )
@@ -814,11 +817,25 @@ class WorkersAIEmulator(EmulatorBase):
         if model.name == GPT_OSS and "input" in body:
             return self._responses_reply(model, body)
         messages = body.get("messages")
+        partial: str | None = None
         if isinstance(messages, list):
             conv = conversation_from_messages(messages)
         else:
-            conv = conversation_from_prompt(str(body.get("prompt", "")))
-        answer = self._answer(model, body, conv, json_mode, fault)
+            prompt = str(body.get("prompt", ""))
+            templated = parse_llama_3(prompt) if body.get("raw") is True else None
+            if templated is not None:
+                # A continuation: the conversation in Llama 3's template, ending inside the answer.
+                turns, partial = templated
+                conn.record.continued = partial
+                conv = conversation_from_messages(turns)
+            else:
+                conv = conversation_from_prompt(prompt)
+        answer = self._answer(model, body, conv, json_mode, fault, partial)
+        if partial is not None:
+            continued = continue_answer(answer, partial)
+            if continued is None:
+                return bad_input("emulator: the prompt's assistant turn is not the start of this answer")
+            answer = continued
         if model.shape == "legacy":
             if stream and not (fault is not None and fault.kind == "json-body"):
                 return self._legacy_stream(answer, conv, fault)
@@ -874,10 +891,13 @@ class WorkersAIEmulator(EmulatorBase):
         conv: Conversation,
         json_mode: JsonMode | None,
         fault: Fault | None,
+        partial: str | None = None,
     ) -> Answer:
         max_tokens = body.get("max_tokens")
         if model.shape == "openai" and isinstance(body.get("max_completion_tokens"), int):
             max_tokens = body["max_completion_tokens"]
+        if partial is not None:  # the budget is the continuation's: the whole answer has the partial too
+            max_tokens = (max_tokens if isinstance(max_tokens, int) else 256) + partial_tokens(partial)
         reasoning = False
         if model.reasoning_field is not None:
             kwargs = body.get("chat_template_kwargs")
