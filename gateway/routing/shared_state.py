@@ -97,14 +97,23 @@ class SharedBreakers:
 
     def track(self, breakers: dict[tuple[str, str], Breaker]) -> None:
         """A config reload: share the new router's breakers from now on (kept ones stay; those of
-        targets no longer configured stop publishing). A new target learns of an open breaker
-        elsewhere from the next change message or resync."""
+        targets no longer configured stop publishing), and resync, so a new target learns of a
+        breaker open elsewhere."""
         for breaker in self._breakers.values():
             breaker.shared = None
         self._breakers = {breaker.name: breaker for breaker in breakers.values()}
         self._labels = {breaker.name: key for key, breaker in breakers.items()}
         for breaker in self._breakers.values():
             breaker.shared = self._changed
+        if self._tasks:  # started (and not stopped)
+            resync = asyncio.create_task(self._resync_once(), name="breakers-resync")
+            self._tasks = [task for task in self._tasks if not task.done()] + [resync]
+
+    async def _resync_once(self) -> None:
+        try:
+            await self._resync()
+        except Exception as exc:  # noqa: BLE001 - a missed resync is healed by the next (re)subscribe
+            self._failed("resync", exc)
 
     async def stop(self) -> None:
         for breaker in self._breakers.values():
