@@ -130,9 +130,15 @@ class KeysApi:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        settings = gateway.settings
-        self._config_ids = frozenset(entry.id for entry in settings.keys or [])
-        self._models = canonical_names(settings.models)
+
+    @property
+    def _config_ids(self) -> frozenset[str]:
+        """The config file's key ids (read each time: a reload may change them)."""
+        return frozenset(entry.id for entry in self._gateway.settings.keys or [])
+
+    @property
+    def _models(self) -> dict[str, str]:
+        return canonical_names(self._gateway.settings.models)
 
     @property
     def cache(self) -> ApiKeyCache:

@@ -137,7 +137,8 @@ class RateLimits:
         self.limiter = limiter
         self.store = store
         """Where the counts live, for logs: `memory` or the Redis address without credentials."""
-        self._models = {name: scope for name, scope in models.items() if scope.limited}
+        self._models: dict[str, Scope] = {}
+        self.set_model_scopes(models)
         self._fail_open = failure_mode == "open"
         self.store_failures = 0
         """Store calls that failed (decisions taken without the store, and lost settlements): a metric."""
@@ -146,6 +147,12 @@ class RateLimits:
         self.store_available = True
         self.on_store_failure: Callable[[], None] | None = None
         """Called on every failed store call (the metrics' counter)."""
+
+    def set_model_scopes(self, models: dict[str, Scope]) -> None:
+        """The per-model limits from now on (a config reload): one assignment, so a request sees
+        the old scopes or the new ones, never a mix. Counts live in the store under the model's
+        name, so a changed limit applies to what was already counted in the window."""
+        self._models = {name: scope for name, scope in models.items() if scope.limited}
 
     async def admit(
         self,
