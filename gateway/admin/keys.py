@@ -144,9 +144,15 @@ class KeysApi:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        settings = gateway.settings
-        self._config_ids = frozenset(entry.id for entry in settings.keys or [])
-        self._models = canonical_names(settings.models)
+
+    @property
+    def _config_ids(self) -> frozenset[str]:
+        """The config file's key ids (read each time: a reload may change them)."""
+        return frozenset(entry.id for entry in self._gateway.settings.keys or [])
+
+    @property
+    def _models(self) -> dict[str, str]:
+        return canonical_names(self._gateway.settings.models)
 
     @property
     def cache(self) -> ApiKeyCache:
@@ -407,6 +413,7 @@ def key_figures(
                 team=record.team,
                 models=list(record.models),
                 limits=status.Limits(rpm=record.rpm, tpm=record.tpm, max_concurrency=record.max_concurrency),
+                budget=status.budget_figures(record.budget),
             )
         )
     teams = [
@@ -414,6 +421,7 @@ def key_figures(
             id=team.id,
             keys=members.get(team.id, 0),
             limits=status.Limits(rpm=team.rpm, tpm=team.tpm, max_concurrency=team.max_concurrency),
+            budget=status.budget_figures(team.budget),
         )
         for team in sorted(cache.teams.values(), key=lambda t: t.id)
     ]
