@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import datetime
 import importlib.util
 import logging
 import os
 import sys
+import time
 from typing import IO, Any, Final
 
 import msgspec
@@ -136,6 +136,20 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
 
 
+_second: list[Any] = [0, ""]
+"""The last second a line was stamped in, and its ISO 8601 text up to the fraction."""
+
+
+def _timestamp() -> str:
+    """structlog's `TimeStamper(fmt="iso", utc=True)` text, for 0.5 us instead of 1.2 us (measured):
+    the date and time are formatted once per second."""
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    prefix: str = _second[1]
+    return f"{prefix}.{micro:06d}Z" if micro else prefix + "Z"  # `isoformat` drops a zero fraction
+
+
 def log_info(logger: Any, event: str, fields: dict[str, Any]) -> None:
     """`logger.info(event, **fields)` for a line written on every request: when the JSON pipeline
     `configure_logging` set up is in place, the line is rendered here, to the same bytes, in a third
@@ -154,7 +168,7 @@ def log_info(logger: Any, event: str, fields: dict[str, Any]) -> None:
     fields["event"] = event
     add_request_fields(None, "info", fields)
     fields["level"] = "info"
-    fields["timestamp"] = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+    fields["timestamp"] = _timestamp()
     output.info(_json.encode(fields))
 
 
