@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import functools
 import gc
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import msgspec
 from litestar import Litestar, Request, Response, asgi, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
@@ -26,6 +29,7 @@ from gateway.api.messages import api_version, count_tokens, create_message
 from gateway.api.responses import StoredResponseAction, create_response, input_items, retrieve
 from gateway.api.responses import cancel as cancel_response
 from gateway.api.responses import delete as delete_response
+from gateway.config import ConfigError, load_config
 from gateway.edge.asgi import (
     CONNECTION_STATE,
     ClientDisconnectedError,
@@ -48,13 +52,14 @@ from gateway.errors import (
     error_response,
     surface_of,
 )
-from gateway.limits import RateLimits, create_rate_limits
+from gateway.limits import RateLimits, create_rate_limits, model_scopes
 from gateway.limits.redis import connect
 from gateway.observability.logs import flush_periodically, get_logger
 from gateway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing, configure_tracing
 from gateway.openai.responses import ModelList, ModelObject, encoder
+from gateway.reload import Invalid, Notice, ReloadAnswer, Reloaded, plan
 from gateway.routing.affinity import SESSION_HEADER
 from gateway.routing.health import HealthProber
 from gateway.routing.router import Router
@@ -108,13 +113,55 @@ class MessagesPipeline(Protocol):
 log = get_logger("gateway")
 
 
+class Live:
+    """One configuration's router (and through it its adapters), taken once by each request.
+
+    A reload builds a new one and swaps it in with one assignment: a request that already took the
+    old one keeps it to its end, and the old adapters are closed only when its last request is done.
+    """
+
+    __slots__ = ("_idle", "in_flight", "router")
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.in_flight = 0
+        """Inference requests that took this configuration and have not finished."""
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> Router:
+        self.in_flight += 1
+        return self.router
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no request uses this configuration (False: `timeout_s` passed first)."""
+        if not self.in_flight:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
 class Gateway:
     """What the request handlers need, created in the lifespan and torn down with it."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, config_path: str | None = None) -> None:
         self.settings = settings
+        """The configuration in effect (after a reload: the file's, with the restart-only sections
+        as they were at start-up)."""
         self.metrics = metrics
+        self.config_path = config_path
+        """The file a reload reads (None: the app was built from settings alone, no reload)."""
         self.started_at = int(time.time())
+        self.generation = 0
+        """Configurations applied by reloads since start-up (`GET /admin/v1/reload`)."""
         self.keys = KeyRing(settings.keys, settings.models) if settings.keys else None
         """The config file's `keys:`, or None."""
         self.api_keys: ApiKeyCache | None = None
@@ -131,17 +178,25 @@ class Gateway:
         self.usage = UsageLedger(settings.usage)
         """The usage ledger: the request middleware records into it from the first request on."""
         self._responses: ResponseStore | None = None
-        self._adapters: dict[str, Adapter] = {}
-        self._router: Router | None = None
+        self._live: Live | None = None
+        self._draining: list[Live] = []
+        """Replaced configurations with requests still in flight (their adapters are still open)."""
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
         self._prober: HealthProber | None = None
         self._shared_breakers: SharedBreakers | None = None
         self._tracing: Tracing | None = None
 
     @property
     def router(self) -> Router:
-        if self._router is None:
+        return self.live.router
+
+    @property
+    def live(self) -> Live:
+        """The configuration in effect; a request takes it once (`Live.enter`) and keeps it."""
+        if self._live is None:
             raise GatewayError("the gateway is starting up or shutting down")
-        return self._router
+        return self._live
 
     @property
     def responses(self) -> ResponseStore:
@@ -152,7 +207,7 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self._router is not None
+        return self._live is not None
 
     def authenticate(
         self, headers: Iterable[tuple[bytes, bytes]], info: RequestInfo, *, anthropic: bool = False
@@ -179,20 +234,18 @@ class Gateway:
         return policy
 
     async def start(self) -> None:
-        self._adapters = {
-            name: create_adapter(name, config) for name, config in self.settings.backends.items()
-        }
+        adapters = {name: create_adapter(name, config) for name, config in self.settings.backends.items()}
         self.limits = create_rate_limits(self.settings)
         self.limits.on_store_failure = self.metrics.store_error
         self._responses = create_response_store(self.settings.redis_url, self.settings.responses)
         self.usage.start(create_usage_store(self.settings.redis_url, self.settings.usage))
         self._tracing = configure_tracing()
-        self._router = Router(self.settings, self._adapters, self.metrics, self._tracing)
-        self._prober = HealthProber(self._router.health_checked())
+        self._live = Live(Router(self.settings, adapters, self.metrics, self._tracing))
+        self._prober = HealthProber(self._live.router.health_checked())
         self._prober.start()
         if self.settings.redis_url:
             self._shared_breakers = SharedBreakers(
-                connect(self.settings.redis_url), self._router.breakers, self.metrics
+                connect(self.settings.redis_url), self._live.router.breakers, self.metrics
             )
             self._shared_breakers.start()
         if self.api_keys is not None:
@@ -210,6 +263,124 @@ class Gateway:
             api_keys=None if self.api_keys is None else len(self.api_keys.keys),
         )
 
+    async def reload(self) -> ReloadAnswer:
+        """Read the config file again and apply what changed (see `gateway.reload`); logs the outcome.
+
+        Nothing is awaited between building the new objects and the swap, so no request sees half
+        of a reload; reloads run one at a time.
+        """
+        async with self._reloading:
+            started = time.perf_counter()
+            answer = await self._reload()
+            answer = msgspec.structs.replace(
+                answer, duration_ms=round((time.perf_counter() - started) * 1000, 2)
+            )
+        if isinstance(answer, Reloaded):
+            log.info(
+                "config_reloaded",
+                config=self.config_path,
+                changed=answer.changed,
+                notices=[notice.message for notice in answer.notices],
+                duration_ms=answer.duration_ms,
+            )
+        else:
+            log.error(
+                "config_reload_failed",
+                config=self.config_path,
+                problems=[f"{p.path}: {p.message}" if p.path else p.message for p in answer.problems],
+                duration_ms=answer.duration_ms,
+            )
+        return answer
+
+    async def _reload(self) -> ReloadAnswer:
+        source = self.config_path or "<no config file>"
+        if self.config_path is None or self._live is None or self.limits is None:
+            return Invalid.of(source, ["the gateway was not started from a config file"])
+        try:
+            loaded = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            return Invalid.of(source, exc.problems)
+        changes = plan(self.settings, loaded.settings)
+        taken = self._api_key_ids_in(changes.settings)
+        if taken:
+            return Invalid.of(source, taken)
+        notices = [*changes.notices, *(Notice("config_notice", text) for text in loaded.notices)]
+        if not changes.changed:
+            return Reloaded(notices=notices)
+        settings = changes.settings
+        old = self._live
+        running = {adapter.name: adapter for adapter in old.router.adapters()}
+        adapters: dict[str, Adapter] = {}
+        created: list[Adapter] = []
+        try:
+            for name, config in settings.backends.items():
+                kept = running.get(name)
+                if kept is not None and self.settings.backends.get(name) == config:
+                    adapters[name] = kept
+                else:
+                    adapters[name] = create_adapter(name, config)
+                    created.append(adapters[name])
+            keys = KeyRing(settings.keys, settings.models) if settings.keys else None
+            router = Router(settings, adapters, self.metrics, self._tracing, previous=old.router)
+        except (OSError, ValueError) as exc:  # a TLS CA the file names but cannot be loaded, ...
+            for adapter in created:
+                await adapter.aclose()
+            return Invalid.of(source, [f"cannot apply the file: {exc}"])
+        if keys is None and self.keys is not None and self.api_keys is None:
+            log.warning("no_api_keys", message="no `keys:` section any more: the gateway serves anyone")
+        # The swap: one assignment each, no await in between.
+        self._live = Live(router)
+        self.keys = keys
+        api_index = self.api_keys.index if self.api_keys is not None else None
+        self._indexes = tuple(index for index in (keys, api_index) if index is not None) or None
+        if self.api_keys is not None:
+            self.api_keys.set_models(settings.models)
+        self.limits.set_model_scopes(model_scopes(settings))
+        if self._shared_breakers is not None:
+            self._shared_breakers.track(router.breakers)
+        self.settings = settings
+        self.generation += 1
+        if self._prober is not None:
+            await self._prober.stop()
+        self._prober = HealthProber(router.health_checked())
+        self._prober.start()
+        self._draining.append(old)
+        task = asyncio.create_task(self._retire(old), name="retire-config")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return Reloaded(changed=changes.changed, notices=notices)
+
+    async def _retire(self, old: Live) -> None:
+        """Close the replaced configuration's adapters that nothing uses any more, once its requests
+        are done (or after the grace: the longest model deadline or `http.shutdown_grace_s`)."""
+        grace = max(
+            [self.settings.http.shutdown_grace_s, *(m.timeout_s for m in self.settings.models.values())]
+        )
+        if not await old.drained(grace):
+            log.warning("config_reload_grace_over", in_flight=old.in_flight, grace_s=grace)
+        self._draining.remove(old)
+        await self._close_unused(old.router.adapters())
+
+    def _api_key_ids_in(self, settings: Settings) -> list[str]:
+        """Problems for config keys whose id a key made through the admin API already has."""
+        made = self.api_keys.keys if self.api_keys is not None else {}
+        return [
+            f"keys[{i}].id: '{entry.id}' is already the id of a key made through the admin API"
+            for i, entry in enumerate(settings.keys or [])
+            if entry.id in made
+        ]
+
+    async def _close_unused(self, adapters: list[Adapter]) -> None:
+        in_use = {
+            id(a)
+            for live in (self._live, *self._draining)
+            if live is not None
+            for a in live.router.adapters()
+        }
+        for adapter in adapters:
+            if id(adapter) not in in_use:
+                await adapter.aclose()
+
     async def stop(self) -> None:
         if self._prober is not None:
             await self._prober.stop()
@@ -217,7 +388,12 @@ class Gateway:
         if self._shared_breakers is not None:
             await self._shared_breakers.stop()
             self._shared_breakers = None
-        self._router = None
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        lives = [live for live in (self._live, *self._draining) if live is not None]
+        self._live = None
+        self._draining = []
         if self.api_keys is not None:
             await self.api_keys.aclose()
         if self.limits is not None:
@@ -227,17 +403,17 @@ class Gateway:
             await self._responses.aclose()
             self._responses = None
         await self.usage.stop()  # after the server drained: every request is recorded by now
-        for adapter in self._adapters.values():
-            await adapter.aclose()
-        self._adapters = {}
+        await self._close_unused(list({id(a): a for live in lives for a in live.router.adapters()}.values()))
         if self._tracing is not None:
             self._tracing.shutdown()  # exports the spans still buffered
             self._tracing = None
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, config_path: str | None = None) -> Litestar:
+    """`config_path`: the file `settings` came from, which `SIGHUP` and `POST /admin/v1/reload` read
+    again (None: no reload)."""
     metrics = Metrics()
-    gateway = Gateway(settings, metrics)
+    gateway = Gateway(settings, metrics, config_path)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -245,9 +421,25 @@ def create_app(settings: Settings) -> Litestar:
         await gateway.start()
         _tune_gc()
         collector = asyncio.create_task(collect_periodically())
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[ReloadAnswer]] = set()
+
+        def on_hangup() -> None:
+            task = loop.create_task(gateway.reload(), name="reload-on-sighup")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        # Signals reach the main thread only (an app served from another thread reloads by POST).
+        on_signal = config_path is not None and threading.current_thread() is threading.main_thread()
+        if on_signal:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             yield
         finally:
+            if on_signal:
+                loop.remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the default (exit) while stopping
+            await asyncio.gather(*reloads, return_exceptions=True)
             await gateway.stop()
             for task in (flusher, collector):
                 task.cancel()
@@ -272,6 +464,21 @@ def create_app(settings: Settings) -> Litestar:
             session = header(scope, SESSION_HEADER)
             if session:
                 info.session = session_token(session)
+            live = gateway.live  # this request's configuration to its end, whatever reloads meanwhile
+            router = live.enter()
+            try:
+                await serve(scope, receive, send, state, info, router)
+            finally:
+                live.leave()
+
+        async def serve(
+            scope: Scope,
+            receive: Receive,
+            send: Send,
+            state: dict[str, Any],
+            info: RequestInfo,
+            router: Router,
+        ) -> None:
             key = gateway.authenticate(scope["headers"], info, anthropic=messages is not None)
             run: Pipeline
             if messages is not None:
@@ -292,7 +499,7 @@ def create_app(settings: Settings) -> Litestar:
 
             def produce() -> Awaitable[ChatResult]:
                 return run(
-                    gateway.router,
+                    router,
                     body,
                     key=key,
                     limits=gateway.limits,
@@ -372,16 +579,25 @@ def create_app(settings: Settings) -> Litestar:
 
     def public_names(kind: str) -> list[str]:
         return [
-            name for n, model in settings.models.items() if model.kind == kind for name in (n, *model.aliases)
+            name
+            for model in gateway.router.models()
+            if model.config.kind == kind
+            for name in (model.name, *model.config.aliases)
         ]
 
-    openapi_document = build_openapi(
-        "LLM gateway", API_VERSION, public_names("chat"), public_names("embeddings")
-    )
+    openapi_documents: dict[Router, bytes] = {}
+    """The document of the router in effect (its model names), built once per configuration."""
 
     @get(OPENAPI_PATH, sync_to_thread=False)
     def openapi() -> Response[bytes]:
-        return Response(openapi_document, media_type="application/json")
+        router = gateway.router
+        document = openapi_documents.get(router)
+        if document is None:
+            openapi_documents.clear()
+            document = openapi_documents[router] = build_openapi(
+                "LLM gateway", API_VERSION, public_names("chat"), public_names("embeddings")
+            )
+        return Response(document, media_type="application/json")
 
     @get("/metrics", sync_to_thread=False)
     def metrics_endpoint() -> Response[bytes]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.admin import cli as admin_cli
 from gateway.admin import usage_cli
+from gateway.admin.reload import SUPERVISOR_ENV
 from gateway.config import ConfigError, LoadedConfig, default_config_path, load_config
 from gateway.observability.logs import configure_logging, get_logger
 
@@ -101,6 +102,8 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     settings = loaded.settings
     BoundedHeadProtocol.configure(settings.http)
     configure_logging(settings.log_level, settings.log_format)
+    # Until the app's lifespan handles it (a reload), a SIGHUP must not end the process (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log = get_logger("gateway")
     for notice in loaded.notices:
         log.warning("config_notice", message=notice)
@@ -132,13 +135,15 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
         app = "gateway.cli:app_from_environment"
+        # Lets a worker answering `POST /admin/v1/reload` have this process reload the others.
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
     else:
         from gateway.app import create_app
 
         # uvicorn re-raises SIGTERM once its graceful shutdown is over, to whatever handler was there
         # before it: make that a clean exit (status 0) rather than "killed by SIGTERM" (143).
         signal.signal(signal.SIGTERM, _exit_cleanly)
-        app = create_app(settings)
+        app = create_app(settings, os.path.abspath(path))
     config = uvicorn.Config(
         app,
         factory=workers > 1,
@@ -151,9 +156,7 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     server = uvicorn.Server(config)
     try:
         if workers > 1:
-            from uvicorn.supervisors import Multiprocess
-
-            Multiprocess(config, sockets=sockets).run()
+            _supervisor()(config, sockets=sockets).run()
         else:
             server.run(sockets=sockets)
     except KeyboardInterrupt:
@@ -161,6 +164,29 @@ def run_server(path: str, *, host: str | None, port: int | None, workers: int) -
     if workers == 1 and not server.started:
         return 3  # uvicorn's STARTUP_FAILURE: the app's lifespan failed
     return 0
+
+
+def _supervisor() -> type[Any]:
+    """uvicorn's `Multiprocess`, except that `SIGHUP` reloads the config in every worker.
+
+    uvicorn's own `SIGHUP` restarts the workers one after the other, which drops their state
+    (breakers, hedging figures, per-process limits) and the in-process stored Responses: a reload
+    keeps them. The signal is passed on to every worker that has finished starting (a worker still
+    starting reads the file as it is when its app is built, and may not handle the signal yet).
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    class ReloadingMultiprocess(Multiprocess):
+        def handle_hup(self) -> None:
+            log = get_logger("gateway")
+            signalled = []
+            for process in self.processes:
+                if process.pid is not None and process.is_ready(timeout=1):
+                    os.kill(process.pid, signal.SIGHUP)
+                    signalled.append(process.pid)
+            log.info("config_reload_signalled", worker_pids=signalled)
+
+    return ReloadingMultiprocess
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -187,10 +213,12 @@ def app_from_environment() -> object:
     from gateway.app import create_app
     from gateway.edge.server import BoundedHeadProtocol
 
-    settings = _load_or_exit(default_config_path()).settings
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as in `run_server`: until the lifespan handles it
+    path = default_config_path()
+    settings = _load_or_exit(path).settings
     configure_logging(settings.log_level, settings.log_format)
     BoundedHeadProtocol.configure(settings.http)  # this worker's connections use the config's bounds
-    return create_app(settings)
+    return create_app(settings, path)
 
 
 __all__ = ("app_from_environment", "check_config", "config_schema", "main", "run_server")

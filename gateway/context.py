@@ -61,6 +61,7 @@ class RequestInfo:
         """The calling key's team, if it belongs to one."""
         self.rate_limit: str | None = None
         """The limit decision: `admitted`, `refused_requests`, `refused_tokens`, `refused_concurrency`,
+        `refused_budget`,
         `too_large`, `store_unavailable`; None when no limit applied."""
         self.model: str | None = None
         """The public model name (aliases resolved); None until resolved."""

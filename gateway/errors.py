@@ -11,7 +11,8 @@
     ├── ConflictError                409 (the admin API: an id already taken, a team still in use)
     ├── RequestTooLargeError         413
     ├── RateLimitError               429 rate_limit_exceeded, type `requests`
-    │   └── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
+    │   ├── TokenRateLimitError      429 rate_limit_exceeded, type `tokens`
+    │   └── InsufficientQuotaError   429 insufficient_quota: a budget is spent (retrying will not help)
     ├── ServiceUnavailableError      503
     └── RoutingError                 no target of a model answered: 502/503/504, or the one failure's status
 
@@ -109,6 +110,13 @@ class RateLimitError(GatewayError):
 
 class TokenRateLimitError(RateLimitError):
     error_type = "tokens"
+
+
+class InsufficientQuotaError(RateLimitError):
+    """OpenAI's own shape for a spent quota: type and code `insufficient_quota`, with 429."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class ServiceUnavailableError(GatewayError):
@@ -212,6 +220,7 @@ __all__ = (
     "AuthenticationError",
     "ConflictError",
     "GatewayError",
+    "InsufficientQuotaError",
     "InvalidRequestError",
     "MethodNotAllowedError",
     "ModelNotFoundError",

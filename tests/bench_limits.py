@@ -4,10 +4,11 @@
 
 Part 1 times limiter decisions in a loop against each store (in process, a local redis-server, a local
 three-node Redis Cluster): one decision alone, a decision plus its settlement (what a request with a
-token limit pays), and decisions from 64 concurrent tasks. Part 2 drives the app in process through
+token limit pays), and decisions from 64 concurrent tasks; each with and without a budget (a spend
+counter checked, reserved and settled in the same calls). Part 2 drives the app in process through
 ASGI (no sockets, so the figures are the gateway's own work) in front of the instant mock backend:
-non-streamed requests without keys (the baseline), with keys only, and with key limits kept in
-process and in Redis.
+non-streamed requests without keys (the baseline), with keys only, and with key limits (and a budget)
+kept in process and in Redis.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import msgspec
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.limits import Limiter, MemoryLimiter, Scope
+from gateway.limits import Budget, Limiter, MemoryLimiter, Scope
 from gateway.limits.redis import RedisLimiter
 from gateway.observability.logs import configure_logging
 from tests.redis_server import RedisClusterServers, RedisServer
@@ -32,23 +33,38 @@ from tests.redis_server import RedisClusterServers, RedisServer
 KEY = "sk-bench-" + "0123456789abcdef" * 2
 
 
-async def time_decisions(limiter: Limiter, count: int) -> dict[str, float]:
-    scope = Scope("key", "bench-" + os.urandom(4).hex(), rpm=10**9, tpm=10**12)
+async def time_decisions(limiter: Limiter, count: int, *, budget: bool = False) -> dict[str, float]:
+    scope = Scope(
+        "key",
+        "bench-" + os.urandom(4).hex(),
+        rpm=10**9,
+        tpm=10**12,
+        budget=Budget(usd=10**9, period="day") if budget else None,
+    )
+    cost = 2_500 if budget else 0  # micro-USD reserved per decision
     for _ in range(500):  # warm up: connections, script load
-        await limiter.acquire(scope, tokens=10, ticket=None)
+        await limiter.acquire(scope, tokens=10, ticket=None, cost=cost)
     started = time.perf_counter()
     for _ in range(count):
-        await limiter.acquire(scope, tokens=10, ticket=None)
+        await limiter.acquire(scope, tokens=10, ticket=None, cost=cost)
     decision = (time.perf_counter() - started) / count
     started = time.perf_counter()
     for _ in range(count):
-        outcome = await limiter.acquire(scope, tokens=500, ticket=None)
-        await limiter.settle(scope, slot=outcome.slot, requests=0, tokens=-450, ticket=None)
+        outcome = await limiter.acquire(scope, tokens=500, ticket=None, cost=cost)
+        await limiter.settle(
+            scope,
+            slot=outcome.slot,
+            requests=0,
+            tokens=-450,
+            ticket=None,
+            period=outcome.period,
+            cost=-cost // 2,
+        )
     with_settle = (time.perf_counter() - started) / count
 
     async def worker(n: int) -> None:
         for _ in range(n):
-            await limiter.acquire(scope, tokens=10, ticket=None)
+            await limiter.acquire(scope, tokens=10, ticket=None, cost=cost)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(count // 64) for _ in range(64)))
@@ -57,16 +73,19 @@ async def time_decisions(limiter: Limiter, count: int) -> dict[str, float]:
     return {"decision_us": decision * 1e6, "decision_settle_us": with_settle * 1e6, "per_s_64": throughput}
 
 
-def gateway_config(keys: bool, limits: bool, redis_url: str) -> dict[str, Any]:
+def gateway_config(keys: bool, limits: bool, redis_url: str, *, budget: bool = False) -> dict[str, Any]:
+    price = {"input_per_mtok": 0.293, "output_per_mtok": 2.253}  # Workers AI's llama-3.3-70b
     config: dict[str, Any] = {
         "log_level": "error",
         "backends": {"instant": {"kind": "mock", "token_delay_s": 0}},
-        "models": {"mock": {"targets": [{"backend": "instant", "model": "mock"}]}},
+        "models": {"mock": {"targets": [{"backend": "instant", "model": "mock"}], "price": price}},
     }
     if keys:
-        entry: dict[str, Any] = {"id": "bench", "key": KEY}
+        entry: dict[str, Any] = {"id": "bench-" + os.urandom(4).hex(), "key": KEY}
         if limits:
             entry.update(rpm=10**8, tpm=10**11)
+        if budget:
+            entry["budget"] = {"usd": 10**9, "period": "day"}
         config["keys"] = [entry]
     if redis_url:
         config["redis_url"] = redis_url
@@ -160,17 +179,21 @@ def main() -> None:
             ("redis cluster", lambda: RedisLimiter.from_url(cluster.url)),
         ]
         for name, make in stores:
-            figures = asyncio.run(time_decisions(make(), args.decisions))
-            print(
-                f"  {name:14} decision {figures['decision_us']:7.1f} us   decision+settle "
-                f"{figures['decision_settle_us']:7.1f} us   64 concurrent: {figures['per_s_64']:8.0f}/s"
-            )
+            for budget in (False, True):
+                figures = asyncio.run(time_decisions(make(), args.decisions, budget=budget))
+                label = name + (" + budget" if budget else "")
+                print(
+                    f"  {label:23} decision {figures['decision_us']:7.1f} us   decision+settle "
+                    f"{figures['decision_settle_us']:7.1f} us   64 concurrent: {figures['per_s_64']:8.0f}/s"
+                )
         print(f"\nGateway requests, in process, mock backend ({args.requests} per row)")
         rows = [
             ("no keys (baseline)", gateway_config(False, False, "")),
             ("keys, no limits", gateway_config(True, False, "")),
             ("keys + limits, memory", gateway_config(True, True, "")),
             ("keys + limits, redis", gateway_config(True, True, redis.url)),
+            ("+ budget, memory", gateway_config(True, True, "", budget=True)),
+            ("+ budget, redis", gateway_config(True, True, redis.url, budget=True)),
         ]
         for name, config in rows:
             print(f"  {name:24} {summary(asyncio.run(time_requests(config, args.requests)))}")

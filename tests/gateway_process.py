@@ -31,10 +31,8 @@ class GatewayProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {**config, "log_format": "json", "listen": {"host": "127.0.0.1", "port": self.port}}
-        secret_scan.register_config(config)
         self.config_path = directory / f"gateway-{self.port}.yaml"
-        self.config_path.write_text(json.dumps(config))  # JSON is YAML
+        self.rewrite(config)
         self.stdout_path = directory / f"gateway-{self.port}.out"
         self.stderr_path = directory / f"gateway-{self.port}.err"
         self._workers = workers
@@ -62,6 +60,16 @@ class GatewayProcess:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise TimeoutError(f"gateway on {self.url} did not start within {timeout} s")
+
+    def rewrite(self, config: dict[str, Any]) -> None:
+        """Write the config file (what the process reads at start-up and on a reload)."""
+        config = {**config, "log_format": "json", "listen": {"host": "127.0.0.1", "port": self.port}}
+        secret_scan.register_config(config)
+        self.config_path.write_text(json.dumps(config))  # JSON is YAML
+
+    def send_signal(self, signum: int) -> None:
+        assert self._process is not None
+        self._process.send_signal(signum)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

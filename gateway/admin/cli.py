@@ -17,7 +17,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import httpx
 
 URL_ENV: Final = "GATEWAY_ADMIN_URL"
 KEY_ENV: Final = "GATEWAY_ADMIN_KEY"
@@ -154,7 +158,7 @@ class _Api:
         try:
             response = self._client.request(method, path, json=body, params=params)
         except self._httpx.HTTPError as exc:
-            raise CommandError(f"cannot reach the gateway at {self._client.base_url}: {exc}") from None
+            raise CommandError(unreachable(self._client.base_url, exc)) from None
         try:
             answer = response.json()
         except ValueError:
@@ -175,7 +179,32 @@ def _client(args: argparse.Namespace) -> _Api:
         raise CommandError(f"no admin URL: pass --admin-url or set ${URL_ENV} (e.g. http://127.0.0.1:9090)")
     if not key:
         raise CommandError(f"no admin key: pass --admin-key or set ${KEY_ENV}")
-    return _Api(url, key, args.json)
+    return _Api(url, checked_admin_key(key), args.json)
+
+
+def checked_admin_key(key: str) -> str:
+    """The key as a header value: stripped (a key read from a file keeps its newline; the gateway
+    strips it too), and refused, never echoed, if it still holds what a header cannot (httpx's own
+    error for an illegal header value would print it whole).
+
+    Raises:
+        CommandError: spaces, control or non-ASCII characters in the key.
+    """
+    key = key.strip()
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise CommandError("the admin key holds spaces, control or non-ASCII characters: check its source")
+    return key
+
+
+def shown_url(url: httpx.URL) -> str:
+    """The URL for an error message, without a password it may carry."""
+    return str(url.copy_with(username=None, password=None))
+
+
+def unreachable(url: httpx.URL, exc: Exception) -> str:
+    """Why the gateway at `url` could not be reached, without the URL's password."""
+    detail = str(exc).replace(url.password, "***") if url.password else str(exc)
+    return f"cannot reach the gateway at {shown_url(url)}: {detail}"
 
 
 def _fields(args: argparse.Namespace, *, creating: bool) -> dict[str, Any]:
@@ -253,27 +282,37 @@ def _deleted(api: _Api, answer: Any, what: str) -> int:
     return 0
 
 
+def _segment(item_id: str) -> str:
+    """An id as one URL path segment: `/`, `..`, `?` or `#` in it must not reach another route."""
+    return quote(item_id, safe="")
+
+
 Action = Callable[[_Api, argparse.Namespace], int]
 _ACTIONS: Final[dict[tuple[str, str], Action]] = {
     ("keys", "create"): lambda api, a: _created(api, api.call("POST", "/keys", _fields(a, creating=True))),
     ("keys", "list"): lambda api, a: _show(api, api.call("GET", "/keys"), KEY_COLUMNS),
-    ("keys", "show"): lambda api, a: _show(api, api.call("GET", f"/keys/{a.id}"), KEY_COLUMNS),
+    ("keys", "show"): lambda api, a: _show(api, api.call("GET", f"/keys/{_segment(a.id)}"), KEY_COLUMNS),
     ("keys", "update"): lambda api, a: _show(
-        api, api.call("PATCH", f"/keys/{a.id}", _fields(a, creating=False)), KEY_COLUMNS
+        api, api.call("PATCH", f"/keys/{_segment(a.id)}", _fields(a, creating=False)), KEY_COLUMNS
     ),
     ("keys", "rotate"): lambda api, a: _created(
-        api, api.call("POST", f"/keys/{a.id}/rotate", {} if a.grace_s is None else {"grace_s": a.grace_s})
+        api,
+        api.call(
+            "POST", f"/keys/{_segment(a.id)}/rotate", {} if a.grace_s is None else {"grace_s": a.grace_s}
+        ),
     ),
-    ("keys", "revoke"): lambda api, a: _deleted(api, api.call("DELETE", f"/keys/{a.id}"), "key"),
+    ("keys", "revoke"): lambda api, a: _deleted(api, api.call("DELETE", f"/keys/{_segment(a.id)}"), "key"),
     ("teams", "create"): lambda api, a: _show(api, api.call("POST", "/teams", _fields(a, creating=True)), ()),
     ("teams", "list"): lambda api, a: _show(api, api.call("GET", "/teams"), TEAM_COLUMNS),
-    ("teams", "show"): lambda api, a: _show(api, api.call("GET", f"/teams/{a.id}"), ()),
+    ("teams", "show"): lambda api, a: _show(api, api.call("GET", f"/teams/{_segment(a.id)}"), ()),
     ("teams", "update"): lambda api, a: _show(
-        api, api.call("PATCH", f"/teams/{a.id}", _fields(a, creating=False)), ()
+        api, api.call("PATCH", f"/teams/{_segment(a.id)}", _fields(a, creating=False)), ()
     ),
     ("teams", "delete"): lambda api, a: _deleted(
-        api, api.call("DELETE", f"/teams/{a.id}", params={"force": "true"} if a.force else None), "team"
+        api,
+        api.call("DELETE", f"/teams/{_segment(a.id)}", params={"force": "true"} if a.force else None),
+        "team",
     ),
 }
 
-__all__ = ("add_commands", "hash_key", "run", "table")
+__all__ = ("add_commands", "checked_admin_key", "hash_key", "run", "table", "unreachable")

@@ -79,6 +79,20 @@ def _json(value: object, status_code: int = 200) -> Response[bytes]:
     )
 
 
+def _utc(expires_at: datetime) -> datetime:
+    """An `expires_at` in UTC.
+
+    Raises:
+        InvalidRequestError: it falls outside years 1 to 9999 once in UTC (`9999-12-31T23:00:00-05:00`).
+    """
+    try:
+        return expires_at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequestError(
+            "expires_at is out of range: it must fall between years 1 and 9999 in UTC.", param="expires_at"
+        ) from None
+
+
 def _no_key(key_id: str) -> NotFoundError:
     return NotFoundError(f"No API key with id '{key_id}'.", code="key_not_found")
 
@@ -130,9 +144,15 @@ class KeysApi:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        settings = gateway.settings
-        self._config_ids = frozenset(entry.id for entry in settings.keys or [])
-        self._models = canonical_names(settings.models)
+
+    @property
+    def _config_ids(self) -> frozenset[str]:
+        """The config file's key ids (read each time: a reload may change them)."""
+        return frozenset(entry.id for entry in self._gateway.settings.keys or [])
+
+    @property
+    def _models(self) -> dict[str, str]:
+        return canonical_names(self._gateway.settings.models)
 
     @property
     def cache(self) -> ApiKeyCache:
@@ -169,7 +189,7 @@ class KeysApi:
         secret = new_secret()
         fields = msgspec.structs.asdict(request)
         if fields["expires_at"] is not None:
-            fields["expires_at"] = fields["expires_at"].astimezone(UTC)
+            fields["expires_at"] = _utc(fields["expires_at"])
         record = KeyRecord(
             **fields, created_at=_now(), secret_hint=secret_hint(secret), sha256=digest_hex(secret)
         )
@@ -214,7 +234,7 @@ class KeysApi:
         fields = changes(decode_request(key_update_decoder, body))
         expires_at = fields.get("expires_at")
         if isinstance(expires_at, datetime):
-            fields["expires_at"] = expires_at.astimezone(UTC)
+            fields["expires_at"] = _utc(expires_at)
 
         def change(record: KeyRecord) -> KeyRecord:
             updated = msgspec.structs.replace(record, **fields, updated_at=_now())
@@ -393,6 +413,7 @@ def key_figures(
                 team=record.team,
                 models=list(record.models),
                 limits=status.Limits(rpm=record.rpm, tpm=record.tpm, max_concurrency=record.max_concurrency),
+                budget=status.budget_figures(record.budget),
             )
         )
     teams = [
@@ -400,6 +421,7 @@ def key_figures(
             id=team.id,
             keys=members.get(team.id, 0),
             limits=status.Limits(rpm=team.rpm, tpm=team.tpm, max_concurrency=team.max_concurrency),
+            budget=status.budget_figures(team.budget),
         )
         for team in sorted(cache.teams.values(), key=lambda t: t.id)
     ]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from litestar import Router, get
 
-from gateway.admin import keys, status, usage
+from gateway.admin import keys, reload, status, usage
 from gateway.admin.auth import AdminAuth
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ GUARDED: Final[tuple[RouteFactory, ...]] = (
     status.api_routes,
     keys.routes,
     usage.api_routes,
+    reload.routes,
 )
 """Route factories whose routes live under `/admin/v1` and need the admin key."""
 UNGUARDED: Final[tuple[RouteFactory, ...]] = (status.page_routes,)

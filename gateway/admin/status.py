@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 import msgspec
 from litestar import Response, get
@@ -21,6 +21,7 @@ from litestar import Response, get
 from adapters.base import HealthChecked
 from gateway.admin.usage import TodayUsage
 from gateway.errors import NotFoundError
+from gateway.limits.base import MICRO_USD, Budget, BudgetPeriod, LimiterUnavailable, Scope, ScopeKind
 from gateway.routing.window import WindowFigures
 
 if TYPE_CHECKING:
@@ -80,10 +81,17 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class BudgetFigures(msgspec.Struct, frozen=True, kw_only=True):
     usd: float
-    period: str
-    spent_usd: float
-    resets_at: str
-    """ISO 8601 UTC."""
+    period: BudgetPeriod
+    spent_usd: float | None = None
+    """Spent so far this period, reservations of requests in flight included; None when the limits'
+    store could not be read."""
+    resets_at: str | None = None
+    """ISO 8601 UTC: when the period ends and the budget starts again."""
+
+
+def budget_figures(budget: Budget | None) -> BudgetFigures | None:
+    """A key's or team's budget as the status page shows it, before its spend is read."""
+    return None if budget is None else BudgetFigures(usd=budget.usd, period=budget.period)
 
 
 class UsageFigures(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +121,9 @@ class KeyStatus(AccountStatus, frozen=True, kw_only=True):
 
 class TeamStatus(AccountStatus, frozen=True, kw_only=True):
     keys: int
+
+
+_Account = TypeVar("_Account", "KeyStatus", "TeamStatus")
 
 
 class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,6 +176,7 @@ def gateway_status(gateway: Gateway, today: TodayUsage | None = None) -> Gateway
             source="config",
             models=list(entry.models),
             limits=Limits(rpm=entry.rpm, tpm=entry.tpm, max_concurrency=entry.max_concurrency),
+            budget=budget_figures(entry.budget),
         )
         for entry in gateway.settings.keys or []
     ]
@@ -185,6 +197,37 @@ def gateway_status(gateway: Gateway, today: TodayUsage | None = None) -> Gateway
         teams=teams,
         usage_source=usage_source,
     )
+
+
+async def with_spend(gateway: Gateway, status: GatewayStatus) -> GatewayStatus:
+    """The status with each budget's spend this period, read from the limits' store (one read per
+    budget; the admin API's cost, not the request path's)."""
+    if gateway.limits is None:
+        return status
+    limiter = gateway.limits.limiter
+
+    async def spend(kind: ScopeKind, account: _Account) -> _Account:
+        figures = account.budget
+        if figures is None:
+            return account
+        scope = Scope(kind, account.id, budget=Budget(usd=figures.usd, period=figures.period))
+        try:
+            found = await limiter.spent(scope)
+        except LimiterUnavailable:
+            return account
+        if found is None:
+            return account
+        period, micro_usd = found
+        read = msgspec.structs.replace(
+            figures,
+            spent_usd=micro_usd / MICRO_USD,
+            resets_at=period.ends_at.isoformat().replace("+00:00", "Z"),
+        )
+        return msgspec.structs.replace(account, budget=read)
+
+    keys = [await spend("key", key) for key in status.keys]
+    teams = [await spend("team", team) for team in status.teams]
+    return msgspec.structs.replace(status, keys=keys, teams=teams)
 
 
 def _target(route: Route, now: float) -> TargetStatus:
@@ -219,7 +262,7 @@ def api_routes(gateway: Gateway) -> list[ControllerRouterHandler]:
     async def status_json() -> Response[bytes]:
         """Models, targets, breakers, health, recent figures, keys and teams (docs/control-plane.md)."""
         read = await today.refresh()
-        body = _encoder.encode(gateway_status(gateway, today if read else None))
+        body = _encoder.encode(await with_spend(gateway, gateway_status(gateway, today if read else None)))
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
     return [status_json]

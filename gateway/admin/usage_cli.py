@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import httpx
 
+from gateway.admin.cli import CommandError, checked_admin_key, unreachable
+
 FIELDS: Final = ("requests", "input_tokens", "output_tokens", "cost_usd", "errors")
 TIMEOUT_S: Final = 30.0
 URL_ENV: Final = "GATEWAY_ADMIN_URL"
@@ -44,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
             f"gateway usage: set --admin-url and --admin-key (or ${URL_ENV} and ${KEY_ENV})", file=sys.stderr
         )
         return 2
+    try:
+        key = checked_admin_key(key)
+    except CommandError as exc:
+        print(f"gateway usage: {exc}", file=sys.stderr)
+        return 1
     params = {
         name: value
         for name, value in (
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=TIMEOUT_S,
         )
     except httpx.HTTPError as exc:
-        print(f"gateway usage: cannot reach {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"gateway usage: {unreachable(httpx.URL(url), exc)}", file=sys.stderr)
         return 1
     try:
         body: dict[str, Any] = response.json()

@@ -138,6 +138,7 @@ async def serve_translated(
             explicit_max_tokens=explicit_max_tokens,
             info=info,
             requests=translated.n,
+            price=model.max_price,
         )
     began = monotonic()
     try:

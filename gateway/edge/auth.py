@@ -110,7 +110,12 @@ class KeyRing(DigestIndex):
             digest = bytes.fromhex(key_digest(entry))
             allowed = None if "*" in entry.models else frozenset(canonical[m] for m in entry.models)
             scope = Scope(
-                "key", entry.id, rpm=entry.rpm, tpm=entry.tpm, max_concurrency=entry.max_concurrency
+                "key",
+                entry.id,
+                rpm=entry.rpm,
+                tpm=entry.tpm,
+                max_concurrency=entry.max_concurrency,
+                budget=entry.budget,
             )
             policy = KeyPolicy(entry.id, digest, allowed, scope if scope.limited else None)
             other = self.add(policy)

@@ -99,6 +99,12 @@ class ApiKeyCache:
         self.index.take(fresh)
         self.synced = True
 
+    def set_models(self, models: Mapping[str, ModelConfig]) -> None:
+        """A config reload: the keys' model names (aliases) resolve against the new models."""
+        self._canonical = canonical_names(models)
+        if self.synced:
+            self._replace(self.keys, self.teams)
+
     def put_key(self, key_id: str, record: KeyRecord | None) -> None:
         """Apply one key's current record (None: revoked)."""
         for policy in self._policies.pop(key_id, ()):

@@ -28,11 +28,16 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 
-def create_rate_limits(settings: Settings) -> RateLimits:
-    """The store `redis_url` names (in-process when empty) and the per-model scopes."""
-    models = {
+def model_scopes(settings: Settings) -> dict[str, Scope]:
+    """Each model's own limits (`models.<name>.rpm/tpm`), shared by every key."""
+    return {
         name: Scope("model", name, rpm=model.rpm, tpm=model.tpm) for name, model in settings.models.items()
     }
+
+
+def create_rate_limits(settings: Settings) -> RateLimits:
+    """The store `redis_url` names (in-process when empty) and the per-model scopes."""
+    models = model_scopes(settings)
     url = settings.redis_url.strip()
     limiter: Limiter
     if url:
@@ -60,4 +65,5 @@ __all__ = (
     "Ticket",
     "create_rate_limits",
     "format_duration",
+    "model_scopes",
 )

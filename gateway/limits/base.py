@@ -14,8 +14,12 @@ by a crashed replica free themselves.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal, Protocol
 
 import msgspec
@@ -29,14 +33,25 @@ LEASE_S: Final = 30.0
 KEY_PREFIX: Final = "llmgw"
 
 ScopeKind = Literal["key", "team", "model"]
-Refusal = Literal["requests", "tokens", "concurrency"]
+Refusal = Literal["requests", "tokens", "concurrency", "budget"]
 
 
 class Scope:
     """One set of limits: an API key's, a team's (shared by its keys), or a public model's (shared by
     every key)."""
 
-    __slots__ = ("budget", "keys", "kind", "max_concurrency", "name", "rpm", "tpm")
+    __slots__ = (
+        "_base",
+        "_spend",
+        "budget",
+        "budget_micro_usd",
+        "keys",
+        "kind",
+        "max_concurrency",
+        "name",
+        "rpm",
+        "tpm",
+    )
 
     def __init__(
         self,
@@ -51,6 +66,7 @@ class Scope:
         self.kind: ScopeKind = kind
         self.budget = budget
         """The key's or team's spend cap, or None (models have none)."""
+        self.budget_micro_usd = round(budget.usd * MICRO_USD) if budget is not None else 0
         self.name = name
         self.rpm = rpm or 0
         self.tpm = tpm or 0
@@ -61,12 +77,21 @@ class Scope:
         if "{" in tag or "}" in tag:
             tag = f"{kind}#{hashlib.sha256(name.encode()).hexdigest()[:16]}"
         base = f"{KEY_PREFIX}:{{{tag}}}"
+        self._base = base
         self.keys: tuple[str, str, str] = (f"{base}:rpm", f"{base}:tpm", f"{base}:inflight")
         """Store keys of the requests window, the tokens window and the in-flight leases."""
+        self._spend: tuple[str, tuple[str, str, str, str]] | None = None
+
+    def budget_keys(self, period_id: str) -> tuple[str, str, str, str]:
+        """`keys` plus the spend counter of the period `period_id` (cached: it changes once a period)."""
+        spend = self._spend
+        if spend is None or spend[0] != period_id:
+            spend = self._spend = (period_id, (*self.keys, f"{self._base}:spend:{period_id}"))
+        return spend[1]
 
     @property
     def limited(self) -> bool:
-        return bool(self.rpm or self.tpm or self.max_concurrency)
+        return bool(self.rpm or self.tpm or self.max_concurrency or self.budget is not None)
 
     @property
     def label(self) -> str:
@@ -74,7 +99,10 @@ class Scope:
         return self.name if self.kind == "key" else f"{self.kind} {self.name}"
 
     def __repr__(self) -> str:
-        return f"Scope({self.kind}={self.name!r}, rpm={self.rpm}, tpm={self.tpm}, max={self.max_concurrency})"
+        return (
+            f"Scope({self.kind}={self.name!r}, rpm={self.rpm}, tpm={self.tpm}, max={self.max_concurrency}, "
+            f"budget={self.budget})"
+        )
 
 
 BudgetPeriod = Literal["day", "week", "month"]
@@ -91,6 +119,60 @@ class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 MICRO_USD: Final = 1_000_000
 """Costs are counted in integer micro-dollars (exact sums in Redis, no float drift)."""
+
+SPEND_GRACE_S: Final = 86_400
+"""A period's spend counter outlives the period by a day: a request admitted just before the end
+settles into it, and the status page can still show the period that just ended."""
+
+
+class Period:
+    """One budget period: its id (part of the spend counter's name) and when it ends (UTC)."""
+
+    __slots__ = ("end", "ends_at", "id", "start")
+
+    def __init__(self, id: str, starts_at: datetime, ends_at: datetime) -> None:
+        self.id = id
+        """`d20261202` (UTC day), `w2026-49` (ISO week, from Monday) or `m202612` (calendar month)."""
+        self.ends_at = ends_at
+        """The first instant of the next period: when the budget resets."""
+        self.start = starts_at.timestamp()
+        self.end = ends_at.timestamp()
+        """`ends_at` as a Unix time."""
+
+
+def budget_period(period: BudgetPeriod, now: float) -> Period:
+    """The period containing `now` (a Unix time, UTC)."""
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return Period(f"d{day:%Y%m%d}", day, day + timedelta(days=1))
+    if period == "week":
+        year, week, weekday = moment.isocalendar()
+        monday = day - timedelta(days=weekday - 1)
+        return Period(f"w{year}-{week:02d}", monday, monday + timedelta(days=7))
+    first = day.replace(day=1)
+    days = calendar.monthrange(moment.year, moment.month)[1]
+    return Period(f"m{moment:%Y%m}", first, first + timedelta(days=days))
+
+
+class Periods:
+    """The current period of each kind on a wall clock, worked out once per period (a decision then
+    costs one clock read and one comparison)."""
+
+    __slots__ = ("_clock", "_current")
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._current: dict[BudgetPeriod, Period] = {}
+
+    def now(self) -> float:
+        return self._clock()
+
+    def current(self, period: BudgetPeriod, now: float) -> Period:
+        known = self._current.get(period)
+        if known is None or not (known.start <= now < known.end):
+            known = self._current[period] = budget_period(period, now)
+        return known
 
 
 class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -121,12 +203,15 @@ class Outcome:
 
     __slots__ = (
         "admitted",
+        "budget_resets_at",
         "in_flight",
+        "period",
         "refused",
         "requests_reset_s",
         "requests_used",
         "retry_after_s",
         "slot",
+        "spent",
         "tokens_reset_s",
         "tokens_used",
     )
@@ -143,6 +228,8 @@ class Outcome:
         in_flight: int = 0,
         refused: Refusal | None = None,
         retry_after_s: float = 0.0,
+        period: Period | None = None,
+        spent: int = 0,
     ) -> None:
         self.admitted = admitted
         self.slot = slot
@@ -157,6 +244,10 @@ class Outcome:
         """Which limit refused the request (the one needing the longest wait), if any."""
         self.retry_after_s = retry_after_s
         """When refused: until the request would fit (every refusing limit considered)."""
+        self.period = period
+        """The budget period the cost was reserved in (None without a budget); `settle` needs it."""
+        self.spent = spent
+        """Micro-USD counted in the period, this request's reservation included when admitted."""
 
 
 class LimiterUnavailable(Exception):
@@ -166,8 +257,9 @@ class LimiterUnavailable(Exception):
 class Limiter(Protocol):
     """A rate-limit store. `acquire` is one atomic check-and-reserve for one scope."""
 
-    async def acquire(self, scope: Scope, *, tokens: int, ticket: Ticket | None) -> Outcome:
-        """Admit one request reserving `tokens`, or refuse it and change nothing (all or nothing).
+    async def acquire(self, scope: Scope, *, tokens: int, ticket: Ticket | None, cost: int = 0) -> Outcome:
+        """Admit one request reserving `tokens` and, when the scope has a budget, `cost` micro-USD in
+        the current period; or refuse it and change nothing (all or nothing).
 
         Raises:
             LimiterUnavailable: the store cannot be reached.
@@ -175,13 +267,32 @@ class Limiter(Protocol):
         ...
 
     async def settle(
-        self, scope: Scope, *, slot: int, requests: int, tokens: int, ticket: Ticket | None
+        self,
+        scope: Scope,
+        *,
+        slot: int,
+        requests: int,
+        tokens: int,
+        ticket: Ticket | None,
+        period: Period | None = None,
+        cost: int = 0,
     ) -> None:
-        """Correct an admitted request's counts by `requests`/`tokens` and release its ticket.
+        """Correct an admitted request's counts by `requests`/`tokens`, its spend in `period` by `cost`
+        micro-USD, and release its ticket.
 
         Raises:
             LimiterUnavailable: the store cannot be reached (the ticket is still released locally,
                 so its lease expires on its own).
+        """
+        ...
+
+    async def spent(self, scope: Scope) -> tuple[Period, int] | None:
+        """The scope's current budget period and its spend so far in micro-USD (reservations of
+        requests still in flight included); None without a budget. For the status page, never on
+        the request path.
+
+        Raises:
+            LimiterUnavailable: the store cannot be reached.
         """
         ...
 
@@ -208,16 +319,20 @@ __all__ = (
     "LEASE_S",
     "MICRO_USD",
     "SLOTS",
+    "SPEND_GRACE_S",
     "WINDOW_S",
     "Budget",
     "BudgetPeriod",
     "Limiter",
     "LimiterUnavailable",
     "Outcome",
+    "Period",
+    "Periods",
     "Price",
     "Refusal",
     "Scope",
     "ScopeKind",
     "Ticket",
+    "budget_period",
     "format_duration",
 )

@@ -5,6 +5,12 @@ atomic store call; when a later scope refuses, the earlier reservations are give
 answers become OpenAI's `x-ratelimit-*` headers, or a 429 with `Retry-After` and OpenAI's error body.
 When the store is unreachable, `rate_limit_failure_mode` decides: `open` serves without limits
 (one warning per outage), `closed` answers 503.
+
+Budgets ride on the same calls: a scope with a budget also reserves the request's most possible
+cost (prompt estimate at the input price plus max output tokens at the output price, per choice, at
+the model's highest target prices) in the same store call as its rate decision, and `settle`
+replaces it by the real cost at the answering target's price. Scopes without a budget pass no cost
+and touch no spend counter.
 """
 
 from __future__ import annotations
@@ -13,62 +19,105 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal
 
-from gateway.errors import RateLimitError, ServiceUnavailableError, TokenRateLimitError
+from gateway.errors import (
+    InsufficientQuotaError,
+    RateLimitError,
+    ServiceUnavailableError,
+    TokenRateLimitError,
+)
 from gateway.ids import hex_id
-from gateway.limits.base import LimiterUnavailable, Ticket, format_duration
+from gateway.limits.base import MICRO_USD, LimiterUnavailable, Ticket, format_duration
 from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from gateway.context import RequestInfo
-    from gateway.limits.base import Limiter, Outcome, Scope
+    from gateway.limits.base import Limiter, Outcome, Price, Scope
 
 MAX_RETRY_AFTER_S: Final = 60
 """The SDK honours `Retry-After` only up to 60 s (older versions) and falls back to short backoffs."""
 
 log = get_logger("gateway.limits")
 
-_Held = tuple["Scope", "Outcome", int, Ticket | None]
+BUDGET_HEADER: Final = "x-gateway-budget-remaining-usd"
+"""The tightest budget's remaining USD after this request's reservation (documented in control-plane.md)."""
+
+_Held = tuple["Scope", "Outcome", int, int, Ticket | None]
+"""A reservation: scope, the store's answer, tokens reserved, micro-USD reserved, ticket."""
 
 
 class Grant:
     """An admitted request's reservations; `settle` charges its real usage and frees its slots."""
 
-    __slots__ = ("_gate", "_held", "_requests", "headers", "settled")
+    __slots__ = ("_gate", "_held", "_info", "_requests", "headers", "settled")
 
-    def __init__(self, gate: RateLimits, requests: int = 1) -> None:
+    def __init__(self, gate: RateLimits, info: RequestInfo, requests: int = 1) -> None:
         self._gate = gate
+        self._info = info
         self._requests = requests
         self._held: list[_Held] = []
         self.headers: dict[str, str] = {}
-        """OpenAI's `x-ratelimit-*` headers for the response."""
+        """OpenAI's `x-ratelimit-*` headers (and the budget's) for the response."""
         self.settled = False
 
     async def settle(self, used_tokens: int) -> None:
-        """Replace the token reservation by `used_tokens` and release concurrency. Idempotent."""
+        """Replace the token reservation by `used_tokens`, a cost reservation by the answer's real
+        cost (at `info.price`, the answering target's: nothing when no target answered), and release
+        concurrency. Idempotent."""
         if self.settled:
             return
         self.settled = True
         limiter = self._gate.limiter
         requests = self._requests
-        for position, (scope, outcome, reserved, ticket) in enumerate(self._held):
+        used_cost = -1  # worked out on the first scope with a budget
+        for position, (scope, outcome, reserved, reserved_cost, ticket) in enumerate(self._held):
             share = used_tokens
             if requests > 1:  # a request counted n times (n choices): each reservation gets its share
                 share = used_tokens // requests + (position % requests < used_tokens % requests)
             delta = share - reserved if scope.tpm else 0
-            if not delta and ticket is None:
+            cost_delta = 0
+            if outcome.period is not None:
+                if used_cost < 0:
+                    used_cost = self._cost()
+                cost_share = used_cost
+                if requests > 1:
+                    cost_share = used_cost // requests + (position % requests < used_cost % requests)
+                cost_delta = cost_share - reserved_cost
+            if not delta and not cost_delta and ticket is None:
                 continue
             try:
-                await limiter.settle(scope, slot=outcome.slot, requests=0, tokens=delta, ticket=ticket)
+                await limiter.settle(
+                    scope,
+                    slot=outcome.slot,
+                    requests=0,
+                    tokens=delta,
+                    ticket=ticket,
+                    period=outcome.period,
+                    cost=cost_delta,
+                )
             except LimiterUnavailable as exc:
                 self._gate.store_failed(exc)
+
+    def _cost(self) -> int:
+        """The answer's real cost in micro-USD, from its usage (or estimate) at the answering price."""
+        info = self._info
+        price = info.price
+        if price is None:
+            return 0
+        return price.micro_usd(info.prompt_tokens, info.completion_tokens)
 
     async def _give_back(self) -> None:
         """Undo every reservation: the request is not going ahead."""
         self.settled = True
-        for scope, outcome, reserved, ticket in self._held:
+        for scope, outcome, reserved, reserved_cost, ticket in self._held:
             try:
                 await self._gate.limiter.settle(
-                    scope, slot=outcome.slot, requests=-1, tokens=-reserved, ticket=ticket
+                    scope,
+                    slot=outcome.slot,
+                    requests=-1,
+                    tokens=-reserved,
+                    ticket=ticket,
+                    period=outcome.period,
+                    cost=-reserved_cost,
                 )
             except LimiterUnavailable as exc:
                 self._gate.store_failed(exc)
@@ -88,7 +137,8 @@ class RateLimits:
         self.limiter = limiter
         self.store = store
         """Where the counts live, for logs: `memory` or the Redis address without credentials."""
-        self._models = {name: scope for name, scope in models.items() if scope.limited}
+        self._models: dict[str, Scope] = {}
+        self.set_model_scopes(models)
         self._fail_open = failure_mode == "open"
         self.store_failures = 0
         """Store calls that failed (decisions taken without the store, and lost settlements): a metric."""
@@ -97,6 +147,12 @@ class RateLimits:
         self.store_available = True
         self.on_store_failure: Callable[[], None] | None = None
         """Called on every failed store call (the metrics' counter)."""
+
+    def set_model_scopes(self, models: dict[str, Scope]) -> None:
+        """The per-model limits from now on (a config reload): one assignment, so a request sees
+        the old scopes or the new ones, never a mix. Counts live in the store under the model's
+        name, so a changed limit applies to what was already counted in the window."""
+        self._models = {name: scope for name, scope in models.items() if scope.limited}
 
     async def admit(
         self,
@@ -108,6 +164,7 @@ class RateLimits:
         explicit_max_tokens: bool,
         info: RequestInfo,
         requests: int = 1,
+        price: Price | None = None,
     ) -> Grant | None:
         """Reserve capacity for a request in every scope that applies, before any upstream call.
 
@@ -115,10 +172,13 @@ class RateLimits:
 
         `requests` counts a request that makes several upstream calls (`n` choices) as that many
         requests, each reserving `prompt_tokens + max_tokens`; all or nothing, as for one.
+        `price`: the model's highest target price; a scope with a budget reserves that many
+        requests' most possible cost at it.
         Returns None when no limit applies (or the store is down and the failure mode is open).
 
         Raises:
             RateLimitError: a limit refused the request (429 with `Retry-After`).
+            InsufficientQuotaError: a budget cannot cover the request (429, `x-should-retry: false`).
             ServiceUnavailableError: the store is down and the failure mode is closed (503).
         """
         model_scope = self._models.get(model)
@@ -126,9 +186,12 @@ class RateLimits:
             return None
         scopes = [*key_scopes, model_scope] if model_scope is not None else key_scopes
         estimate = prompt_tokens + max_tokens
-        grant = Grant(self, requests)
+        grant = Grant(self, info, requests)
         try:
             for scope in scopes:
+                cost = 0
+                if scope.budget is not None and price is not None:
+                    cost = price.micro_usd(prompt_tokens, max_tokens)
                 reserve = 0
                 if scope.tpm:
                     if prompt_tokens * requests > scope.tpm or (
@@ -141,7 +204,7 @@ class RateLimits:
                     reserve = min(estimate, scope.tpm // requests)
                 for _ in range(requests):
                     ticket = Ticket(hex_id(8)) if scope.max_concurrency else None
-                    outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket)
+                    outcome = await self.limiter.acquire(scope, tokens=reserve, ticket=ticket, cost=cost)
                     if not self.store_available:
                         # Recovery is the store answering, whatever it decided: a 429 counts too,
                         # or the next outage would go unreported.
@@ -149,8 +212,10 @@ class RateLimits:
                     if not outcome.admitted:
                         await grant._give_back()
                         info.rate_limit = f"refused_{outcome.refused}"
+                        if outcome.refused == "budget":
+                            raise _over_budget(scope, outcome, cost)
                         raise _refusal(scope, outcome, reserve)
-                    grant._held.append((scope, outcome, reserve, ticket))
+                    grant._held.append((scope, outcome, reserve, cost, ticket))
         except LimiterUnavailable as exc:
             await grant._give_back()
             self.store_failed(exc)
@@ -194,7 +259,12 @@ def _headers(held: list[_Held]) -> dict[str, str]:
     headers: dict[str, str] = {}
     requests: tuple[int, Scope, Outcome] | None = None
     tokens: tuple[int, Scope, Outcome] | None = None
-    for scope, outcome, _, _ in held:
+    budget_left: int | None = None
+    for scope, outcome, _, _, _ in held:
+        if outcome.period is not None:
+            left = scope.budget_micro_usd - outcome.spent
+            if budget_left is None or left < budget_left:
+                budget_left = left
         if scope.rpm:
             left = scope.rpm - outcome.requests_used
             if requests is None or left < requests[0]:
@@ -213,7 +283,31 @@ def _headers(held: list[_Held]) -> dict[str, str]:
         headers["x-ratelimit-limit-tokens"] = str(scope.tpm)
         headers["x-ratelimit-remaining-tokens"] = str(max(0, left))
         headers["x-ratelimit-reset-tokens"] = format_duration(outcome.tokens_reset_s)
+    if budget_left is not None:
+        headers[BUDGET_HEADER] = usd(max(0, budget_left))
     return headers
+
+
+def usd(micro_usd: int) -> str:
+    """Micro-USD as a USD amount with all its digits: `0.041234`."""
+    return f"{micro_usd / MICRO_USD:.6f}"
+
+
+def _over_budget(scope: Scope, outcome: Outcome, cost: int) -> InsufficientQuotaError:
+    period = outcome.period
+    per = scope.budget.period if scope.budget is not None else "period"
+    resets = f"{period.ends_at:%Y-%m-%d %H:%M}" if period is not None else "the end of the period"
+    who = f"key {scope.name}" if scope.kind == "key" else scope.label
+    return InsufficientQuotaError(
+        f"Budget exceeded for {who}: {usd(outcome.spent)} of its {usd(scope.budget_micro_usd)} USD per "
+        f"{per} is spent or reserved, and this request may cost up to {usd(cost)} USD. The "
+        f"budget resets at {resets} UTC.",
+        # Retrying cannot help before the period ends: the OpenAI SDKs do not retry with this.
+        headers={
+            "x-should-retry": "false",
+            BUDGET_HEADER: usd(max(0, scope.budget_micro_usd - outcome.spent)),
+        },
+    )
 
 
 def _refusal(scope: Scope, outcome: Outcome, reserve: int) -> RateLimitError:
@@ -234,7 +328,7 @@ def _refusal(scope: Scope, outcome: Outcome, reserve: int) -> RateLimitError:
             f"Rate limit reached for {scope.label} on requests per min (RPM): Limit {scope.rpm}, "
             f"Used {outcome.requests_used}, Requested 1. {later}"
         )
-    headers = _headers([(scope, outcome, reserve, None)])
+    headers = _headers([(scope, outcome, reserve, 0, None)])
     headers["retry-after"] = str(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
     error_class = TokenRateLimitError if outcome.refused == "tokens" else RateLimitError
     return error_class(message, headers=headers)
@@ -255,4 +349,4 @@ def _too_large(
     )
 
 
-__all__ = ("MAX_RETRY_AFTER_S", "Grant", "RateLimits")
+__all__ = ("BUDGET_HEADER", "MAX_RETRY_AFTER_S", "Grant", "RateLimits", "usd")

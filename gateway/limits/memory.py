@@ -3,6 +3,9 @@
 The same sliding window as the Redis store (see `base.py`), on the process's monotonic clock. Every
 method runs without awaiting, so each decision is atomic on the event loop. The counts belong to this
 process only: with several workers or replicas, configure `redis_url`.
+
+Budgets count spend per period (`base.Periods`, on the wall clock) in one integer per scope and
+period, checked and reserved in the same call as the scope's other limits.
 """
 
 from __future__ import annotations
@@ -11,7 +14,17 @@ import math
 import time
 from collections.abc import Callable
 
-from gateway.limits.base import SLOTS, WINDOW_S, Outcome, Refusal, Scope, Ticket
+from gateway.limits.base import (
+    SLOTS,
+    SPEND_GRACE_S,
+    WINDOW_S,
+    Outcome,
+    Period,
+    Periods,
+    Refusal,
+    Scope,
+    Ticket,
+)
 
 
 class _Window:
@@ -30,14 +43,18 @@ class MemoryLimiter:
         window_s: float = WINDOW_S,
         slots: int = SLOTS,
         clock: Callable[[], float] = time.monotonic,
+        periods: Periods | None = None,
     ) -> None:
         self._width = window_s / slots
         self._slots = slots
         self._clock = clock
         self._windows: dict[str, _Window] = {}
         self._in_flight: dict[str, set[str]] = {}
+        self._periods = periods or Periods()
+        self._spend: dict[str, tuple[int, float]] = {}
+        """Spend counter → (micro-USD counted, when it expires: its period's end plus a grace)."""
 
-    async def acquire(self, scope: Scope, *, tokens: int, ticket: Ticket | None) -> Outcome:
+    async def acquire(self, scope: Scope, *, tokens: int, ticket: Ticket | None, cost: int = 0) -> Outcome:
         now = self._clock()
         cur = math.floor(now / self._width)
         first = cur - self._slots
@@ -60,6 +77,17 @@ class MemoryLimiter:
         if full and (refused is None or wait < 1.0):
             # Nothing says when a request in flight will finish: suggest a short pause.
             refused, wait = "concurrency", max(wait, 1.0)
+        period: Period | None = None
+        spent = 0
+        spend_key = ""
+        if scope.budget is not None:
+            wall = self._periods.now()
+            period = self._periods.current(scope.budget.period, wall)
+            spend_key = scope.budget_keys(period.id)[3]
+            spent = self._spent(spend_key, wall)
+            if spent + cost > scope.budget_micro_usd:
+                # Waiting a minute will not help: the budget refusal is the one the client hears of.
+                refused, wait = "budget", period.end - wall
         if refused is None:
             if scope.rpm:
                 requests = self._add(requests_key, requests, cur, 1)
@@ -70,6 +98,9 @@ class MemoryLimiter:
             if scope.max_concurrency and ticket is not None:
                 self._in_flight.setdefault(flight_key, set()).add(ticket.id)
                 in_flight += 1
+            if period is not None and cost:
+                spent += cost
+                self._spend[spend_key] = (spent, period.end + SPEND_GRACE_S)
         return Outcome(
             admitted=refused is None,
             slot=cur,
@@ -80,16 +111,32 @@ class MemoryLimiter:
             in_flight=in_flight,
             refused=refused,
             retry_after_s=wait,
+            period=period,
+            spent=spent,
         )
 
     async def settle(
-        self, scope: Scope, *, slot: int, requests: int, tokens: int, ticket: Ticket | None
+        self,
+        scope: Scope,
+        *,
+        slot: int,
+        requests: int,
+        tokens: int,
+        ticket: Ticket | None,
+        period: Period | None = None,
+        cost: int = 0,
     ) -> None:
         requests_key, tokens_key, flight_key = scope.keys
         if ticket is not None and (flight := self._in_flight.get(flight_key)) is not None:
             flight.discard(ticket.id)
             if not flight:
                 del self._in_flight[flight_key]
+        if cost and period is not None and scope.budget is not None:
+            # The reservation's own period, even when the next one has begun since.
+            spend_key = scope.budget_keys(period.id)[3]
+            counted = self._spend.get(spend_key)
+            if counted is not None:
+                self._spend[spend_key] = (max(0, counted[0] + cost), counted[1])
         if not (requests and scope.rpm) and not (tokens and scope.tpm):
             return
         cur = math.floor(self._clock() / self._width)
@@ -98,8 +145,24 @@ class MemoryLimiter:
         if tokens and scope.tpm:
             self._adjust(tokens_key, slot, tokens, cur)
 
+    async def spent(self, scope: Scope) -> tuple[Period, int] | None:
+        if scope.budget is None:
+            return None
+        now = self._periods.now()
+        period = self._periods.current(scope.budget.period, now)
+        return period, self._spent(scope.budget_keys(period.id)[3], now)
+
     async def aclose(self) -> None:
         return None
+
+    def _spent(self, key: str, now: float) -> int:
+        counted = self._spend.get(key)
+        if counted is None:
+            # A new period: forget the counters whose grace has passed (once per scope and period).
+            for stale in [k for k, (_, expires) in self._spend.items() if expires <= now]:
+                del self._spend[stale]
+            return 0
+        return counted[0]
 
     # The window
 

@@ -30,13 +30,22 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from gateway.limits.base import LEASE_S, SLOTS, WINDOW_S, LimiterUnavailable, Outcome, Refusal
+from gateway.limits.base import (
+    LEASE_S,
+    SLOTS,
+    SPEND_GRACE_S,
+    WINDOW_S,
+    LimiterUnavailable,
+    Outcome,
+    Periods,
+    Refusal,
+)
 from gateway.timers import Deadline
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
-    from gateway.limits.base import Scope, Ticket
+    from gateway.limits.base import Period, Scope, Ticket
 
 SOCKET_TIMEOUT_S: Final = 0.5
 CONNECT_TIMEOUT_S: Final = 0.25
@@ -46,7 +55,7 @@ turn (redis-py's pools fail calls beyond their size, and its blocking pool costs
 HEALTH_CHECK_S: Final = 15
 PROBE_INTERVAL_S: Final = 0.5
 """After a failure, decisions skip the store this long before trying it again."""
-_REFUSALS: Final[dict[int, Refusal]] = {1: "requests", 2: "tokens", 3: "concurrency"}
+_REFUSALS: Final[dict[int, Refusal]] = {1: "requests", 2: "tokens", 3: "concurrency", 4: "budget"}
 
 # Shared by both scripts. A window is a hash: field `n` (the total), `lo` (the oldest slot present)
 # and one field per slot index. Amounts are integers; times are microseconds of Redis's clock.
@@ -99,8 +108,11 @@ end
 ACQUIRE_LUA: Final = (
     _WINDOW_LUA
     + """
--- KEYS: requests window, tokens window, in-flight leases (one hash tag).
+-- KEYS: requests window, tokens window, in-flight leases (one hash tag), and for a scope with a
+-- budget the period's spend counter (micro-USD).
 -- ARGV[3..8]: rpm, tpm, tokens to reserve, max in flight (0: no such limit), ticket, lease (us).
+-- ARGV[9..11] (with a budget): the budget and the cost to reserve (micro-USD), the counter's
+-- time to live (ms: until a grace after its period's end).
 local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 local want = tonumber(ARGV[5])
@@ -140,6 +152,13 @@ if cap > 0 then
     refused, retry = 3, math.max(retry, 1000000)
   end
 end
+local spent, cost = 0, 0
+if #KEYS == 4 then
+  cost = tonumber(ARGV[10])
+  spent = tonumber(redis.call('GET', KEYS[4])) or 0
+  -- Waiting a minute will not help: the budget refusal is the one the client hears of.
+  if spent + cost > tonumber(ARGV[9]) then refused = 4 end
+end
 if refused == 0 then
   if rpm > 0 then
     add(KEYS[1], r_lo, 1)
@@ -156,18 +175,23 @@ if refused == 0 then
     redis.call('PEXPIRE', KEYS[3], math.ceil(2 * lease / 1000))
     flying = flying + 1
   end
+  if cost > 0 then
+    spent = redis.call('INCRBY', KEYS[4], cost)
+    redis.call('PEXPIRE', KEYS[4], ARGV[11])
+  end
 end
 local r_reset, t_reset = 0, 0
 if r_lo then r_reset = (r_lo + slots + 1) * width - now end
 if t_lo then t_reset = (t_lo + slots + 1) * width - now end
-return {refused == 0 and 1 or 0, cur, r_used, r_reset, t_used, t_reset, flying, refused, retry}
+return {refused == 0 and 1 or 0, cur, r_used, r_reset, t_used, t_reset, flying, refused, retry, spent}
 """
 )
 
 SETTLE_LUA: Final = (
     _WINDOW_LUA
     + """
--- KEYS: as for acquire. ARGV[3..6]: the reservation's slot, requests delta, tokens delta, ticket.
+-- KEYS: as for acquire (the spend counter of the reservation's period). ARGV[3..7]: the
+-- reservation's slot, requests delta, tokens delta, ticket, cost delta (micro-USD).
 local slot = tonumber(ARGV[3])
 
 local function adjust(key, delta)
@@ -186,6 +210,11 @@ end
 adjust(KEYS[1], tonumber(ARGV[4]))
 adjust(KEYS[2], tonumber(ARGV[5]))
 if ARGV[6] ~= '' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+-- A counter that expired (long after its period) stays gone: INCRBY would recreate it without a TTL.
+if #KEYS == 4 and redis.call('EXISTS', KEYS[4]) == 1 then
+  local spent = redis.call('INCRBY', KEYS[4], ARGV[7])
+  if spent < 0 then redis.call('SET', KEYS[4], 0, 'KEEPTTL') end
+end
 return 1
 """
 )
@@ -258,8 +287,10 @@ class RedisLimiter:
         slots: int = SLOTS,
         lease_s: float = LEASE_S,
         secrets: tuple[str, ...] = (),
+        periods: Periods | None = None,
     ) -> None:
         self._client = client
+        self._periods = periods or Periods()
         self._calls = asyncio.Semaphore(POOL_SIZE)
         # redis-py's cluster client races when many calls trigger its lazy start-up at once.
         self._cluster_ready = not isinstance(client, RedisCluster)
@@ -285,10 +316,10 @@ class RedisLimiter:
         secrets = (password, unquote(password)) if password else ()
         return cls(connect(url), secrets=secrets, **options)
 
-    async def acquire(self, scope: Scope, *, tokens: int, ticket: Ticket | None) -> Outcome:
+    async def acquire(self, scope: Scope, *, tokens: int, ticket: Ticket | None, cost: int = 0) -> Outcome:
         if self._skip_until and time.monotonic() < self._skip_until:
             raise LimiterUnavailable(self._last_error)
-        args = (
+        args: tuple[str | int, ...] = (
             self._width_us,
             self._slots,
             scope.rpm,
@@ -298,7 +329,18 @@ class RedisLimiter:
             ticket.id if ticket is not None else "",
             self._lease_us,
         )
-        reply = await self._run(self._acquire, scope.keys, args)
+        keys: tuple[str, ...] = scope.keys
+        period: Period | None = None
+        wall = 0.0
+        if scope.budget is not None:
+            # The period comes from this replica's clock (see docs/control-plane.md, "Budgets"): the
+            # counter must be named in KEYS for a cluster to route the call.
+            wall = self._periods.now()
+            period = self._periods.current(scope.budget.period, wall)
+            keys = scope.budget_keys(period.id)
+            ttl_ms = max(1, round((period.end + SPEND_GRACE_S - wall) * 1000))
+            args = (*args, scope.budget_micro_usd, cost, ttl_ms)
+        reply = await self._run(self._acquire, keys, args)
         self._skip_until = 0.0
         admitted = reply[0] == 1
         if admitted and ticket is not None and scope.max_concurrency:
@@ -314,18 +356,31 @@ class RedisLimiter:
             tokens_reset_s=reply[5] / 1_000_000,
             in_flight=reply[6],
             refused=_REFUSALS.get(reply[7]),
-            retry_after_s=reply[8] / 1_000_000,
+            retry_after_s=(
+                period.end - wall if period is not None and reply[7] == 4 else reply[8] / 1_000_000
+            ),
+            period=period,
+            spent=reply[9],
         )
 
     async def settle(
-        self, scope: Scope, *, slot: int, requests: int, tokens: int, ticket: Ticket | None
+        self,
+        scope: Scope,
+        *,
+        slot: int,
+        requests: int,
+        tokens: int,
+        ticket: Ticket | None,
+        period: Period | None = None,
+        cost: int = 0,
     ) -> None:
         flight_key = scope.keys[2]
         ticket_id = ""
         if ticket is not None and (held := self._leases.get(flight_key)) is not None:
             held.discard(ticket.id)
             ticket_id = ticket.id
-        if not ticket_id and not (requests and scope.rpm) and not (tokens and scope.tpm):
+        spend = bool(cost and period is not None and scope.budget is not None)
+        if not ticket_id and not (requests and scope.rpm) and not (tokens and scope.tpm) and not spend:
             return
         if self._skip_until and time.monotonic() < self._skip_until:
             raise LimiterUnavailable(self._last_error)
@@ -336,8 +391,21 @@ class RedisLimiter:
             requests if scope.rpm else 0,
             tokens if scope.tpm else 0,
             ticket_id,
+            cost,
         )
-        await self._run(self._settle, scope.keys, args)
+        # The reservation's own period's counter, even when the next period has begun since.
+        keys = scope.budget_keys(period.id) if spend and period is not None else scope.keys
+        await self._run(self._settle, keys, args)
+
+    async def spent(self, scope: Scope) -> tuple[Period, int] | None:
+        if scope.budget is None:
+            return None
+        period = self._periods.current(scope.budget.period, self._periods.now())
+        try:
+            value = await self._client.get(scope.budget_keys(period.id)[3])
+        except Exception as exc:  # noqa: BLE001 - as in `_run`
+            raise self._failed(exc) from None
+        return period, int(value or 0)
 
     async def aclose(self) -> None:
         if self._renewer is not None:
@@ -511,7 +579,9 @@ class _StaleConnection(RedisConnectionError):
 
 
 _PREFIXES: dict[tuple[str, tuple[str, ...], int], bytes] = {}
-"""RESP up to the first argument, per script, keys and argument count: bounded by the config's scopes."""
+"""RESP up to the first argument, per script, keys and argument count: bounded by the scopes (and
+their budget periods: emptied when it grows past `_MAX_PREFIXES`)."""
+_MAX_PREFIXES: Final = 16_384
 
 
 def _pack_evalsha(sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) -> bytes:
@@ -520,6 +590,8 @@ def _pack_evalsha(sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) 
     if prefix is None:
         head = [b"EVALSHA", sha.encode(), str(len(keys)).encode(), *(key.encode() for key in keys)]
         prefix = b"*%d\r\n" % (len(head) + len(args)) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in head)
+        if len(_PREFIXES) >= _MAX_PREFIXES:
+            _PREFIXES.clear()
         _PREFIXES[(sha, keys, len(args))] = prefix
     out = [prefix]
     for arg in args:

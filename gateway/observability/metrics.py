@@ -129,7 +129,7 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "gateway_rate_limit_refusals",
-            "Requests refused by a rate limit, by key, model and limit.",
+            "Requests refused by a rate limit or a budget, by key, model and limit.",
             ["key", "model", "limit"],
             registry=registry,
         )

@@ -299,13 +299,25 @@ class Router:
         adapters: dict[str, Adapter],
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        *,
+        previous: Router | None = None,
     ) -> None:
+        """`previous`: the router this one replaces (a config reload). A backend whose adapter is the
+        same object as there (its config did not change) keeps its state (slots held by requests in
+        flight, health verdict) and its targets keep their breakers and rolling windows; a model
+        whose config and backends did not change is kept whole (with its hedging measurements)."""
         self._metrics = metrics
         self._tracing = tracing
         self.request_limits = settings.http
         """The `http:` limits the pipelines check on each decoded request."""
+        kept = {
+            name: state
+            for name, state in (previous._backends.items() if previous is not None else ())
+            if adapters.get(name) is state.adapter
+        }
         self._backends: dict[str, BackendState] = {
-            name: BackendState(
+            name: kept.get(name)
+            or BackendState(
                 name,
                 adapters[name],
                 limit=config.max_concurrency,
@@ -317,16 +329,33 @@ class Router:
         """One per target, by (backend, upstream model): shared by the models that name that target."""
         breakers = self.breakers
         windows: dict[tuple[str, str], RollingWindow] = {}
+        kept_breakers: dict[tuple[str, str], Breaker] = {}
+        unchanged: dict[str, ResolvedModel] = {}
+        if previous is not None:
+            for model in previous._public:
+                for route in model.routes:
+                    if route.backend in kept:
+                        kept_breakers[(route.backend, route.model)] = route.breaker
+                        windows[(route.backend, route.model)] = route.recent
+                if all(route.backend in kept for route in model.routes):
+                    unchanged[model.name] = model
         self._models: dict[str, ResolvedModel] = {}
         self._public: list[ResolvedModel] = []
         self._hedging: dict[ResolvedModel, hedge.Hedging] = {}
         """Models with `hedge_after_ms` or `hedge_after` (gateway.routing.hedge)."""
         for name, config in settings.models.items():
+            same = unchanged.get(name)
+            if same is not None and same.config == config:
+                self._add(same, previous._hedging.get(same) if previous is not None else None)
+                breakers.update(((route.backend, route.model), route.breaker) for route in same.routes)
+                continue
             routes = []
             for target in config.targets:
                 key = (target.backend, target.model)
-                breaker = breakers.get(key)
-                if breaker is None:
+                breaker = breakers.get(key) or kept_breakers.get(key)
+                if breaker is not None:
+                    breakers[key] = breaker
+                else:
                     breaker_config = settings.backends[target.backend].breaker
                     on_change = None
                     if metrics is not None:
@@ -346,13 +375,15 @@ class Router:
                     )
                 )
             resolved = ResolvedModel(name, config, routes)
-            hedging = hedge.hedging_for(name, config, metrics)
-            if hedging is not None:
-                self._hedging[resolved] = hedging
-            self._public.append(resolved)
-            self._models[name] = resolved
-            for alias in config.aliases:
-                self._models[alias] = resolved
+            self._add(resolved, hedge.hedging_for(name, config, metrics))
+
+    def _add(self, model: ResolvedModel, hedging: hedge.Hedging | None) -> None:
+        if hedging is not None:
+            self._hedging[model] = hedging
+        self._public.append(model)
+        self._models[model.name] = model
+        for alias in model.config.aliases:
+            self._models[alias] = model
 
     def resolve(self, name: str) -> ResolvedModel:
         try:
@@ -369,6 +400,10 @@ class Router:
     def models(self) -> list[ResolvedModel]:
         """Every configured model (not its aliases), in config order."""
         return list(self._public)
+
+    def adapters(self) -> list[Adapter]:
+        """Every backend's adapter (what a reload closes once no request uses it)."""
+        return [state.adapter for state in self._backends.values()]
 
     def health_checked(self) -> list[BackendState]:
         """Backends that report their own health and are probed in the background."""

@@ -95,6 +95,26 @@ class SharedBreakers:
             asyncio.create_task(self._subscribe(), name="breakers-subscribe"),
         ]
 
+    def track(self, breakers: dict[tuple[str, str], Breaker]) -> None:
+        """A config reload: share the new router's breakers from now on (kept ones stay; those of
+        targets no longer configured stop publishing), and resync, so a new target learns of a
+        breaker open elsewhere."""
+        for breaker in self._breakers.values():
+            breaker.shared = None
+        self._breakers = {breaker.name: breaker for breaker in breakers.values()}
+        self._labels = {breaker.name: key for key, breaker in breakers.items()}
+        for breaker in self._breakers.values():
+            breaker.shared = self._changed
+        if self._tasks:  # started (and not stopped)
+            resync = asyncio.create_task(self._resync_once(), name="breakers-resync")
+            self._tasks = [task for task in self._tasks if not task.done()] + [resync]
+
+    async def _resync_once(self) -> None:
+        try:
+            await self._resync()
+        except Exception as exc:  # noqa: BLE001 - a missed resync is healed by the next (re)subscribe
+            self._failed("resync", exc)
+
     async def stop(self) -> None:
         for breaker in self._breakers.values():
             breaker.shared = None
@@ -120,7 +140,10 @@ class SharedBreakers:
         while True:
             name = await self._queue.get()
             self._pending.discard(name)
-            change = self._message(self._breakers[name])
+            breaker = self._breakers.get(name)
+            if breaker is None:  # a target a reload removed since its change was queued
+                continue
+            change = self._message(breaker)
             payload = _encoder.encode(change)
             try:
                 async with asyncio.timeout(CALL_TIMEOUT_S):

@@ -353,9 +353,12 @@ class UsageLedger:
                 return
             pending, self._pending = self._pending, {}
             rows = {Row._make(row): counts for row, counts in pending.items()}
-            batch_id = os.urandom(12).hex()
-            if not await self._send(store, batch_id, rows):
-                self._unsent = (batch_id, rows)
+            # Kept as unsent until the write answers: a flush cancelled while it waits (the flusher
+            # at shutdown, an admin read whose client left) leaves the batch for the next one, which
+            # resends it with the same id (counted once if the cancelled write did run).
+            self._unsent = (os.urandom(12).hex(), rows)
+            if await self._send(store, *self._unsent):
+                self._unsent = None
 
     async def _send(self, store: UsageStore, batch_id: str, rows: dict[Row, Counts]) -> bool:
         try:

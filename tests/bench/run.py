@@ -55,6 +55,8 @@ class Sizes:
     stream_concurrency: int = 32
     open_streams: int = 5000
     warmup_s: float = 2.0
+    budget: bool = False
+    """The bench key has a budget (never reached) and the model Workers AI's price: budgets' cost."""
 
 
 TINY = Sizes(
@@ -337,8 +339,10 @@ async def hold_streams(
 # The run
 
 
-def gateway_config(upstream: str, redis_url: str, *, port: int) -> str:
-    """The production configuration: keys, Redis rate limits, metrics and JSON logs on."""
+def gateway_config(upstream: str, redis_url: str, *, port: int, budget: bool = False) -> str:
+    """The production configuration: keys, Redis rate limits, metrics and JSON logs on (and with
+    `budget`, a budget on the bench key, charged at Workers AI's published price for the model)."""
+    price = {"input_per_mtok": 0.293, "output_per_mtok": 2.253} if budget else None
     return json.dumps(
         {
             "listen": {"host": "127.0.0.1", "port": port},
@@ -357,18 +361,23 @@ def gateway_config(upstream: str, redis_url: str, *, port: int) -> str:
                 "bench": {
                     "targets": [
                         {"backend": "cloudflare", "model": "@cf/meta/llama-3.3-70b-instruct-fp8-fast"}
-                    ]
+                    ],
+                    **({"price": price} if price else {}),
                 }
             },
-            **production_settings(redis_url),
+            **production_settings(redis_url, budget=budget),
         }
     )
 
 
-def production_settings(redis_url: str) -> dict[str, Any]:
+def production_settings(redis_url: str, *, budget: bool = False) -> dict[str, Any]:
     """API keys and Redis limits far above the benchmark's load: checked on every request, never refusing."""
-    keys = [{"id": f"team-{i}", "key": f"sk-bench-other-team-{i:04d}", "rpm": 1000} for i in range(50)]
+    keys: list[dict[str, Any]] = [
+        {"id": f"team-{i}", "key": f"sk-bench-other-team-{i:04d}", "rpm": 1000} for i in range(50)
+    ]
     keys.append({"id": "bench", "key": BENCH_KEY, "rpm": 100_000_000, "tpm": 10_000_000_000, "models": ["*"]})
+    if budget:
+        keys[-1]["budget"] = {"usd": 1_000_000_000, "period": "day"}
     settings: dict[str, Any] = {"keys": keys}
     if redis_url:
         settings["redis_url"] = redis_url
@@ -447,9 +456,11 @@ def services(workdir: Path, sizes: Sizes) -> Iterator[dict[str, Any]]:
         for proc, url in ((upstream, upstream_url), (slow, f"http://127.0.0.1:{slow_port}")):
             wait_http(url, proc=proc)
         config = workdir / "gateway.json.yaml"
-        config.write_text(gateway_config(upstream_url, redis_url, port=gateway_port))
+        config.write_text(gateway_config(upstream_url, redis_url, port=gateway_port, budget=sizes.budget))
         slow_config = workdir / "gateway-slow.json.yaml"
-        slow_config.write_text(gateway_config(f"http://127.0.0.1:{slow_port}", redis_url, port=free_port()))
+        slow_config.write_text(
+            gateway_config(f"http://127.0.0.1:{slow_port}", redis_url, port=free_port(), budget=sizes.budget)
+        )
         yield {
             "upstream": upstream_url,
             "slow_upstream": f"http://127.0.0.1:{slow_port}",
@@ -683,12 +694,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, help="seconds per wrk run")
     parser.add_argument("--open-streams", type=int, help="concurrent open streams for the memory figure")
+    parser.add_argument(
+        "--budget", action="store_true", help="give the bench key a budget (and the model a price)"
+    )
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else Sizes()
     if args.duration:
         sizes.duration_s = args.duration
     if args.open_streams:
         sizes.open_streams = args.open_streams
+    sizes.budget = args.budget
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     report = run(sizes, workdir)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

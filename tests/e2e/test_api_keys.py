@@ -179,6 +179,24 @@ def test_admin_api_errors(gateway: GatewayProcess, run: str) -> None:
         ("POST", "/keys", {"id": f"{run}-x", "team": f"{run}-none"}, 400, "team", "team_not_found"),
         ("POST", "/keys", {"id": f"{run}-x", "expires_at": "2020-01-01T00:00:00Z"}, 400, "expires_at", None),
         ("POST", "/keys", {"id": f"{run}-x", "expires_at": "2099-01-01T00:00:00"}, 400, "expires_at", None),
+        # In UTC past the datetime range (year 10000, year 0): 400s, not 500s.
+        (
+            "POST",
+            "/keys",
+            {"id": f"{run}-x", "expires_at": "9999-12-31T23:59:59-12:00"},
+            400,
+            "expires_at",
+            None,
+        ),
+        (
+            "POST",
+            "/keys",
+            {"id": f"{run}-x", "expires_at": "0001-01-01T00:00:00+14:00"},
+            400,
+            "expires_at",
+            None,
+        ),
+        ("PATCH", f"/keys/{run}-dup", {"expires_at": "9999-12-31T23:00:00-23:59"}, 400, "expires_at", None),
         (
             "POST",
             "/keys",
@@ -410,6 +428,45 @@ def test_the_cli_against_a_running_gateway(gateway: GatewayProcess, run: str) ->
     unreachable = cli("http://127.0.0.1:9", "keys", "list")
     assert unreachable.returncode == 1
     assert "cannot reach the gateway" in unreachable.stderr
+
+
+def test_the_cli_sends_an_id_as_one_path_segment(gateway: GatewayProcess, run: str) -> None:
+    """An id with `/`, `..` or `?` names no key; it must not reach another route (a team, another key)."""
+    team = f"{run}-team"
+    assert admin(gateway.url).post("/teams", json={"id": team}).status_code == 201
+    created(admin(gateway.url).post("/keys", json={"id": f"{run}-k"}))
+    for args in (
+        ("keys", "show", f"x/../../teams/{team}"),
+        ("keys", "revoke", f"x/../../teams/{team}"),
+        ("keys", "show", f"{run}-k?x=1"),
+        ("keys", "revoke", f"{run}-k#x"),
+        ("teams", "delete", f"{team}/../{team}"),
+    ):
+        answer = cli(gateway.url, *args)
+        assert answer.returncode == 1, (args, answer.stdout)
+        assert "HTTP 404" in answer.stderr, (args, answer.stderr)
+    assert admin(gateway.url).get(f"/teams/{team}").status_code == 200
+    assert admin(gateway.url).get(f"/keys/{run}-k").status_code == 200
+
+
+def test_the_cli_refuses_a_malformed_admin_key_without_echoing_it(gateway: GatewayProcess) -> None:
+    """A key read from a file with its CRLF works (the gateway strips it too); one with a stray
+    character is a clear error, no traceback, and neither the key nor the URL's password is shown."""
+    assert cli(gateway.url, "keys", "list", key=ADMIN_KEY + "\r\n").returncode == 0
+    assert cli(gateway.url, "usage", key=ADMIN_KEY + "\r\n").returncode == 0
+    for key in ("admin-kéy-with-non-ascii-0123456789", "admin-key\r\nx-injected: 1-0123456789"):
+        for words in (("keys", "list"), ("usage",)):
+            answer = cli(gateway.url, *words, key=key)
+            assert answer.returncode == 1, answer.stderr
+            assert "Traceback" not in answer.stderr
+            assert "admin key" in answer.stderr
+            assert "admin-k" not in answer.stderr
+    with_password = gateway.url.replace("http://", "http://user:hunter2-password@")
+    for words in (("keys", "list"), ("usage",)):
+        answer = cli(with_password.replace(str(gateway.port), "9"), *words)
+        assert answer.returncode == 1
+        assert "cannot reach the gateway" in answer.stderr
+        assert "hunter2-password" not in answer.stderr
 
 
 def test_keys_reach_every_replica_on_a_redis_cluster(

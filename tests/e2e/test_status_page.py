@@ -82,10 +82,20 @@ def test_status_page_shows_a_tripped_breaker(
                 "targets": [
                     {"backend": "vllm", "model": VLLM_MODEL},
                     {"backend": "cloudflare", "model": CF_MODEL},
-                ]
+                ],
+                # $0.001 per output token: the budget's spend is the completion tokens / 1000.
+                "price": {"input_per_mtok": 0, "output_per_mtok": 1000},
             }
         },
-        "keys": [{"id": "team-a", "key": CLIENT_KEY, "rpm": 600, "models": ["chat"]}],
+        "keys": [
+            {
+                "id": "team-a",
+                "key": CLIENT_KEY,
+                "rpm": 600,
+                "models": ["chat"],
+                "budget": {"usd": 5, "period": "month"},
+            }
+        ],
         "admin": {"listen": {"host": "127.0.0.1", "port": admin_port}, "key": ADMIN_KEY},
     }
     admin_url = f"http://127.0.0.1:{admin_port}"
@@ -109,6 +119,11 @@ def test_status_page_shows_a_tripped_breaker(
         # Today's usage from this process's ledger (no redis_url): the one request, counted at once.
         assert status.json()["usage_source"] == "memory"
         assert status.json()["keys"][0]["usage"]["requests"] == 1
+        budget = status.json()["keys"][0]["budget"]
+        assert budget["usd"] == 5
+        assert budget["period"] == "month"
+        assert budget["spent_usd"] == pytest.approx(answer.json()["usage"]["completion_tokens"] / 1000)
+        assert budget["resets_at"].endswith("-01T00:00:00Z")
         assert httpx.get(f"{admin_url}/admin/v1/status").status_code == 401
         assert httpx.get(f"{gateway.url}/status").status_code == 404  # not on the public listener
 
@@ -141,6 +156,7 @@ def test_status_page_shows_a_tripped_breaker(
         key_row = tab.locator('tr[data-key="team-a"]')
         expect(key_row).to_contain_text("600 rpm")
         expect(key_row).to_contain_text("1 req")
+        expect(key_row).to_contain_text(f"${budget['spent_usd']:.4f} of $5.00 per month")
         expect(tab.locator("#updated")).to_contain_text("usage: memory")
 
         assert tab.evaluate("sessionStorage.getItem('gateway-admin-key')") == ADMIN_KEY

@@ -7,14 +7,13 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gateway.context import RequestInfo
 from gateway.errors import RateLimitError
 from gateway.limits import (
-    Limiter,
     LimiterUnavailable,
     MemoryLimiter,
     RateLimits,
@@ -26,40 +25,10 @@ from gateway.limits.redis import SOCKET_TIMEOUT_S, RedisLimiter
 from tests.redis_server import RedisClusterServers, RedisServer, command
 from tests.waiting import HANG_GUARD_S
 
+if TYPE_CHECKING:
+    from tests.unit.conftest import LimiterFactory
+
 pytestmark = pytest.mark.anyio
-
-LimiterFactory = Callable[..., Limiter]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("redis", id="redis"),
-        pytest.param("cluster", id="redis-cluster"),
-    ]
-)
-async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[LimiterFactory]:
-    """Builds limiters of one kind (window and lease shortened on demand); closes them afterwards."""
-    made: list[Limiter] = []
-    url = ""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-    elif request.param == "cluster":
-        url = request.getfixturevalue("redis_cluster").url
-
-    def make(**options: Any) -> Limiter:
-        limiter: Limiter
-        if url:
-            limiter = RedisLimiter.from_url(url, **options)
-        else:
-            options.pop("lease_s", None)
-            limiter = MemoryLimiter(**options)
-        made.append(limiter)
-        return limiter
-
-    yield make
-    for limiter in made:
-        await limiter.aclose()
 
 
 def scope(**limits: Any) -> Scope:

@@ -4,6 +4,7 @@ idempotent resend, retention, and the usage API's query parsing and grouping."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -202,3 +203,25 @@ def test_grouping_sums_rows_and_totals() -> None:
         "cost_usd": 1.500251,
         "errors": 2,
     }
+
+
+async def test_stop_during_a_flush_in_flight_writes_its_batch() -> None:
+    """SIGTERM while the periodic flush waits on Redis: the batch it took is resent by the final
+    flush (same id, so counted once), not dropped with the cancelled task."""
+    key = "k-" + os.urandom(4).hex()
+    with RedisServer() as server:
+        ledger = UsageLedger(UsageSettings(flush_interval_s=0.05))
+        ledger.start(RedisUsageStore.from_url(server.url, 90))
+        async with Redis.from_url(server.url) as admin:
+            await admin.client_pause(1000, all=False)  # the write waits for it
+            ledger.record(answered(key=key, usage=Usage(10, 5)), 200)
+            for _ in range(3000):  # hang guard: 30 s
+                if not ledger._pending:  # the flusher took the batch and is writing it
+                    break
+                await asyncio.sleep(0.01)
+            await ledger.stop()
+        store = RedisUsageStore.from_url(server.url, 90)
+        assert await store.read(today(), today(), Match(key=key)) == {
+            Row(today(), key, None, "m"): [1, 10, 5, PRICE.micro_usd(10, 5), 0]
+        }
+        await store.aclose()

@@ -34,6 +34,7 @@
   }
   function budget(b) {
     if (!b) return "no budget";
+    if (b.spent_usd === null) return "$" + b.usd.toFixed(2) + " per " + b.period + " (spend unavailable)";
     const pct = b.usd ? Math.round((100 * b.spent_usd) / b.usd) : 0;
     return "$" + b.spent_usd.toFixed(4) + " of $" + b.usd.toFixed(2) + " per " + b.period +
       " (" + pct + "%, resets " + b.resets_at + ")";
