@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.context import RequestInfo, bind_request, unbind_request
 from gateway.edge.asgi import CONNECTION_STATE, SERVER_STATUS_STATE
 from gateway.ids import hex_id
-from gateway.observability.logs import get_logger
+from gateway.observability.logs import get_logger, log_info
 from gateway.observability.metrics import route_of
 
 if TYPE_CHECKING:
@@ -134,35 +134,35 @@ class RequestMiddleware:
 
 def _log_line(info: RequestInfo, method: str, path: str, status: int, duration: float) -> None:
     first_token = info.first_token_s
-    log.info(
-        "request",
-        request_id=info.request_id,
-        method=method,
-        path=path,
-        status=status,
-        key=info.key_id,
-        model=info.model,
-        backend=info.backend,
-        upstream_model=info.upstream_model,
-        attempts=info.attempts,
-        failovers=info.failovers,
-        hedged=info.hedged,
-        resumes=info.resumes,
-        stream=info.stream,
-        error=info.error_code or info.error_type or info.answer_error,
-        error_type=info.error_type,
-        error_code=info.error_code or info.answer_error,
-        param=info.error_param,
-        finish_reason=info.finish_reason,
-        duration_ms=round(duration * 1000, 2),
-        ttft_ms=round(first_token * 1000, 2) if first_token is not None else None,
-        upstream_ms=round(info.upstream_s * 1000, 2) if info.upstream_s is not None else None,
-        prompt_tokens=info.prompt_tokens,
-        completion_tokens=info.completion_tokens,
-        rate_limit=info.rate_limit,
-        user=info.user,
-        metadata=info.metadata,
-    )
+    fields = {
+        "request_id": info.request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "key": info.key_id,
+        "model": info.model,
+        "backend": info.backend,
+        "upstream_model": info.upstream_model,
+        "attempts": info.attempts,
+        "failovers": info.failovers,
+        "hedged": info.hedged,
+        "resumes": info.resumes,
+        "stream": info.stream,
+        "error": info.error_code or info.error_type or info.answer_error,
+        "error_type": info.error_type,
+        "error_code": info.error_code or info.answer_error,
+        "param": info.error_param,
+        "finish_reason": info.finish_reason,
+        "duration_ms": round(duration * 1000, 2),
+        "ttft_ms": round(first_token * 1000, 2) if first_token is not None else None,
+        "upstream_ms": round(info.upstream_s * 1000, 2) if info.upstream_s is not None else None,
+        "prompt_tokens": info.prompt_tokens,
+        "completion_tokens": info.completion_tokens,
+        "rate_limit": info.rate_limit,
+        "user": info.user,
+        "metadata": info.metadata,
+    }
+    log_info(log, "request", fields)
 
 
 __all__ = (

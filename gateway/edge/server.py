@@ -92,7 +92,12 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            on_disconnect = getattr(cycle, "on_disconnect", None)
+            if on_disconnect is not None:
+                on_disconnect()  # the app's response in flight (`gateway.edge.asgi.respond`)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -147,8 +152,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.scope is self.scope:  # not for an upgrade request
-            # The app checks `disconnected` while it streams (`gateway.edge.asgi.respond`).
+            # The app checks `disconnected` while it streams, and is called back on a disconnect
+            # through `on_disconnect` rather than watching the receive channel with a task
+            # (`gateway.edge.asgi.respond`).
+            self.cycle.on_disconnect = None  # type: ignore[attr-defined]
             self.cycle.scope["state"][CONNECTION_STATE] = self.cycle
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The body is whole: read on, as a task waiting on `receive` would, so that the client's
+        # leaving is seen while the response is produced (uvicorn pauses reading past 64 KiB of
+        # body; a pipelined request's head pauses it until its turn, and its body leaves it paused).
+        if self.cycle is not None and not self.cycle.response_complete and not self.pipeline:
+            self.flow.resume_reading()
 
     def _reject_head(self) -> None:
         self._in_head = False

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from typing import IO, Any, Final
 
 import msgspec
@@ -81,6 +82,11 @@ class BufferedLineLogger:
 
 _output: BufferedLineLogger | None = None
 _writer: IO[bytes] | None = None
+_processors: list[Any] = []
+"""The processor list `configure_logging` gave structlog (structlog's `capture_logs` edits it in place)."""
+_renderer: Any = None
+"""The JSON renderer at the end of `_processors`, or None for the console."""
+_info_enabled = False
 
 
 def _stdout_writer() -> IO[bytes]:
@@ -98,7 +104,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
     `GATEWAY_LOG_LEVEL` and `GATEWAY_LOG_FORMAT`, when set, override the config's values.
     """
-    global _output
+    global _output, _processors, _renderer, _info_enabled
     level = os.environ.get("GATEWAY_LOG_LEVEL") or level
     fmt = os.environ.get("GATEWAY_LOG_FORMAT") or fmt
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -111,24 +117,59 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     if console:
         processors = [*shared, structlog.dev.ConsoleRenderer(exception_formatter=CONSOLE_TRACEBACKS)]
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
-        _output = None
+        _output = _renderer = None
     else:
-        processors = [
-            *shared,
-            TRACEBACKS,
-            structlog.processors.JSONRenderer(_dumps),
-        ]
+        _renderer = structlog.processors.JSONRenderer(_dumps)
+        processors = [*shared, TRACEBACKS, _renderer]
         output = _output = BufferedLineLogger(_stdout_writer())
 
         def factory(*_: Any) -> BufferedLineLogger:
             return output
 
+    threshold = _LEVELS.get(level.lower(), logging.INFO)
+    _processors, _info_enabled = processors, threshold <= logging.INFO
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+_second: list[Any] = [0, ""]
+"""The last second a line was stamped in, and its ISO 8601 text up to the fraction."""
+
+
+def _timestamp() -> str:
+    """structlog's `TimeStamper(fmt="iso", utc=True)` text, for 0.5 us instead of 1.2 us (measured):
+    the date and time are formatted once per second."""
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    prefix: str = _second[1]
+    return f"{prefix}.{micro:06d}Z" if micro else prefix + "Z"  # `isoformat` drops a zero fraction
+
+
+def log_info(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """`logger.info(event, **fields)` for a line written on every request: when the JSON pipeline
+    `configure_logging` set up is in place, the line is rendered here, to the same bytes, in a third
+    of the time (structlog's call, its context copy and five processors cost about 10 us a line).
+
+    The processors' work, in their order: the gateway binds no structlog context variables (so
+    `merge_contextvars` adds nothing), `add_request_fields`, the level, the timestamp, and the
+    JSON encoding; a line with `exc_info` takes structlog's path, for its traceback.
+    """
+    output = _output
+    if output is None or _processors[-1] is not _renderer or "exc_info" in fields:
+        logger.info(event, **fields)  # the console, or a test's `capture_logs`
+        return
+    if not _info_enabled:
+        return
+    fields["event"] = event
+    add_request_fields(None, "info", fields)
+    fields["level"] = "info"
+    fields["timestamp"] = _timestamp()
+    output.info(_json.encode(fields))
 
 
 def flush_logs() -> None:
@@ -158,4 +199,5 @@ __all__ = (
     "flush_logs",
     "flush_periodically",
     "get_logger",
+    "log_info",
 )

@@ -137,6 +137,23 @@ def test_a_request_dropped_before_its_answer_cancels_the_upstream_and_frees_the_
     assert usage["completion_tokens"] == 5
 
 
+def test_a_large_request_dropped_before_its_answer_cancels_the_upstream(
+    gateway: str, vllm: VLLMEmulator
+) -> None:
+    """Past 64 KiB of body the server pauses reading the socket; the leaving is still seen, though no
+    task waits on `receive` any more (the server calls the gateway back, and reads on once the body
+    is in)."""
+    request = body(MODELS["vllm"], "Answer slowly [[emu:words=5]] " + "padding " * 16_000, stream=False)
+    vllm.faults.push(f"delay:{UPSTREAM_DELAY_S}")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway}/v1/chat/completions", json=request, headers=AUTH, timeout=httpx.Timeout(10, read=0.5)
+        )
+    (upstream,) = inference(vllm)
+    assert wait_for(lambda: upstream.disconnected), "the upstream call was not cancelled"
+    assert upstream.status is None  # it never answered
+
+
 def test_a_burst_of_dropped_streams_leaves_nothing_behind(
     gateway: str, workers_ai: WorkersAIEmulator, vllm: VLLMEmulator
 ) -> None:
