@@ -170,7 +170,9 @@ class Gateway:
             from gateway.keys.cache import ApiKeyCache
             from gateway.keys.store import KeyStore
 
-            self.api_keys = ApiKeyCache(KeyStore.from_url(settings.redis_url.strip()), settings.models)
+            self.api_keys = ApiKeyCache(
+                KeyStore.from_url(settings.redis_url.strip()), settings.models, config_ids=settings.key_ids
+            )
         api_index = self.api_keys.index if self.api_keys is not None else None
         self._indexes = tuple(index for index in (self.keys, api_index) if index is not None) or None
         """Where keys are looked up, config keys first; None: neither exists, requests need no key."""
@@ -334,7 +336,7 @@ class Gateway:
         api_index = self.api_keys.index if self.api_keys is not None else None
         self._indexes = tuple(index for index in (keys, api_index) if index is not None) or None
         if self.api_keys is not None:
-            self.api_keys.set_models(settings.models)
+            self.api_keys.set_config(settings.models, settings.key_ids)
         self.limits.set_model_scopes(model_scopes(settings))
         if self._shared_breakers is not None:
             self._shared_breakers.track(router.breakers)

@@ -279,6 +279,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def __post_init__(self) -> None:
         hide_secrets(self, "redis_url")  # it may carry a password
 
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The ids of the `keys:` entries (an API-made key may not have one of them)."""
+        return frozenset(entry.id for entry in self.keys or [])
+
 
 class LoadedConfig(msgspec.Struct, frozen=True):
     settings: Settings

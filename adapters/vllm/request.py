@@ -104,6 +104,8 @@ def upstream_body(request: ChatRequest, model: str, *, backend: str = "vllm") ->
     continuing: bool | UnsetType = unset
     if request.prefill is not unset:
         # The partial answer as the final assistant turn, continued by the chat template itself.
+        # Templates trim it (Llama 3's `| trim`): the gateway sends it without trailing whitespace
+        # and drops the continuation's repeat of it (`gateway.routing.resume`).
         messages = [*messages, Message(role="assistant", content=request.prefill)]
         continuing = True
     return VLLMRequest(

@@ -146,11 +146,6 @@ class KeysApi:
         self._gateway = gateway
 
     @property
-    def _config_ids(self) -> frozenset[str]:
-        """The config file's key ids (read each time: a reload may change them)."""
-        return frozenset(entry.id for entry in self._gateway.settings.keys or [])
-
-    @property
     def _models(self) -> dict[str, str]:
         return canonical_names(self._gateway.settings.models)
 
@@ -179,7 +174,7 @@ class KeysApi:
     async def create_key(self, body: bytes) -> CreatedKey:
         request = decode_request(key_create_decoder, body)
         cache = self.cache
-        if request.id in self._config_ids:
+        if request.id in self._gateway.settings.key_ids:  # read each time: a reload may change them
             raise ConflictError(
                 f"A key with id '{request.id}' is in the config file's `keys:`; ids are unique across "
                 "config and API keys.",
@@ -208,13 +203,22 @@ class KeysApi:
 
     async def list_keys(self) -> list[KeyInfo]:
         keys, _ = await self.cache.store.load()
-        return [keys[k].info() for k in sorted(keys)]
+        return [self._shown(keys[k]) for k in sorted(keys)]
 
     async def key(self, key_id: str) -> KeyInfo:
         found = await self.cache.store.key(key_id)
         if found is None:
             raise _no_key(key_id)
-        return found[0].info()
+        return self._shown(found[0])
+
+    def _shown(self, record: KeyRecord) -> KeyInfo:
+        """A stored key as listed: marked `shadowed` when a config key has its id (it is not loaded)."""
+        info = record.info()
+        return (
+            msgspec.structs.replace(info, shadowed=True)
+            if record.id in self._gateway.settings.key_ids
+            else info
+        )
 
     async def _change_key(
         self, key_id: str, change: Callable[[KeyRecord], KeyRecord | None]

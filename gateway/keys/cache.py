@@ -14,6 +14,12 @@ The replica that served an admin call applies its own change at once as well. Wh
 unreachable the last copy keeps working (revocations made meanwhile arrive with the reconnection);
 a process that never reached Redis knows no API key and refuses them (config keys still work).
 Expiry and a rotated secret's grace are checked in memory (`KeyPolicy.valid_until`).
+
+An id is one key's: the admin API refuses to make a key with a config key's id, and a reload a
+`keys:` id an API key has, but a config file deployed with such an id at start-up (or a key made by
+a replica running another file) would make two keys share limiter counters and usage rows. The
+config key wins: the API key is not loaded (`shadowed`, logged once as `api_key_shadowed`) for as
+long as the config has that id.
 """
 
 from __future__ import annotations
@@ -48,12 +54,21 @@ log = get_logger("gateway.keys")
 
 class ApiKeyCache:
     def __init__(
-        self, store: KeyStore, models: Mapping[str, ModelConfig], *, resync_s: float = RESYNC_S
+        self,
+        store: KeyStore,
+        models: Mapping[str, ModelConfig],
+        *,
+        config_ids: frozenset[str] = frozenset(),
+        resync_s: float = RESYNC_S,
     ) -> None:
         self.store = store
         self.index = DigestIndex()
         """What `authenticate` looks keys up in (the same object for the process's life)."""
         self.keys: dict[str, KeyRecord] = {}
+        """The keys loaded (in `index`)."""
+        self.shadowed: dict[str, KeyRecord] = {}
+        """Keys not loaded because a config key has their id (the config key wins)."""
+        self._config_ids = config_ids
         self.teams: dict[str, TeamRecord] = {}
         self.synced = False
         """Whether a full read has succeeded since start."""
@@ -89,27 +104,49 @@ class ApiKeyCache:
         self.teams = teams
         fresh = DigestIndex()
         policies = {}
+        shadowed = {}
         for record in keys.values():
+            if record.id in self._config_ids:
+                shadowed[record.id] = record
+                self._log_shadowed(record.id)
+                continue
             policies[record.id] = self._build(record)
             for policy in policies[record.id]:
                 if fresh.add(policy) is not policy:  # two secrets sharing 64 digest bits: never in practice
                     log.error("api_key_indistinguishable", key=record.id)
-        self.keys = keys
+        self.keys = {key_id: record for key_id, record in keys.items() if key_id not in shadowed}
+        self.shadowed = shadowed
         self._policies = policies
         self.index.take(fresh)
         self.synced = True
 
-    def set_models(self, models: Mapping[str, ModelConfig]) -> None:
-        """A config reload: the keys' model names (aliases) resolve against the new models."""
+    def set_config(self, models: Mapping[str, ModelConfig], config_ids: frozenset[str]) -> None:
+        """A config reload: the keys' model names (aliases) resolve against the new models, and a
+        key shadowed by a config key that is gone is loaded."""
         self._canonical = canonical_names(models)
+        self._config_ids = config_ids
         if self.synced:
-            self._replace(self.keys, self.teams)
+            self._replace({**self.keys, **self.shadowed}, self.teams)
+
+    def _log_shadowed(self, key_id: str) -> None:
+        if key_id not in self.shadowed:  # once, not at every resync
+            log.error(
+                "api_key_shadowed",
+                key=key_id,
+                message="a config key has this id: the config key is used, the API-made key is not loaded",
+            )
 
     def put_key(self, key_id: str, record: KeyRecord | None) -> None:
         """Apply one key's current record (None: revoked)."""
         for policy in self._policies.pop(key_id, ()):
             self.index.remove(policy)
         if record is None:
+            self.keys.pop(key_id, None)
+            self.shadowed.pop(key_id, None)
+            return
+        if key_id in self._config_ids:
+            self._log_shadowed(key_id)
+            self.shadowed[key_id] = record
             self.keys.pop(key_id, None)
             return
         self.keys[key_id] = record

@@ -70,6 +70,8 @@ class KeyInfo(msgspec.Struct, kw_only=True, frozen=True):
     rotated_at: datetime | None = None
     previous_valid_until: datetime | None = None
     """After a rotation: until when the previous secret still works."""
+    shadowed: bool | UnsetType = UNSET
+    """Shown (true) only on a key that a config key's same id shadows: it is not loaded. Never stored."""
 
 
 class KeyRecord(KeyInfo, kw_only=True, frozen=True):

@@ -131,18 +131,27 @@ class Resumed:
 
     async def events(self) -> AsyncIterator[Event]:
         answer = self._current
-        text: list[str] = []
+        text: list[str] = []  # the text pieces relayed, one per token
         held: list[Event] = []  # the current call's tool-call deltas, relayed at its finish
         carried = 0  # tokens the cut calls produced (their completion tokens)
-        prefilled = 0  # of those, the text's: the continuation reads them as prompt
+        prefilled = 0  # of those, the prefill's: the continuation reads them as prompt
         resumes = 0
         finished = False
+        sent = ""  # whitespace the client has and the prefill had not: the continuation repeats it
         while True:
-            produced = pieces = 0
+            produced = pieces = repeated = 0
             reported: Usage | None = None
             try:
                 async for event in answer.events():
                     if isinstance(event, TextDelta):
+                        if sent and event.text:
+                            kept = _after_sent(event.text, sent)
+                            if not kept:  # all of it repeats what the client has
+                                sent = sent[len(event.text) :]
+                                repeated += 1
+                                continue
+                            sent = ""
+                            event = TextDelta(kept)
                         if event.text:  # role and keep-alive events carry no token
                             pieces += 1
                             text.append(event.text)
@@ -156,7 +165,7 @@ class Resumed:
                             yield event
                     elif isinstance(event, Usage):
                         reported = event
-                        yield _answer_usage(event, prefilled, carried) if resumes else event
+                        yield _answer_usage(event, prefilled, carried - repeated) if resumes else event
                     elif isinstance(event, Finish):
                         for delta in held:
                             yield delta
@@ -177,21 +186,30 @@ class Resumed:
                     log.info("stream_ended_after_finish", backend=answer.route.backend, code=exc.code)
                     return
                 held.clear()
-                carried += reported.completion_tokens if reported is not None else produced + pieces
-                prefilled += pieces
+                carried += (
+                    reported.completion_tokens - repeated if reported is not None else produced + pieces
+                )
                 failed = answer.route
                 if resumes >= self._model.config.resume_max:
                     self._router.count_resume(self._model, failed.backend, "exhausted")
                     raise
                 await answer.aclose()
                 resumes += 1
-                prefill = "".join(text)
+                relayed = "".join(text)
+                # Chat templates trim each message (Llama 3's `| trim`), so a prefill's trailing
+                # whitespace would be lost and generated again: it is sent without it, and the
+                # continuation's repeat of it (what the client already has) is dropped.
+                prefill = relayed.rstrip()
+                sent = relayed[len(prefill) :]
+                trimmed = _trailing_blank_pieces(text)
+                prefilled = len(text) - trimmed
                 if prefill and self._translated.request.max_tokens - carried < 1:
                     # The cut came as the answer reached its length: nothing is left to continue.
                     yield Usage(self._translated.prompt_estimate, carried)
                     yield Finish("length")
                     return
-                following = await self._continue(failed, prefill, carried, exc)
+                # The trimmed whitespace is generated again: its tokens are the continuation's too.
+                following = await self._continue(failed, prefill, carried - trimmed, exc)
                 if following is None:
                     raise
                 answer = self._current = following
@@ -247,6 +265,26 @@ def _one_answer(request: ChatRequest | PromptRequest) -> bool:
 def _can_continue(route: Route, request: ChatRequest | PromptRequest) -> bool:
     adapter = route.adapter
     return isinstance(adapter, Continues) and adapter.can_continue(request, route.model)
+
+
+def _after_sent(piece: str, sent: str) -> str:
+    """`piece` without its start that repeats the start of `sent` (whitespace the client has)."""
+    common = 0
+    for mine, theirs in zip(piece, sent, strict=False):
+        if mine != theirs:
+            break
+        common += 1
+    return piece[common:]
+
+
+def _trailing_blank_pieces(text: list[str]) -> int:
+    """How many of the last pieces are whitespace only (trimmed off a prefill)."""
+    count = 0
+    for piece in reversed(text):
+        if not piece.isspace():
+            break
+        count += 1
+    return count
 
 
 def _answer_usage(usage: Usage, prefilled: int, carried: int) -> Usage:

@@ -272,6 +272,59 @@ def test_with_a_key_store_requests_need_a_key_even_without_a_keys_section(
         assert status_with(gateway.url, secret) == 200
 
 
+SHADOWING_KEY = "sk-config-key-shadowing-an-api-key-4567"
+
+
+def test_a_config_key_shadows_an_api_key_of_the_same_id(
+    gateway: GatewayProcess, redis_server: RedisServer, tmp_path: Path, run: str
+) -> None:
+    """An id is one key's (issue 18): a gateway started with a `keys:` id an API key already has
+    uses the config key and does not load the API key (no shared counters or usage rows), says so
+    in an error line, and lists the API key as shadowed; a reload keeping the id still applies."""
+    shared = f"{run}-shared"
+    secret, _ = created(admin(gateway.url).post("/keys", json={"id": shared}))
+    settings = config(redis_server.url)
+    later = f"{run}-later"
+    settings["keys"] = [
+        *settings["keys"],
+        {"id": shared, "key": SHADOWING_KEY},
+        {"id": later, "key": SHADOWING_KEY + "-later"},
+    ]
+    with GatewayProcess(settings, tmp_path) as shadowing:
+        assert status_with(shadowing.url, SHADOWING_KEY) == 200
+        assert error(httpx.get(f"{shadowing.url}/v1/models", headers=bearer(secret)), 401)["code"] == (
+            "invalid_api_key"
+        )
+        assert status_with(gateway.url, secret) == 200  # where no config key has the id, it works
+        # A key made meanwhile by a replica whose file lacks the id reaches this one shadowed too.
+        later_secret, _ = created(admin(gateway.url).post("/keys", json={"id": later}))
+
+        def shadowed_lines() -> list[dict[str, Any]]:
+            return [line for line in shadowing.log_lines() if line.get("event") == "api_key_shadowed"]
+
+        wait_for(lambda: len(shadowed_lines()) == 2)
+        assert [(line["key"], line["level"]) for line in shadowed_lines()] == [
+            (shared, "error"),
+            (later, "error"),
+        ]
+        assert status_with(shadowing.url, later_secret) == 401
+        api = admin(shadowing.url)
+        listed = {key["id"]: key for key in api.get("/keys").json()["data"]}
+        assert listed[shared]["shadowed"] is True
+        assert api.get(f"/keys/{shared}").json()["shadowed"] is True
+        assert "shadowed" not in admin(gateway.url).get(f"/keys/{shared}").json()
+        status = api.get("/status")
+        assert status.status_code == 200, status.text
+        assert [key["source"] for key in status.json()["keys"] if key["id"] == shared] == ["config"]
+        # The same file again: the shadowed id is not "already an API key's" to the reload.
+        assert api.post("/reload").status_code == 200
+        # The config key gone, the API key is loaded.
+        shadowing.rewrite(config(redis_server.url))
+        assert api.post("/reload").status_code == 200
+        assert status_with(shadowing.url, secret) == 200
+        assert status_with(shadowing.url, SHADOWING_KEY) == 401
+
+
 @pytest.fixture(scope="module")
 def replicas(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory

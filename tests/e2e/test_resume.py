@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.conftest import VLLM_MODEL, cloudflare_backend, vllm_backend
 from tests.e2e.test_failover import FIRST_BYTE_TIMEOUT_S, target
-from tests.emulators.common import words_text
+from tests.emulators.common import paragraphs_text, tokenize, words_text
 from tests.emulators.workers_ai import HERMES
 from tests.gateway_process import GatewayProcess
 
@@ -332,3 +332,72 @@ def test_failure_after_the_finish_ends_the_answer_whole(upstreams: Upstreams, tm
         assert len(posts(vllm)) == 1
         (line,) = gateway.requests_logged(model="chat")
         assert (line["resumes"], line["error"]) == (0, None)
+
+
+PARAGRAPHS = 12
+SPACED: Any = [{"role": "user", "content": f"Write paragraphs [[emu:paragraphs={PARAGRAPHS}]]"}]
+SPACED_ANSWER = paragraphs_text(PARAGRAPHS)
+SPACED_TOKENS = tokenize(SPACED_ANSWER)
+
+
+@pytest.mark.parametrize("blank", ["\n\n", " "], ids=["line-break", "space"])
+@pytest.mark.parametrize(
+    ("first", "second"), [*PAIRS, ("vllm", "vllm")], ids=["cf-then-vllm", "vllm-then-cf", "vllm"]
+)
+def test_cut_right_after_a_whitespace_token_repeats_and_loses_nothing(
+    upstreams: Upstreams, tmp_path: Path, first: str, second: str, blank: str
+) -> None:
+    """Llama 3's chat template trims the message vLLM continues: the prefill is sent without its
+    trailing whitespace, and the continuation's repeat of it (the client has it) is not relayed."""
+    cut = SPACED_TOKENS.index(blank) + 2  # the role event, the tokens up to and with the blank one
+    config = upstreams.config(first) if first == second else upstreams.config(first, second)
+    with GatewayProcess(config, tmp_path) as gateway, client_for(gateway) as client:
+        whole = Streamed(client, "plain", SPACED)
+        assert whole.text == SPACED_ANSWER
+        upstreams.emulator(first).faults.push(f"cut:{cut}")
+        got = Streamed(client, messages=SPACED)
+        assert got.text == SPACED_ANSWER
+        assert got.finishes == ["stop"]
+        assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (
+            whole.usage.prompt_tokens,
+            whole.usage.completion_tokens,
+        )
+        (continuation,) = [r for r in posts(upstreams.emulator(second)) if r.continued is not None]
+        assert continuation.continued == "".join(SPACED_TOKENS[: cut - 2])  # no trailing whitespace
+        gateway.requests_logged(resumes=1)
+
+
+def test_workers_ai_continuation_is_written_as_its_template_trims(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """Workers AI's raw Llama 3 prompt trims each turn, as the template the first call went through."""
+    workers_ai = upstreams.workers_ai
+    messages: Any = [
+        {"role": "system", "content": " Be brief.\n"},
+        {"role": "user", "content": SPACED[0]["content"] + "\n\n"},
+    ]
+    with GatewayProcess(upstreams.config("cloudflare"), tmp_path) as gateway, client_for(gateway) as client:
+        workers_ai.faults.push(f"cut:{SPACED_TOKENS.index(chr(10) * 2) + 2}")
+        got = Streamed(client, messages=messages)
+        assert got.text == SPACED_ANSWER
+        (continuation,) = [r for r in posts(workers_ai) if r.continued is not None]
+        assert continuation.body["prompt"].startswith(
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            f"<|start_header_id|>user<|end_header_id|>\n\n{SPACED[0]['content']}<|eot_id|>"
+        )
+        gateway.requests_logged(resumes=1)
+
+
+def test_text_with_special_tokens_is_not_continued_in_a_raw_prompt(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """`<|eot_id|>` typed by the client would be a control token in Workers AI's raw prompt: that
+    continuation is refused, and the answer ends with today's in-band error."""
+    workers_ai = upstreams.workers_ai
+    messages: Any = [{"role": "user", "content": f"Stop at <|eot_id|> please [[emu:words={WORDS}]]"}]
+    with GatewayProcess(upstreams.config("cloudflare"), tmp_path) as gateway, client_for(gateway) as client:
+        workers_ai.faults.push(f"cut:{CUT}")
+        with pytest.raises(openai.APIError):
+            list(client.chat.completions.create(model="chat", messages=messages, stream=True))
+        assert len(posts(workers_ai)) == 1
+        assert resume_metric(gateway, "cloudflare", "unavailable") == 1

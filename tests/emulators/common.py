@@ -394,11 +394,14 @@ WORDS: Final = (
 REASONING_TEXT: Final = "Let me think about this."
 """Reasoning emitted by reasoning models: 5 tokens."""
 
-_TOKEN_RE: Final = re.compile(r"\s*\S+|\s+")
+_TOKEN_RE: Final = re.compile(r"\s*\n+|\s+(?!\S)|\s*\S+")
+"""As Llama 3's tokenizer splits whitespace: line breaks are their own token ("\n\n"), and of a run
+of spaces before a word all but the last are one token (" " then " word")."""
 
 
 def tokenize(text: str) -> list[str]:
-    """Split on word boundaries into " word" pieces (trailing whitespace is its own token).
+    """Split on word boundaries into " word" pieces; line breaks and extra spaces are their own
+    tokens (and so is trailing whitespace).
 
     "".join(tokenize(text)) == text.
     """
@@ -407,6 +410,21 @@ def tokenize(text: str) -> list[str]:
 
 def words_text(n: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(n))
+
+
+PARAGRAPH_BREAKS: Final = ("\n\n", "  ")
+"""`[[emu:paragraphs=n]]`: after every third word, a paragraph break, then a double space, in turn."""
+
+
+def paragraphs_text(n: int) -> str:
+    """`n` words as `words_text`, with a whitespace-only token after every third word (see
+    `PARAGRAPH_BREAKS`): answers that can be cut right after a whitespace token."""
+    parts: list[str] = []
+    for i in range(n):
+        if i:
+            parts.append(PARAGRAPH_BREAKS[(i // 3 - 1) % 2] if i % 3 == 0 else " ")
+        parts.append(WORDS[i % len(WORDS)])
+    return "".join(parts)
 
 
 def default_text(user_text: str) -> str:
@@ -420,12 +438,13 @@ def answer_text(conv: Conversation) -> str:
     """The deterministic text answer for a conversation (before max_tokens / stop handling)."""
     if conv.last_role == "tool":
         return " ".join(f"The tool said: {c}" for c in conv.tool_results)
-    words = conv.directives.get("words")
-    if words is not None:
-        try:
-            return words_text(max(0, int(words)))
-        except ValueError:
-            pass
+    for directive, text_of in (("words", words_text), ("paragraphs", paragraphs_text)):
+        count = conv.directives.get(directive)
+        if count is not None:
+            try:
+                return text_of(max(0, int(count)))
+            except ValueError:
+                pass
     return default_text(conv.user_text)
 
 

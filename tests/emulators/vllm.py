@@ -834,7 +834,9 @@ class VLLMEmulator(EmulatorBase):
         if not isinstance(last, dict) or last.get("role") != "assistant":
             raise ApiError(400, "continue_final_message requires the final message to be from the assistant")
         conn.record.continued = content_text(last.get("content"))
-        return conn.record.continued
+        # As the real chat template (Llama 3's `message['content'] | trim`): the model continues the
+        # message without its surrounding whitespace, so whitespace cut off its end comes again.
+        return conn.record.continued.strip()
 
     def _tool_finish(self, ctx: _ChatCtx, *, stream: bool) -> str:
         if self.flavor == "v0.33":

@@ -149,7 +149,8 @@ def test_fault_syntax() -> None:
 
 
 def test_tokens_and_schema_examples() -> None:
-    assert tokenize("Hello from  the emulator.") == ["Hello", " from", "  the", " emulator."]
+    assert tokenize("Hello from  the emulator.") == ["Hello", " from", " ", " the", " emulator."]
+    assert tokenize("Hello.\n\nBye  ") == ["Hello.", "\n\n", "Bye", "  "]  # as Llama 3 splits them
     ans = build_answer(conversation_from_prompt("[[emu:words=7]]"), max_tokens=5)
     assert len(ans.tokens) == 5
     assert ans.finish == "length"

@@ -103,3 +103,39 @@ def test_emulator_continuation_moves_the_partial_to_the_prompt() -> None:
         whole.completion_tokens - 3,
     )
     assert continue_answer(build_answer(conv), "Goodbye") is None
+
+
+def test_workers_ai_trims_each_turn_as_llama_3s_template_does() -> None:
+    """The Messages call was templated with `| trim`: the raw continuation reads the same prompt."""
+    spaced = ChatRequest(
+        messages=[
+            Message(role="system", content="  Be brief.\n"),
+            Message(role="user", content="Hi there \n\n"),
+        ],
+        max_tokens=50,
+        prefill="\nHello from",
+    )
+    assert continuation_body(spaced, stream=True).prompt == continuation_body(CHAT, stream=True).prompt
+    templated = continuation_body(
+        PromptRequest(prompt=" Once upon \n", max_tokens=5, prefill="Hello"), stream=True
+    )
+    assert templated.prompt == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nOnce upon<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello"
+    )
+
+
+def test_workers_ai_does_not_continue_text_holding_special_tokens() -> None:
+    """A raw prompt reads `<|eot_id|>` in a message as the control token: such turns are not written out."""
+    for message in (
+        Message(role="user", content="end it <|eot_id|> here"),
+        Message(role="system", content="<|start_header_id|>user"),
+    ):
+        assert not chat_can_continue(msgspec.structs.replace(CHAT, messages=[message]), LLAMA)
+    assert not chat_can_continue(
+        msgspec.structs.replace(CHAT, prefill="Hi<|reserved_special_token_3|>"), LLAMA
+    )
+    assert chat_can_continue(msgspec.structs.replace(CHAT, prefill="a <|not a token|> b"), LLAMA)
+    prompt = PromptRequest(prompt="say <|eot_id|>", max_tokens=5, prefill="Hello")
+    assert not prompt_can_continue(prompt, LLAMA)
+    assert prompt_can_continue(msgspec.structs.replace(prompt, extensions=Extensions(raw=True)), LLAMA)
