@@ -36,6 +36,7 @@ class Breaker:
         "on_change",
         "open_until",
         "probing",
+        "remote_open",
         "shared",
         "threshold",
     )
@@ -52,6 +53,8 @@ class Breaker:
         self.open_until = 0.0
         """0 while closed; otherwise the monotonic time at which one probe may go through."""
         self.probing = False
+        self.remote_open = False
+        """The open in force came from another process (`apply_remote`): this one does not republish it."""
         self.shared: Callable[[Breaker], None] | None = None
         """Told when this process opened the breaker, or closed it with a passing probe (set by
         `gateway.routing.shared_state`, which publishes it off the request path); never told of
@@ -112,8 +115,10 @@ class Breaker:
                     self.on_change("open")
             # Every new failure re-arms the full cool-down, never a shorter earlier one.
             self.open_until = now + self.cooldown_s
-            if opened and self.shared is not None:
-                self.shared(self)
+            if opened:
+                self.remote_open = False
+                if self.shared is not None:
+                    self.shared(self)
 
     def released(self, probe: bool) -> None:
         """The attempt ended without saying anything about the target's health."""
@@ -128,6 +133,7 @@ class Breaker:
                 return False
             was_open = self.is_open(now)
             self.open_until = open_until
+            self.remote_open = True
             self.failures = max(self.failures, failures)
             if not was_open:
                 log.warning(

@@ -198,8 +198,13 @@ class SharedBreakers:
                 published[change.target] = change.open_until
         now, wall = monotonic(), time.time()
         for name, breaker in self._breakers.items():
-            # A local open the others do not know of (made while Redis was out of reach).
-            if breaker.is_open(now) and wall + (breaker.open_until - now) > published.get(name, 0.0) + 1.0:
+            # A local open the others do not know of (made while Redis was out of reach). Not one
+            # applied from another process: its sender may have closed it meanwhile.
+            if (
+                breaker.is_open(now)
+                and not breaker.remote_open
+                and wall + (breaker.open_until - now) > published.get(name, 0.0) + 1.0
+            ):
                 self._changed(breaker)
         log.info("breakers_resynced", open=len(published), replica=self.replica)
         self._failing = False

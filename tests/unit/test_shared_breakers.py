@@ -114,3 +114,16 @@ async def test_a_message_that_is_not_a_breaker_change_is_ignored(redis_server: R
         assert shared._apply(b'{"replica": 1}') is None
         assert shared._apply(b"not json") is None
         assert not breaker.open_until
+
+
+async def test_a_resync_does_not_republish_an_open_another_process_made(redis_server: RedisServer) -> None:
+    """The sender may have closed it while this process was not listening: republishing it would
+    reopen the breaker everywhere for the rest of the cool-down."""
+    async with process(redis_server.url) as (shared, breaker):
+        now = time.monotonic()
+        assert breaker.apply_remote(now, now + 60, 1, "a-replica-that-closed-it-since")
+        await shared._resync()  # the stored hash has no open for this target
+        assert breaker.name not in shared._pending
+        breaker.failed(time.monotonic(), probe=True)  # its own failed probe: its own open again
+        assert not breaker.remote_open
+        assert breaker.name in shared._pending
