@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from msgspec import UNSET
 
+from adapters.canonical import SESSION_HEADER as UPSTREAM_SESSION_HEADER
 from adapters.canonical import ChatRequest
 
 if TYPE_CHECKING:
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
     from gateway.routing.router import Route
     from gateway.translation.translate import Translated
 
-SESSION_HEADER: Final = b"x-session-affinity"
-"""The client's session header (the same name Workers AI reads, so clients can use one for both)."""
+SESSION_HEADER: Final = UPSTREAM_SESSION_HEADER.encode()
+"""The client's session header: the one the gateway sends upstream, the name Workers AI reads, so
+clients can use one for both."""
 _MASK: Final = (1 << 64) - 1
 _TO_UNIT: Final = 1.0 / (1 << 64)
 

@@ -32,7 +32,7 @@ the continuation is relayed, so the client sees one stream, one id, the text onc
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 from msgspec import UNSET
@@ -50,6 +50,7 @@ from adapters.canonical import (
 from adapters.errors import UpstreamError
 from gateway.errors import RoutingError
 from gateway.observability.logs import get_logger
+from gateway.routing.affinity import session_of
 from gateway.routing.router import from_upstream
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ async def open_answer(
     except UpstreamError as exc:
         failed = resumed.route
         await resumed.aclose()
-        order = [route for route in model.order() if route is not failed]
+        order = [route for route in model.order(_session(translated, info)) if route is not failed]
         if exc.client_fault or not order:
             raise from_upstream(exc, resumed.attempts) from exc
         # Nothing was sent to the client: as without `resume`, the answer starts again elsewhere.
@@ -91,6 +92,11 @@ async def open_answer(
     finally:
         await resumed.aclose()
     return resumed
+
+
+def _session(translated: Translated[Any], info: RequestInfo) -> str | None:
+    """The request's affinity session: a restart or continuation keeps to its ranking of targets."""
+    return session_of(translated, info)[1]
 
 
 class Resumed:
@@ -224,7 +230,11 @@ class Resumed:
             able = [route for route in model.routes if _can_continue(route, request)]
         else:
             able = list(model.routes)  # nothing relayed yet: the original request, restarted
-        order = [route for route in model.order() if route in able and route is not failed]
+        order = [
+            route
+            for route in model.order(_session(translated, self._info))
+            if route in able and route is not failed
+        ]
         if failed in able:
             order.append(failed)
         if not order:
@@ -241,6 +251,7 @@ class Resumed:
             log.warning("stream_not_resumed", backend=failed.backend, reason=error.message)
             return None
         info.attempts += answer.attempts
+        info.price = answer.route.price  # the continuation's target bills the answer
         info.resumes += 1
         self._router.count_resume(model, failed.backend, "resumed")
         log.info(
