@@ -179,7 +179,12 @@ def _client(args: argparse.Namespace) -> _Api:
         raise CommandError(f"no admin URL: pass --admin-url or set ${URL_ENV} (e.g. http://127.0.0.1:9090)")
     if not key:
         raise CommandError(f"no admin key: pass --admin-key or set ${KEY_ENV}")
-    return _Api(url, checked_admin_key(key), args.json)
+    import httpx  # here, not at the top: `gateway keys hash` starts without it
+
+    try:
+        return _Api(url, checked_admin_key(key), args.json)
+    except httpx.InvalidURL as exc:  # its message names the part at fault, never the URL's password
+        raise CommandError(f"invalid admin URL: {exc}") from None
 
 
 def checked_admin_key(key: str) -> str:

@@ -63,8 +63,10 @@ class ReloadState(msgspec.Struct, frozen=True):
 
 def _reload_other_workers() -> None:
     """Under `--workers N`, have the supervisor pass the reload on to every worker."""
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if not supervisor or int(supervisor) != os.getppid():  # not (or no longer) under the supervisor
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if (
+        not supervisor or not supervisor.isdigit() or int(supervisor) != os.getppid()
+    ):  # not (or no longer) under the supervisor
         return
     os.kill(int(supervisor), signal.SIGHUP)
     log.info("config_reload_propagated", supervisor_pid=int(supervisor))

@@ -17,6 +17,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from gateway.errors import InvalidRequestError, ServiceUnavailableError
+from gateway.limits.base import MICRO_USD
 from gateway.usage.ledger import (
     FIELDS,
     Counts,
@@ -93,7 +94,7 @@ def figures(counts: Counts) -> dict[str, Any]:
         "requests": requests,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cost_usd": cost / 1_000_000,
+        "cost_usd": cost / MICRO_USD,
         "errors": errors,
     }
 

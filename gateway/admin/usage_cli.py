@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
             headers={"Authorization": f"Bearer {key}"},
             timeout=TIMEOUT_S,
         )
+    except httpx.InvalidURL as exc:  # its message names the part at fault, never the URL's password
+        print(f"gateway usage: invalid admin URL: {exc}", file=sys.stderr)
+        return 2
     except httpx.HTTPError as exc:
         print(f"gateway usage: {unreachable(httpx.URL(url), exc)}", file=sys.stderr)
         return 1

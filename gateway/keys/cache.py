@@ -246,7 +246,7 @@ def _scope(kind: ScopeKind, record: KeyRecord | TeamRecord) -> Scope | None:
         max_concurrency=record.max_concurrency,
         budget=record.budget,
     )
-    return scope if scope.limited or scope.budget is not None else None
+    return scope if scope.limited else None
 
 
 __all__ = ("RESYNC_S", "ApiKeyCache")

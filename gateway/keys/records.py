@@ -16,6 +16,9 @@ from msgspec import UNSET, Meta, UnsetType
 
 from gateway.limits.base import Budget
 
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+"""A digest as stored: a record holding anything else is skipped (logged) rather than breaking a sync."""
+
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$"
 """Ids of API-made keys and teams: as config key ids, but without `/` (they are URL path segments)."""
 MAX_GRACE_S: Final = 30 * 86400
@@ -77,9 +80,9 @@ class KeyInfo(msgspec.Struct, kw_only=True, frozen=True):
 class KeyRecord(KeyInfo, kw_only=True, frozen=True):
     """What Redis holds for a key."""
 
-    sha256: str
+    sha256: Sha256Hex
     """The secret's SHA-256 (hex)."""
-    previous_sha256: str | None = None
+    previous_sha256: Sha256Hex | None = None
     """The previous secret's, while `previous_valid_until` has not passed."""
 
     def info(self) -> KeyInfo:

@@ -402,7 +402,8 @@ class RedisLimiter:
             return None
         period = self._periods.current(scope.budget.period, self._periods.now())
         try:
-            value = await self._client.get(scope.budget_keys(period.id)[3])
+            async with asyncio.timeout(SOCKET_TIMEOUT_S * 2):  # a stalled store must not hang /status
+                value = await self._client.get(scope.budget_keys(period.id)[3])
         except Exception as exc:  # noqa: BLE001 - as in `_run`
             raise self._failed(exc) from None
         return period, int(value or 0)

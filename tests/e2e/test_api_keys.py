@@ -520,6 +520,11 @@ def test_the_cli_refuses_a_malformed_admin_key_without_echoing_it(gateway: Gatew
         assert answer.returncode == 1
         assert "cannot reach the gateway" in answer.stderr
         assert "hunter2-password" not in answer.stderr
+        invalid = cli(with_password.replace(str(gateway.port), "not-a-port"), *words)
+        assert invalid.returncode != 0
+        assert "invalid admin URL" in invalid.stderr
+        assert "Traceback" not in invalid.stderr
+        assert "hunter2-password" not in invalid.stderr
 
 
 def test_keys_reach_every_replica_on_a_redis_cluster(

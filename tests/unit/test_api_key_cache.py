@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import pytest
+from redis import asyncio as redis
 
 from gateway.admin.keys import digest_hex, new_secret, secret_hint
 from gateway.config import ModelConfig
@@ -17,10 +18,8 @@ from gateway.edge.auth import authenticate
 from gateway.errors import AuthenticationError
 from gateway.keys.cache import ApiKeyCache
 from gateway.keys.records import KeyRecord, TeamRecord, encoder
-from gateway.keys.store import KeyStore
-
-if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
+from gateway.keys.store import KEYS_HASH, KeyStore
+from tests.redis_server import RedisServer
 
 MODELS = {
     "m": msgspec.convert({"targets": [{"backend": "b", "model": "x"}], "aliases": ["alias"]}, ModelConfig)
@@ -129,5 +128,31 @@ def test_start_without_redis_knows_no_api_key_and_does_not_fail() -> None:
         assert not cache.synced
         assert len(cache.index) == 0
         await cache.aclose()
+
+    run(scenario())
+
+
+def test_a_stored_record_with_a_malformed_digest_is_skipped_not_fatal(ids: str) -> None:
+    """One bad record (written by hand, or by another version) must not stop every other key's sync."""
+
+    async def scenario() -> None:
+        with RedisServer() as server:  # its own server: the bad record would reach other tests' caches
+            writer, reader = KeyStore.from_url(server.url), KeyStore.from_url(server.url)
+            good = new_secret()
+            record = key(f"{ids}-good", good)
+            assert (
+                await writer.write_key(record.id, before=None, after=encoder.encode(record), team=None)
+                == "ok"
+            )
+            bad = msgspec.structs.replace(key(f"{ids}-bad", new_secret()), sha256="not hex")
+            raw = redis.Redis.from_url(server.url)
+            await raw.hset(KEYS_HASH, bad.id, encoder.encode(bad))
+            await raw.aclose()
+            cache = ApiKeyCache(reader, MODELS)
+            await cache.resync()
+            assert admitted(cache, good) == record.id
+            assert set(cache.keys) == {record.id}
+            await cache.aclose()
+            await writer.aclose()
 
     run(scenario())

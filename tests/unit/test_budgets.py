@@ -13,7 +13,7 @@ from adapters.canonical import Usage
 from gateway.context import RequestInfo
 from gateway.errors import InsufficientQuotaError
 from gateway.limits import Grant, MemoryLimiter, RateLimits, Scope
-from gateway.limits.base import Budget, BudgetPeriod, Periods, Price, budget_period
+from gateway.limits.base import Budget, BudgetPeriod, LimiterUnavailable, Periods, Price, budget_period
 from gateway.limits.gate import BUDGET_HEADER
 from gateway.translation.framing import AnswerStats
 from tests.redis_server import RedisServer, command
@@ -271,3 +271,21 @@ async def test_scopes_without_a_budget_reserve_no_cost() -> None:
     assert BUDGET_HEADER not in grant.headers
     assert budgeted(1.0).limited
     assert not scope().limited
+
+
+async def test_reading_the_spend_from_a_stalled_redis_fails_instead_of_hanging() -> None:
+    """The status page reads each budget's spend: a Redis that accepts but does not answer must give
+    `LimiterUnavailable` (the page then shows the spend as unavailable), not hold the page forever."""
+    from gateway.limits.redis import RedisLimiter
+
+    with RedisServer() as server:
+        limiter = RedisLimiter.from_url(server.url)
+        key = budgeted(1.0)
+        assert await limiter.spent(key) is not None  # connected
+        # Paused past the read's own bound (1 s); a pause lifts itself (UNPAUSE would wait too).
+        assert command(server.port, "CLIENT", "PAUSE", "15000", "ALL") == b"+OK"
+        try:
+            with pytest.raises(LimiterUnavailable):
+                await asyncio.wait_for(limiter.spent(key), 30)  # a hang guard, not the bound tested
+        finally:
+            await limiter.aclose()
