@@ -246,7 +246,8 @@ def test_admin_api_errors(gateway: GatewayProcess, run: str) -> None:
 
 def test_an_expired_key_is_refused(gateway: GatewayProcess, run: str) -> None:
     api = admin(gateway.url)
-    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    # Far enough ahead that even a slow creation is in time, near enough to wait for.
+    soon = (datetime.now(UTC) + timedelta(seconds=6)).isoformat()
     secret, key = created(api.post("/keys", json={"id": f"{run}-brief", "expires_at": soon}))
     assert key["expires_at"].endswith("Z")
     wait_for(lambda: status_with(gateway.url, secret) == 401)

@@ -213,13 +213,20 @@ async def test_stop_during_a_flush_in_flight_writes_its_batch() -> None:
         ledger = UsageLedger(UsageSettings(flush_interval_s=0.05))
         ledger.start(RedisUsageStore.from_url(server.url, 90))
         async with Redis.from_url(server.url) as admin:
-            await admin.client_pause(1000, all=False)  # the write waits for it
+            # Writes wait until the unpause below, however slow the machine (a pause lifts itself
+            # only after a minute): the stop surely comes while the flusher's write is in flight.
+            await admin.client_pause(60_000, all=False)
             ledger.record(answered(key=key, usage=Usage(10, 5)), 200)
             for _ in range(3000):  # hang guard: 30 s
                 if not ledger._pending:  # the flusher took the batch and is writing it
                     break
                 await asyncio.sleep(0.01)
-            await ledger.stop()
+            stopping = asyncio.create_task(ledger.stop())  # cancels the flusher, then flushes again
+            for _ in range(100):  # the stop is under way (it cancels at once) before writes resume
+                await asyncio.sleep(0.01)
+            assert not stopping.done()  # its final flush waits on the paused Redis
+            await admin.client_unpause()
+            await asyncio.wait_for(stopping, 30)
         store = RedisUsageStore.from_url(server.url, 90)
         assert await store.read(today(), today(), Match(key=key)) == {
             Row(today(), key, None, "m"): [1, 10, 5, PRICE.micro_usd(10, 5), 0]
