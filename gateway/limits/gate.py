@@ -70,18 +70,12 @@ class Grant:
         requests = self._requests
         used_cost = -1  # worked out on the first scope with a budget
         for position, (scope, outcome, reserved, reserved_cost, ticket) in enumerate(self._held):
-            share = used_tokens
-            if requests > 1:  # a request counted n times (n choices): each reservation gets its share
-                share = used_tokens // requests + (position % requests < used_tokens % requests)
-            delta = share - reserved if scope.tpm else 0
+            delta = _share(used_tokens, requests, position) - reserved if scope.tpm else 0
             cost_delta = 0
             if outcome.period is not None:
                 if used_cost < 0:
                     used_cost = self._cost()
-                cost_share = used_cost
-                if requests > 1:
-                    cost_share = used_cost // requests + (position % requests < used_cost % requests)
-                cost_delta = cost_share - reserved_cost
+                cost_delta = _share(used_cost, requests, position) - reserved_cost
             if not delta and not cost_delta and ticket is None:
                 continue
             try:
@@ -286,6 +280,14 @@ def _headers(held: list[_Held]) -> dict[str, str]:
     if budget_left is not None:
         headers[BUDGET_HEADER] = usd(max(0, budget_left))
     return headers
+
+
+def _share(total: int, requests: int, position: int) -> int:
+    """The part of `total` the reservation at `position` settles: a request counted n times (n
+    choices) splits it evenly, the remainder going to the first ones."""
+    if requests == 1:
+        return total
+    return total // requests + (position % requests < total % requests)
 
 
 def usd(micro_usd: int) -> str:

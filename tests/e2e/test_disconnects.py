@@ -145,9 +145,11 @@ def test_a_large_request_dropped_before_its_answer_cancels_the_upstream(
     is in)."""
     request = body(MODELS["vllm"], "Answer slowly [[emu:words=5]] " + "padding " * 16_000, stream=False)
     vllm.faults.push(f"delay:{UPSTREAM_DELAY_S}")
+    # The client leaves after 3 s: time enough, on a busy machine, for the gateway to read the body
+    # and call the upstream (which holds its answer for 15 s) before the leaving is seen.
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            f"{gateway}/v1/chat/completions", json=request, headers=AUTH, timeout=httpx.Timeout(10, read=0.5)
+            f"{gateway}/v1/chat/completions", json=request, headers=AUTH, timeout=httpx.Timeout(10, read=3)
         )
     (upstream,) = inference(vllm)
     assert wait_for(lambda: upstream.disconnected), "the upstream call was not cancelled"
